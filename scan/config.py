@@ -1,0 +1,540 @@
+"""Loading and validating the two configuration files, in one place.
+
+``sample_lists/*.yaml`` describes the data (files, trees, classes, eras, weights, variables);
+``parameters/*.yaml`` describes the scan (hyperparameter dictionary, split, training, Slurm resources).
+Every error names the file and the key at fault, and unknown keys list the closest valid ones.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hhscan import expr
+from hhscan.errors import ConfigError, did_you_mean
+
+# --------------------------------------------------------------------------------------------- sample list
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class InputVariable(_Strict):
+    """One input: a branch, an expression of branches, or a categorical variable to one-hot encode."""
+
+    name: str
+    expr: str
+    one_hot: list[str] | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """The feature columns this input becomes."""
+        if self.one_hot is None:
+            return [self.name]
+        return [f"{self.name}_{value}" for value in self.one_hot]
+
+
+def _column_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", text.lstrip("$")).strip("_")
+    return name or "var"
+
+
+class Era(_Strict):
+    """Per era: luminosity and where cross-sections and Σweights come from (JSON files keyed by file name)."""
+
+    lumi: float = 1.0
+    xsec: str | dict[str, float] | None = None
+    event_weight_sum: str | dict[str, float] | None = None
+
+
+class SampleGroup(_Strict):
+    """Files of one process: a tree (ROOT) or dataset (HDF5), a class, and optionally an era and tag."""
+
+    files: list[str]
+    tree: str
+    class_name: str = Field(alias="class")
+    name: str | None = None
+    era: str | None = None
+    tag: str | None = None
+    cut: str | None = None
+    weight: str | None = None
+    xsec: float | None = None
+    event_weight_sum: float | None = None
+    training: bool = True
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Sample(_Strict):
+    """One file of a group: the unit of reading, weighting, splitting and reporting."""
+
+    name: str
+    path: Path
+    tree: str
+    class_name: str
+    era: str | None
+    tag: str
+    cut: str | None
+    weight: str | None
+    xsec: float | None
+    event_weight_sum: float | None
+    lumi: float
+    is_signal: bool
+    training: bool = True
+
+
+class SampleList(_Strict):
+    base_dir: str = "."
+    classes: list[str] | None = None
+    signal_classes: list[str] = ["signal"]
+    class_weight_factors: dict[str, float] = {}
+    cut: str | None = None
+    weight: str | None = None
+    inputs: list[InputVariable]
+    other_variables: list[str] = []
+    label_branch: str | None = None
+    eras: dict[str, Era] = {}
+    groups: list[SampleGroup]
+    # Resolved at load time, not read from YAML.
+    source: Path = Path("sample_list.yaml")
+    samples: list[Sample] = []
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        result = []
+        for item in value:
+            if isinstance(item, str):
+                if "@" in item:  # the original's "$era@op_era": one-hot without listed values is ambiguous
+                    raise ValueError(f"'{item}': write one-hot inputs as {{expr: ..., one_hot: [values]}}")
+                result.append({"name": _column_name(item), "expr": item})
+            elif isinstance(item, dict) and "expr" in item and "name" not in item:
+                result.append({**item, "name": _column_name(item["expr"])})
+            else:
+                result.append(item)
+        return result
+
+    @property
+    def training_samples(self) -> list[Sample]:
+        return [s for s in self.samples if s.training]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [column for variable in self.inputs for column in variable.columns]
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    @property
+    def class_names(self) -> list[str]:
+        """Classes in output order; for a binary task the signal class is index 1 (score = P(signal))."""
+        names = self.classes or list(dict.fromkeys(g.class_name for g in self.groups if g.training))
+        if len(names) == 2:
+            signal = [n for n in names if n in self.signal_classes]
+            if len(signal) == 1:
+                names = [n for n in names if n != signal[0]] + signal
+        return names
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        """Everything in the sample list that shapes the training arrays (for the cache key)."""
+        return self.model_dump(mode="json", exclude={"source", "base_dir", "groups"})
+
+
+# ----------------------------------------------------------------------------------------------- parameters
+
+HYPERPARAMETERS = {
+    "layers": int,
+    "neurons": int,
+    "activation": str,
+    "dropout": float,
+    "l2": float,
+    "optimizer": str,
+    "learning_rate": float,
+    "batch_size": int,
+    "epochs": int,
+}
+OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax")
+CRITERIA = {
+    "val_loss": "min",
+    "val_auc": "max",
+    "val_accuracy": "max",
+    "val_significance": "max",
+}
+
+
+class SplitSettings(_Strict):
+    """How events are assigned to train/validation/test, persisted under ``name``."""
+
+    kind: Literal["ratio"] = "ratio"
+    name: str = "default"
+    train: float = 0.6
+    validation: float = 0.2
+    test: float = 0.2
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _ratios(self) -> SplitSettings:
+        ratios = (self.train, self.validation, self.test)
+        if any(r < 0 for r in ratios):
+            raise ValueError("split ratios must not be negative")
+        if not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"split ratios train+validation+test must sum to 1, got "
+                f"{self.train}+{self.validation}+{self.test}={sum(ratios):g}"
+            )
+        if self.train <= 0 or self.validation <= 0:
+            raise ValueError("train and validation ratios must be positive")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"split name '{self.name}' may contain only letters, digits, '_', '.', '-'")
+        return self
+
+
+class EarlyStopping(_Strict):
+    enabled: bool = True
+    monitor: str = "val_loss"
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best_weights: bool = True
+
+
+class ReduceLROnPlateau(_Strict):
+    enabled: bool = True
+    monitor: str = "val_loss"
+    factor: float = 0.5
+    patience: int = 3
+    min_lr: float = 1e-6
+
+
+class Training(_Strict):
+    backend: Literal["auto", "jax", "tensorflow", "torch"] = "auto"
+    early_stopping: EarlyStopping = EarlyStopping()
+    reduce_lr: ReduceLROnPlateau = ReduceLROnPlateau()
+    steps_per_execution: int = 1
+    checkpoint_every_epoch: bool = True
+    pack_size: int = 1
+
+
+class SlurmSettings(_Strict):
+    """Resources, by submitit's own parameter names (``slurm_`` prefix optional); validated at submission."""
+
+    resources: dict[str, Any] = {"timeout_min": 60, "gpus_per_node": 1, "cpus_per_task": 2, "mem_gb": 8}
+    array_parallelism: int = 64
+    max_array_size: int | None = None
+
+
+class Parameters(_Strict):
+    samples: str
+    hyperparameters: dict[str, list[Any]]
+    repetitions: int = 1
+    seed: int = 1234
+    split: SplitSettings = SplitSettings()
+    eval_criterion: str = "val_auc"
+    training: Training = Training()
+    slurm: SlurmSettings = SlurmSettings()
+    split_name: Literal["sample", "class", "tag"] = "sample"
+    source: Path = Path("parameters.yaml")
+
+    @field_validator("hyperparameters", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for key, values in value.items():
+            if not isinstance(values, list):
+                raise ValueError(
+                    f"hyperparameters.{key}: every value must be a list (write [{values!r}] for one value)"
+                )
+            if not values:
+                raise ValueError(f"hyperparameters.{key}: empty list")
+        unknown = [key for key in value if key not in HYPERPARAMETERS]
+        if unknown:
+            raise ValueError(
+                f"hyperparameters.{unknown[0]}: unknown hyperparameter "
+                f"({did_you_mean(unknown[0], HYPERPARAMETERS, 'hyperparameters')})"
+            )
+        missing = [key for key in HYPERPARAMETERS if key not in value]
+        if missing:
+            raise ValueError(f"hyperparameters: missing {', '.join(missing)}")
+        for key, values in value.items():
+            kind = HYPERPARAMETERS[key]
+            for item in values:
+                ok = isinstance(item, kind) or (kind is float and isinstance(item, int))
+                if not ok or isinstance(item, bool):
+                    raise ValueError(f"hyperparameters.{key}: {item!r} is not a {kind.__name__}")
+        for optimizer in value["optimizer"]:
+            if optimizer.lower() not in OPTIMIZERS:
+                raise ValueError(
+                    f"hyperparameters.optimizer: unknown optimizer '{optimizer}' "
+                    f"({did_you_mean(optimizer.lower(), OPTIMIZERS, 'optimizers')})"
+                )
+        return value
+
+    @field_validator("eval_criterion")
+    @classmethod
+    def _criterion(cls, value: str) -> str:
+        if value not in CRITERIA:
+            raise ValueError(f"unknown eval_criterion '{value}' ({did_you_mean(value, CRITERIA, 'criteria')})")
+        return value
+
+    @field_validator("repetitions")
+    @classmethod
+    def _repetitions(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("repetitions must be at least 1")
+        return value
+
+    @property
+    def criterion_direction(self) -> str:
+        return CRITERIA[self.eval_criterion]
+
+    def dictionary_hash(self) -> str:
+        """Hash of what defines the scan's trials: the dictionary and the repetitions."""
+        payload = json.dumps({"hp": self.hyperparameters, "rep": self.repetitions}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        siblings = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        hint = f" ({did_you_mean(path.name, siblings, 'files there')})" if siblings else ""
+        raise ConfigError(f"{path}: no such configuration file{hint}")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return content
+
+
+def _validate(model: type[BaseModel], content: dict[str, Any], path: Path) -> Any:
+    try:
+        return model.model_validate(content)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            parent = _model_at(model, first["loc"][:-1])
+            valid = [f.alias or name for name, f in parent.model_fields.items()] if parent else []
+            valid = [v for v in valid if v not in {"source", "samples"}]
+            key = str(first["loc"][-1])
+            raise ConfigError(f"{path}: unknown key '{location}' ({did_you_mean(key, valid, 'keys')})") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            message = "required key is missing"
+        where = f"{path}:{location}" if location else str(path)
+        raise ConfigError(f"{where}: {message}") from None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class at a location path, for listing valid keys."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        fields = {f.alias or n: f for n, f in current.model_fields.items()}
+        field = fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+        args = getattr(current, "__args__", ())
+        for arg in args:  # list[X], dict[str, X], X | None
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def load_parameters(path: str | Path) -> Parameters:
+    path = Path(path)
+    parameters: Parameters = _validate(Parameters, _read_yaml(path), path)
+    return parameters.model_copy(update={"source": path.resolve()})
+
+
+def load_sample_list(path: str | Path) -> SampleList:
+    path = Path(path)
+    sample_list: SampleList = _validate(SampleList, _read_yaml(path), path)
+    base = (path.parent / sample_list.base_dir).resolve()
+    samples = _resolve_samples(sample_list, base, path)
+    sample_list = sample_list.model_copy(update={"source": path.resolve(), "samples": samples})
+    _cross_check(sample_list, path)
+    return sample_list
+
+
+def samples_path(parameters: Parameters) -> Path:
+    """The sample list a parameters file names, relative to the parameters file."""
+    return (parameters.source.parent / parameters.samples).resolve()
+
+
+def _json_table(value: str | dict[str, float] | None, base: Path, where: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{where}: file '{path}' not found")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected an object keyed by file name")
+    return table
+
+
+def _lookup(table: dict[str, float], file: Path) -> float | None:
+    for key in (file.name, file.stem):
+        if key in table:
+            return float(table[key])
+    return None
+
+
+def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sample]:
+    samples: list[Sample] = []
+    tables: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    for name, era in sample_list.eras.items():
+        tables[name] = (
+            _json_table(era.xsec, path.parent, f"{path}:eras.{name}.xsec"),
+            _json_table(era.event_weight_sum, path.parent, f"{path}:eras.{name}.event_weight_sum"),
+        )
+    for index, group in enumerate(sample_list.groups):
+        where = f"{path}:groups.{index}"
+        if group.era is not None and group.era not in sample_list.eras:
+            raise ConfigError(
+                f"{where}.era: unknown era '{group.era}' ({did_you_mean(group.era, sample_list.eras, 'eras')})"
+            )
+        files: list[Path] = []
+        for pattern in group.files:
+            full = base / pattern
+            matches = sorted(Path(p) for p in glob.glob(str(full))) if glob.has_magic(pattern) else [full]
+            if not matches:
+                raise ConfigError(f"{where}.files: pattern '{pattern}' matches no file under {base}")
+            files.extend(matches)
+        is_signal = group.class_name in sample_list.signal_classes
+        era = sample_list.eras.get(group.era) if group.era else None
+        xsecs, sums = tables.get(group.era or "", ({}, {}))
+        for file in files:
+            stem = group.name or file.stem
+            name = stem if len(files) == 1 or group.name is None else f"{stem}_{file.stem}"
+            if group.era and group.era not in name:
+                name = f"{name}_{group.era}"
+            xsec = group.xsec if group.xsec is not None else _lookup(xsecs, file)
+            weight_sum = group.event_weight_sum if group.event_weight_sum is not None else _lookup(sums, file)
+            if not is_signal and group.training:
+                if xsec is None:
+                    raise ConfigError(
+                        f"{where}: no cross-section for background file '{file.name}' "
+                        f"(give xsec: in the group or a key '{file.name}' in the era's xsec JSON; "
+                        f"{did_you_mean(file.name, xsecs, 'keys')})"
+                    )
+                if weight_sum is None or weight_sum <= 0:
+                    raise ConfigError(
+                        f"{where}: no positive event_weight_sum for background file '{file.name}' "
+                        f"({did_you_mean(file.name, sums, 'keys')})"
+                    )
+            cuts = [c for c in (sample_list.cut, group.cut) if c]
+            samples.append(
+                Sample(
+                    name=name,
+                    path=file,
+                    tree=group.tree,
+                    class_name=group.class_name,
+                    era=group.era,
+                    tag=group.tag or group.class_name,
+                    cut=" && ".join(f"({c})" for c in cuts) if cuts else None,
+                    weight=group.weight or sample_list.weight,
+                    xsec=xsec,
+                    event_weight_sum=weight_sum,
+                    lumi=era.lumi if era else 1.0,
+                    is_signal=is_signal,
+                    training=group.training,
+                )
+            )
+    return samples
+
+
+def _cross_check(sample_list: SampleList, path: Path) -> None:
+    names = [s.name for s in sample_list.samples]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"{path}: sample name '{duplicated[0]}' is used twice (give groups a name:)")
+    used = {g.class_name for g in sample_list.groups if g.training}
+    classes = sample_list.class_names
+    if sample_list.classes:
+        for cls in used - set(classes):
+            raise ConfigError(f"{path}:groups: class '{cls}' is not in classes ({did_you_mean(cls, classes)})")
+        for cls in classes:
+            if cls not in used:
+                raise ConfigError(f"{path}:classes: class '{cls}' has no samples")
+    if len(classes) < 2:
+        raise ConfigError(f"{path}: need at least two classes, found {classes}")
+    if len(classes) == 2 and sum(c in sample_list.signal_classes for c in classes) != 1:
+        raise ConfigError(
+            f"{path}:signal_classes: a binary task needs exactly one signal class among {classes} "
+            f"(signal_classes is {sample_list.signal_classes})"
+        )
+    for cls in sample_list.class_weight_factors:
+        if cls not in classes:
+            raise ConfigError(
+                f"{path}:class_weight_factors.{cls}: unknown class ({did_you_mean(cls, classes, 'classes')})"
+            )
+    columns = sample_list.feature_names
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"{path}:inputs: two inputs share the column name '{_first_duplicate(columns)}'")
+    for index, variable in enumerate(sample_list.inputs):
+        parsed = expr.parse(variable.expr, where=f"{path}:inputs.{index}")
+        if sample_list.label_branch and sample_list.label_branch in parsed.branches:
+            raise ConfigError(
+                f"{path}:inputs.{index}: '{variable.expr}' uses the label branch '{sample_list.label_branch}': "
+                f"the truth label must never be an input"
+            )
+    for key, text in [("cut", sample_list.cut), ("weight", sample_list.weight)]:
+        if text:
+            expr.parse(text, where=f"{path}:{key}")
+    for index, group in enumerate(sample_list.groups):
+        for key in ("cut", "weight"):
+            if getattr(group, key):
+                expr.parse(getattr(group, key), where=f"{path}:groups.{index}.{key}")
+
+
+def _first_duplicate(items: list[str]) -> str:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return ""
+
+
+def snapshot(parameters: Parameters, sample_list: SampleList) -> dict[str, Any]:
+    """The resolved configuration as JSON-able data: what a job on another node needs, no relative paths."""
+    return {
+        "parameters": parameters.model_dump(mode="json", by_alias=True),
+        "sample_list": sample_list.model_dump(mode="json", by_alias=True),
+    }
+
+
+def from_snapshot(data: dict[str, Any]) -> tuple[Parameters, SampleList]:
+    return Parameters.model_validate(data["parameters"]), SampleList.model_validate(data["sample_list"])

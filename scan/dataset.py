@@ -1,0 +1,331 @@
+"""The training arrays: samples read, selected, weighted, split and cached.
+
+Reading is done once per process and shared by every trial; the cache file is keyed by a hash of everything
+that shapes the arrays (file identities, trees, cuts, variables, weights, the split), so a changed configuration
+can never read a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hhscan import expr, split, weights
+from hhscan.config import Sample, SampleList, SplitSettings
+from hhscan.errors import DataError, ExpressionError
+from hhscan.fileio import atomic_write_bytes
+from hhscan.readers import read_columns
+
+CACHE_FORMAT = 1
+ADDED_COLUMNS = ("$sample", "$era", "$tag", "$class")
+
+
+@dataclass
+class SampleSummary:
+    """What happened to one file: the numbers a physicist checks before trusting a training."""
+
+    name: str
+    file: str
+    class_name: str
+    era: str | None
+    xsec: float | None
+    event_weight_sum: float | None
+    lumi: float
+    entries: int
+    selected: int
+    dropped_non_positive: int
+    used: int
+    learning_weight_sum: float = 0.0
+
+
+@dataclass
+class SampleArrays:
+    """One sample after reading and selection, before class equalisation."""
+
+    sample: Sample
+    features: np.ndarray
+    event_weight: np.ndarray
+    other: dict[str, np.ndarray]
+    fingerprint: split.SelectionFingerprint
+    summary: SampleSummary
+
+
+@dataclass
+class Dataset:
+    """All training samples, concatenated; ``partition`` says train (0), validation (1) or test (2)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    event_weight: np.ndarray
+    physics_weight: np.ndarray
+    learning_weight: np.ndarray
+    sample_index: np.ndarray
+    partition: np.ndarray
+    other: dict[str, np.ndarray]
+    feature_names: list[str]
+    class_names: list[str]
+    sample_names: list[str]
+    split_checksum: str
+    data_fingerprint: str
+    summaries: list[SampleSummary] = field(default_factory=list)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    def part(self, partition: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, labels and learning weights of one partition."""
+        selected = self.partition == partition
+        return self.features[selected], self.labels[selected], self.learning_weight[selected]
+
+    def mask(self, partition: int, sample: str | None = None) -> np.ndarray:
+        selected = self.partition == partition
+        if sample is not None:
+            selected &= self.sample_index == self.sample_names.index(sample)
+        return selected
+
+
+def _needed_branches(sample_list: SampleList, sample: Sample) -> tuple[list[expr.Expression], list[str]]:
+    parsed = [expr.parse(v.expr, where=f"{sample_list.source}:inputs") for v in sample_list.inputs]
+    extra = [expr.parse(t) for t in (sample.cut, sample.weight) if t]
+    names: dict[str, None] = {}
+    for expression in parsed + extra:
+        names.update(dict.fromkeys(expression.branches))
+    names.update(dict.fromkeys(sample_list.other_variables))
+    return parsed, [n for n in names if n not in ADDED_COLUMNS]
+
+
+def read_sample(sample_list: SampleList, sample: Sample, apply_selection: bool = True) -> SampleArrays:
+    """Read one file: evaluate cut, weight and inputs; drop non-positive weights when ``apply_selection``."""
+    parsed, branches = _needed_branches(sample_list, sample)
+    where = f"{sample.path}:{sample.tree}"
+    columns, entries = read_columns(sample.path, sample.tree, branches)
+    added = {"$sample": sample.name, "$era": sample.era or "", "$tag": sample.tag, "$class": sample.class_name}
+    for name, value in added.items():
+        columns[name] = np.full(entries, value)
+    try:
+        selection = (
+            np.asarray(expr.parse(sample.cut).evaluate(columns, where), dtype=bool)
+            if sample.cut
+            else np.ones(entries, dtype=bool)
+        )
+        selection = np.broadcast_to(selection, (entries,))
+        event_weight = (
+            np.broadcast_to(expr.parse(sample.weight).evaluate(columns, where), (entries,)).astype(np.float64)
+            if sample.weight
+            else np.ones(entries)
+        )
+    except ExpressionError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{where}: cannot evaluate cut or weight ({error})") from None
+    n_cut = int(np.count_nonzero(selection))
+    if apply_selection and n_cut == 0:
+        raise DataError(f"{where}: no event passes the cut '{sample.cut}' ({entries} entries)")
+    positive = weights.positive_weight_mask(event_weight)
+    if apply_selection:
+        if not np.any(positive & selection):
+            raise DataError(
+                f"{where}: all {n_cut} selected events have weight ≤ 0 (weight '{sample.weight}')"
+            )
+        selection = selection & positive
+    features = _features(sample_list, parsed, columns, selection, where)
+    summary = SampleSummary(
+        name=sample.name,
+        file=str(sample.path),
+        class_name=sample.class_name,
+        era=sample.era,
+        xsec=sample.xsec,
+        event_weight_sum=sample.event_weight_sum,
+        lumi=sample.lumi,
+        entries=entries,
+        selected=n_cut,
+        dropped_non_positive=int(n_cut - np.count_nonzero(selection)) if apply_selection else 0,
+        used=int(np.count_nonzero(selection)),
+    )
+    other = {name: np.asarray(columns[name])[selection] for name in sample_list.other_variables}
+    return SampleArrays(
+        sample=sample,
+        features=features,
+        event_weight=event_weight[selection],
+        other=other,
+        fingerprint=split.SelectionFingerprint.of(sample.path.stat().st_size, selection),
+        summary=summary,
+    )
+
+
+def _features(
+    sample_list: SampleList,
+    parsed: list[expr.Expression],
+    columns: Mapping[str, np.ndarray],
+    selection: np.ndarray,
+    where: str,
+) -> np.ndarray:
+    blocks = []
+    for variable, expression in zip(sample_list.inputs, parsed):
+        try:
+            values = np.broadcast_to(expression.evaluate(columns, where), selection.shape)[selection]
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{where}: cannot evaluate input '{variable.expr}' ({error})") from None
+        if variable.one_hot is None:
+            if values.dtype.kind not in "biuf":
+                raise DataError(f"{where}: input '{variable.expr}' is not numeric: one-hot encode it")
+            blocks.append(values.astype(np.float32)[:, None])
+        else:
+            numeric = values.dtype.kind in "biuf"
+            for value in variable.one_hot:
+                hot = np.isclose(values, float(value)) if numeric else values.astype(str) == str(value)
+                blocks.append(hot.astype(np.float32)[:, None])
+    features = np.hstack(blocks) if blocks else np.empty((int(selection.sum()), 0), np.float32)
+    finite = np.isfinite(features)
+    if not finite.all():
+        bad_column = int(np.flatnonzero(~finite.all(axis=0))[0])
+        count = int((~finite[:, bad_column]).sum())
+        name = sample_list.feature_names[bad_column]
+        raise DataError(f"{where}: input '{name}' is NaN or infinite in {count} selected events; cut them away")
+    return features
+
+
+def cache_key(sample_list: SampleList, split_settings: SplitSettings) -> str:
+    """Hash of everything that shapes the arrays: config, file identities (path, size, mtime), split."""
+    files = []
+    for sample in sample_list.training_samples:
+        stat = sample.path.stat() if sample.path.exists() else None
+        identity = (stat.st_size, stat.st_mtime_ns) if stat else None
+        files.append([sample.model_dump(mode="json"), identity])
+    payload = {
+        "format": CACHE_FORMAT,
+        "config": sample_list.fingerprint_data(),
+        "files": files,
+        "split": split_settings.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def load_dataset(
+    sample_list: SampleList,
+    split_settings: SplitSettings,
+    splits_dir: Path,
+    cache_dir: Path | None = None,
+) -> Dataset:
+    """The dataset of the training samples; from the cache when nothing that shapes it changed."""
+    key = cache_key(sample_list, split_settings)
+    cache_path = cache_dir / f"{key}.npz" if cache_dir else None
+    if cache_path is not None and cache_path.exists():
+        dataset = _read_cache(cache_path)
+        _check_split_file(splits_dir, split_settings, dataset)
+        return dataset
+    dataset = _build(sample_list, split_settings, splits_dir)
+    if cache_path is not None:
+        _write_cache(cache_path, dataset)
+    return dataset
+
+
+def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: Path) -> Dataset:
+    class_names = sample_list.class_names
+    store = split.SplitStore(
+        splits_dir,
+        split_settings.name,
+        (split_settings.train, split_settings.validation, split_settings.test),
+        split_settings.seed,
+    )
+    parts = [read_sample(sample_list, sample) for sample in sample_list.training_samples]
+    assignments = {p.sample.name: store.assignment(p.sample.name, p.fingerprint) for p in parts}
+    store.save()
+    labels = np.concatenate([np.full(len(p.event_weight), class_names.index(p.sample.class_name), np.int32)
+                             for p in parts])  # fmt: skip
+    physics = np.concatenate([
+        weights.physics_weight(
+            p.event_weight,
+            is_signal=p.sample.is_signal,
+            xsec=p.sample.xsec,
+            lumi=p.sample.lumi,
+            event_weight_sum=p.sample.event_weight_sum,
+        )
+        for p in parts
+    ])
+    learning = weights.equalise_classes(physics, labels, class_names, sample_list.class_weight_factors)
+    sample_index = np.concatenate([np.full(len(p.event_weight), i, np.int32) for i, p in enumerate(parts)])
+    for i, p in enumerate(parts):
+        p.summary.learning_weight_sum = float(learning[sample_index == i].sum())
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [sample_list.fingerprint_data(), [[p.sample.name, asdict(p.fingerprint)] for p in parts]],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+    return Dataset(
+        features=np.concatenate([p.features for p in parts]),
+        labels=labels,
+        event_weight=np.concatenate([p.event_weight for p in parts]).astype(np.float32),
+        physics_weight=physics.astype(np.float32),
+        learning_weight=learning.astype(np.float32),
+        sample_index=sample_index,
+        partition=np.concatenate([assignments[p.sample.name] for p in parts]),
+        other={n: np.concatenate([p.other[n] for p in parts]) for n in sample_list.other_variables},
+        feature_names=sample_list.feature_names,
+        class_names=class_names,
+        sample_names=[p.sample.name for p in parts],
+        split_checksum=split.checksum(assignments),
+        data_fingerprint=fingerprint,
+        summaries=[p.summary for p in parts],
+    )
+
+
+_ARRAYS = ("features", "labels", "event_weight", "physics_weight", "learning_weight", "sample_index", "partition")
+
+
+def _write_cache(path: Path, dataset: Dataset) -> None:
+    meta: dict[str, Any] = {
+        "feature_names": dataset.feature_names,
+        "class_names": dataset.class_names,
+        "sample_names": dataset.sample_names,
+        "split_checksum": dataset.split_checksum,
+        "data_fingerprint": dataset.data_fingerprint,
+        "summaries": [asdict(s) for s in dataset.summaries],
+        "other": list(dataset.other),
+    }
+    arrays = {name: getattr(dataset, name) for name in _ARRAYS}
+    arrays.update({f"other/{name}": values for name, values in dataset.other.items()})
+    buffer = io.BytesIO()
+    np.savez(buffer, __meta__=np.array(json.dumps(meta)), **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _read_cache(path: Path) -> Dataset:
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(str(stored["__meta__"]))
+        arrays = {name: stored[name] for name in _ARRAYS}
+        other = {name: stored[f"other/{name}"] for name in meta["other"]}
+    return Dataset(
+        **arrays,
+        other=other,
+        feature_names=meta["feature_names"],
+        class_names=meta["class_names"],
+        sample_names=meta["sample_names"],
+        split_checksum=meta["split_checksum"],
+        data_fingerprint=meta["data_fingerprint"],
+        summaries=[SampleSummary(**s) for s in meta["summaries"]],
+    )
+
+
+def _check_split_file(splits_dir: Path, settings: SplitSettings, dataset: Dataset) -> None:
+    """A cached dataset is only valid while the persisted split it was made with is unchanged."""
+    meta_path = splits_dir / f"{settings.name}.json"
+    npz_path = splits_dir / f"{settings.name}.npz"
+    if not meta_path.exists() or not npz_path.exists():
+        raise DataError(
+            f"split '{settings.name}' is missing from {splits_dir} but a cache was made with it: "
+            f"restore it or delete the cache directory to re-split"
+        )
+    with np.load(npz_path) as stored:
+        actual = split.checksum({n: stored[n] for n in dataset.sample_names if n in stored.files})
+    if actual != dataset.split_checksum:
+        raise DataError(f"split '{settings.name}' in {splits_dir} changed since the cache was made")

@@ -1,0 +1,53 @@
+"""Atomic writes: a file is either absent, the old version, or the complete new version."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _write_temporary(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a synced temporary file beside ``path`` and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(descriptor, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return Path(temporary)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename over ``path``."""
+    temporary = _write_temporary(Path(path), data)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_create_bytes(path: Path, data: bytes) -> bool:
+    """Like :func:`atomic_write_bytes` but never replaces an existing file; False if one was there."""
+    temporary = _write_temporary(Path(path), data)
+    try:
+        os.link(temporary, path)  # fails if path exists: an atomic create-if-absent
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -1,0 +1,120 @@
+"""The Keras 3 classifier: backend choice, the MLP with its input scaler inside, and model I/O.
+
+The scaler is a built-in ``keras.layers.Normalization`` holding the training split's mean and variance, so a
+saved ``.keras`` file loads with plain ``keras.saving.load_model(path)``: no custom objects, no side files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from hhscan.errors import ConfigError
+
+_PREFERENCE = ("jax", "tensorflow", "torch")
+_MODULE = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
+
+
+def choose_backend(requested: str = "auto") -> str:
+    """Select the Keras backend before Keras is imported; ``auto`` picks JAX (fastest measured) if installed.
+
+    Keras reads ``KERAS_BACKEND`` once, at import: a process that already imported Keras keeps its backend.
+    """
+    if "keras" in sys.modules:
+        import keras
+
+        active = keras.backend.backend()
+        if requested not in ("auto", active):
+            raise ConfigError(
+                f"Keras is already running on the '{active}' backend in this process; "
+                f"'{requested}' needs a new process"
+            )
+        return active
+    if requested == "auto":
+        requested = os.environ.get("KERAS_BACKEND") or next(
+            (name for name in _PREFERENCE if importlib.util.find_spec(_MODULE[name]) is not None), "tensorflow"
+        )
+    if importlib.util.find_spec(_MODULE[requested]) is None:
+        raise ConfigError(f"training.backend '{requested}': the package '{_MODULE[requested]}' is not installed")
+    os.environ["KERAS_BACKEND"] = requested
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return requested
+
+
+def build_model(
+    hyperparameters: dict[str, Any],
+    n_features: int,
+    n_classes: int,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    name: str = "hhscan_mlp",
+):
+    """Normalization → ``layers`` × (Dense(neurons, activation) [+ Dropout]) → sigmoid or softmax."""
+    import keras
+
+    l2 = float(hyperparameters["l2"])
+    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+    inputs = keras.Input(shape=(n_features,), name="inputs")
+    x = keras.layers.Normalization(mean=mean, variance=variance, name="scaler")(inputs)
+    for index in range(int(hyperparameters["layers"])):
+        x = keras.layers.Dense(
+            int(hyperparameters["neurons"]),
+            activation=hyperparameters["activation"],
+            kernel_regularizer=regularizer,
+            name=f"dense_{index}",
+        )(x)
+        if float(hyperparameters["dropout"]) > 0:
+            x = keras.layers.Dropout(float(hyperparameters["dropout"]), name=f"dropout_{index}")(x)
+    if n_classes == 2:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="score")(x)
+    else:
+        outputs = keras.layers.Dense(n_classes, activation="softmax", name="score")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import keras
+
+    classes = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "nadam": keras.optimizers.Nadam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+        "adagrad": keras.optimizers.Adagrad,
+        "adadelta": keras.optimizers.Adadelta,
+        "adamax": keras.optimizers.Adamax,
+    }
+    return classes[name.lower()](learning_rate=float(learning_rate))
+
+
+def compile_model(model, hyperparameters: dict[str, Any], n_classes: int, steps_per_execution: int = 1) -> None:
+    loss = "binary_crossentropy" if n_classes == 2 else "categorical_crossentropy"
+    model.compile(
+        optimizer=make_optimizer(hyperparameters["optimizer"], hyperparameters["learning_rate"]),
+        loss=loss,
+        steps_per_execution=steps_per_execution,
+    )
+
+
+def targets(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Keras targets: the label itself for binary, one-hot for multi-class."""
+    if n_classes == 2:
+        return labels.astype(np.float32).reshape(-1, 1)
+    return np.eye(n_classes, dtype=np.float32)[labels]
+
+
+def predict(model, features: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+    """Scores: P(signal) per event for binary, class probabilities (N, C) for multi-class."""
+    scores = np.asarray(model.predict(features, batch_size=batch_size, verbose=0))
+    return scores[:, 0] if scores.shape[1] == 1 else scores
+
+
+def scaler_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the training features (float64 accumulation)."""
+    features64 = np.asarray(features, dtype=np.float64)
+    return features64.mean(axis=0), features64.var(axis=0)

@@ -1,0 +1,137 @@
+"""Trial records: one CSV file per trial (header + one row), written atomically and self-checking.
+
+The last column is a checksum of the others, so a file cut off mid-write (a crash, a full disk) is detected and
+never counted as done. A failed trial is a record too (status FAIL, with its error), not a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hhscan.fileio import atomic_write_text
+
+DONE, FAIL = "DONE", "FAIL"
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    status: str
+    repetition: int
+    hyperparameters: dict[str, Any]
+    criterion: str
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    resumed_from_epoch: int | None = None
+    seconds: float = 0.0
+    backend: str = ""
+    pack_size: int = 1
+    split_name: str = ""
+    split_checksum: str = ""
+    fold: int | None = None
+    data_fingerprint: str = ""
+    dictionary_hash: str = ""
+    code_version: str = ""
+    model_file: str = ""
+    error: str = ""
+    traceback: str = ""
+    job_id: str = ""
+    log_path: str = ""
+    host: str = ""
+    finished_at: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status == DONE
+
+
+_JSON_FIELDS = {"hyperparameters", "metrics", "history"}
+_COLUMNS = [f for f in TrialRecord.__dataclass_fields__]
+
+
+def _encode(record: TrialRecord) -> list[str]:
+    values = asdict(record)
+    return [json.dumps(values[c], sort_keys=True) if c in _JSON_FIELDS or values[c] is None
+            else str(values[c]) for c in _COLUMNS]  # fmt: skip
+
+
+def _checksum(cells: list[str]) -> str:
+    return hashlib.sha256("\x1f".join(cells).encode()).hexdigest()[:16]
+
+
+def to_csv(record: TrialRecord) -> str:
+    cells = _encode(record)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*_COLUMNS, "checksum"])
+    writer.writerow([*cells, _checksum(cells)])
+    return buffer.getvalue()
+
+
+class CorruptRecord(ValueError):
+    """A record file that is truncated, edited or not a record."""
+
+
+def from_csv(text: str) -> TrialRecord:
+    rows = list(csv.reader(io.StringIO(text)))
+    if len(rows) != 2 or rows[0] != [*_COLUMNS, "checksum"] or len(rows[1]) != len(_COLUMNS) + 1:
+        raise CorruptRecord("not a complete trial record")
+    cells, checksum = rows[1][:-1], rows[1][-1]
+    if _checksum(cells) != checksum:
+        raise CorruptRecord("checksum mismatch (truncated or edited)")
+    values: dict[str, Any] = {}
+    types = {name: f.type for name, f in TrialRecord.__dataclass_fields__.items()}
+    for column, cell in zip(_COLUMNS, cells):
+        if column in _JSON_FIELDS or cell == "null":
+            values[column] = json.loads(cell)
+        elif types[column] in ("int", "int | None"):
+            values[column] = int(cell)
+        elif types[column] in ("float", "float | None"):
+            values[column] = float(cell)
+        else:
+            values[column] = cell
+    return TrialRecord(**values)
+
+
+def record_path(output_dir: Path, trial_id: str) -> Path:
+    return output_dir / f"{trial_id}.csv"
+
+
+def write_record(output_dir: Path, record: TrialRecord) -> Path:
+    path = record_path(output_dir, record.trial_id)
+    atomic_write_text(path, to_csv(record))
+    return path
+
+
+def read_record(path: Path) -> TrialRecord:
+    return from_csv(Path(path).read_text())
+
+
+def read_records(output_dir: Path) -> tuple[dict[str, TrialRecord], dict[str, str]]:
+    """All valid records of a scan by trial id, and the corrupt files with the reason."""
+    records: dict[str, TrialRecord] = {}
+    corrupt: dict[str, str] = {}
+    if not output_dir.is_dir():
+        return records, corrupt
+    with os.scandir(output_dir) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".csv") or entry.name.startswith("."):
+                continue
+            try:
+                with open(entry.path) as handle:
+                    record = from_csv(handle.read())
+            except (CorruptRecord, ValueError, TypeError) as error:
+                corrupt[entry.name] = str(error)
+                continue
+            records[record.trial_id] = record
+    return records, corrupt

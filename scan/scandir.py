@@ -1,0 +1,193 @@
+"""A scan's directory ``slurm/NAME/``: the manifest, the resolved configuration, records, models, logs.
+
+The manifest is written once when the scan is created (dictionary hash, trial ids, split checksum, data
+fingerprint, code version) and only ever appended to (job ids). Local and Slurm scans share the layout, so
+``report``, ``status`` and ``resubmit`` work on both.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hhscan import __version__, config
+from hhscan.config import Parameters, SampleList
+from hhscan.errors import ScanError, did_you_mean
+from hhscan.fileio import atomic_write_text
+from hhscan.records import TrialRecord, read_records
+from hhscan.trial import Trial
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The project directory a user works in: ``slurm/``, ``models/``, ``splits/``, ``cache/``."""
+
+    root: Path
+
+    @property
+    def scans(self) -> Path:
+        return self.root / "slurm"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def scan_names(self) -> list[str]:
+        if not self.scans.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.scans.glob("*/scan.json"))
+
+    def scan(self, name: str | None) -> ScanDirectory:
+        """An existing scan by name; the most recently created one when ``name`` is None."""
+        names = self.scan_names()
+        if name is None:
+            if not names:
+                raise ScanError(f"no scans under {self.scans}: start one with 'hhscan run --local' or 'hhscan submit'")
+            name = max(names, key=lambda n: (self.scans / n / "scan.json").stat().st_mtime)
+        if name not in names:
+            raise ScanError(f"no scan '{name}' under {self.scans} ({did_you_mean(name, names, 'scans')})")
+        return ScanDirectory(self.scans / name)
+
+
+class ScanDirectory:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "scan.json"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    def checkpoint_dir(self, trial_id: str) -> Path:
+        return self.root / "checkpoints" / trial_id
+
+    def model_path(self, trial_id: str) -> Path:
+        return self.output_dir / f"{trial_id}.zip"
+
+    @property
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.exists:
+            raise ScanError(f"{self.root}: not a scan directory (no scan.json)")
+        return json.loads(self.manifest_path.read_text())
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+
+    def create(
+        self,
+        parameters: Parameters,
+        sample_list: SampleList,
+        trials: list[Trial],
+        split_checksum: str,
+        data_fingerprint: str,
+        workspace: Workspace,
+        backend: str,
+        kind: str,
+    ) -> None:
+        manifest = {
+            "name": self.name,
+            "kind": kind,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "code_version": __version__,
+            "workspace": str(workspace.root.resolve()),
+            "dictionary_hash": parameters.dictionary_hash(),
+            "hyperparameters": parameters.hyperparameters,
+            "repetitions": parameters.repetitions,
+            "eval_criterion": parameters.eval_criterion,
+            "split_name": parameters.split.name,
+            "split_checksum": split_checksum,
+            "data_fingerprint": data_fingerprint,
+            "backend": backend,
+            "trials": [{"id": t.id, "hyperparameters": t.hyperparameters, "repetition": t.repetition} for t in trials],
+            "jobs": [],
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.write_config(parameters, sample_list)
+        self._write_manifest(manifest)
+
+    def write_config(self, parameters: Parameters, sample_list: SampleList) -> None:
+        """The resolved configuration jobs read (resources and callbacks may change between submissions)."""
+        directory = self.root / "config"
+        atomic_write_text(directory / "resolved.json", json.dumps(config.snapshot(parameters, sample_list), indent=1))
+        atomic_write_text(directory / "parameters.yaml", parameters.source.read_text())
+        atomic_write_text(directory / "sample_list.yaml", sample_list.source.read_text())
+
+    def load_config(self) -> tuple[Parameters, SampleList]:
+        return config.from_snapshot(json.loads((self.root / "config" / "resolved.json").read_text()))
+
+    def check_compatible(
+        self, parameters: Parameters, split_checksum: str | None = None, data_fingerprint: str | None = None
+    ) -> None:
+        """Refuse to add trials to this scan if its trials or split would change, naming what changed."""
+        manifest = self.manifest()
+        if parameters.dictionary_hash() != manifest["dictionary_hash"]:
+            before, now = manifest["hyperparameters"], parameters.hyperparameters
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            detail = ", ".join(f"{k}: {before.get(k)} → {now.get(k)}" for k in changed)
+            if manifest["repetitions"] != parameters.repetitions:
+                detail = ", ".join(filter(None, [detail, f"repetitions: {manifest['repetitions']} → {parameters.repetitions}"]))
+            raise ScanError(
+                f"scan '{self.name}': the hyperparameter dictionary changed since it was created ({detail}); "
+                f"restore it or start a new scan with another --name"
+            )
+        if parameters.split.name != manifest["split_name"]:
+            raise ScanError(
+                f"scan '{self.name}': split '{manifest['split_name']}' was used, the parameters now name "
+                f"'{parameters.split.name}'"
+            )
+        if split_checksum is not None and split_checksum != manifest["split_checksum"]:
+            raise ScanError(
+                f"scan '{self.name}': the train/validation/test split changed since it was created "
+                f"(checksum {manifest['split_checksum']} → {split_checksum})"
+            )
+        if data_fingerprint is not None and data_fingerprint != manifest["data_fingerprint"]:
+            raise ScanError(
+                f"scan '{self.name}': the sample list or its files changed since it was created (inputs, cuts, "
+                f"weights or events): results would mix; start a new scan with another --name"
+            )
+
+    def trials(self) -> list[Trial]:
+        return [Trial(t["id"], t["hyperparameters"], t["repetition"]) for t in self.manifest()["trials"]]
+
+    def records(self) -> tuple[dict[str, TrialRecord], dict[str, str]]:
+        return read_records(self.output_dir)
+
+    def missing(self, skip_failed: bool = False) -> list[Trial]:
+        """Expected trials without a valid DONE record (FAIL counts as missing unless ``skip_failed``)."""
+        records, _ = self.records()
+        result = []
+        for trial in self.trials():
+            record = records.get(trial.id)
+            if record is None or not (record.done or (skip_failed and record.status == "FAIL")):
+                result.append(trial)
+        return result
+
+    def add_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        manifest = self.manifest()
+        manifest["jobs"].extend(jobs)
+        self._write_manifest(manifest)

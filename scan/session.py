@@ -1,0 +1,70 @@
+"""Preparing a scan for execution: configuration, backend, data, trials, and the scan directory.
+
+Shared by ``run --local`` and ``submit``/``resubmit``: the same checks guard both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hhscan import model, runner, trial
+from hhscan.config import Parameters, SampleList
+from hhscan.dataset import Dataset
+from hhscan.records import TrialRecord
+from hhscan.scandir import ScanDirectory, Workspace
+
+
+@dataclass
+class PreparedScan:
+    parameters: Parameters
+    sample_list: SampleList
+    workspace: Workspace
+    scan: ScanDirectory
+    trials: list[trial.Trial]
+    dataset: Dataset
+    backend: str
+    created: bool
+
+
+def prepare(
+    parameters: Parameters,
+    sample_list: SampleList,
+    workspace_root: Path,
+    name: str,
+    kind: str,
+    must_be_new: bool = False,
+    must_exist: bool = False,
+) -> PreparedScan:
+    """Load the data once, then create the scan directory or check the existing one is compatible."""
+    from hhscan.errors import ScanError
+
+    workspace = Workspace(Path(workspace_root))
+    scan = ScanDirectory(workspace.scans / name)
+    if must_be_new and scan.exists:
+        raise ScanError(
+            f"scan '{name}' already exists in {workspace.scans}: use 'hhscan resubmit {name}' to complete it, "
+            f"or another --name"
+        )
+    if must_exist and not scan.exists:
+        workspace.scan(name)  # raises, listing the existing scans
+    backend = model.choose_backend(parameters.training.backend)
+    dataset = runner.prepare_dataset(parameters, sample_list, workspace)
+    trials = trial.expand(parameters)
+    created = not scan.exists
+    if created:
+        scan.create(parameters, sample_list, trials, dataset.split_checksum, dataset.data_fingerprint,
+                    workspace, backend, kind)  # fmt: skip
+    else:
+        scan.check_compatible(parameters, dataset.split_checksum, dataset.data_fingerprint)
+        scan.write_config(parameters, sample_list)
+    return PreparedScan(parameters, sample_list, workspace, scan, trials, dataset, backend, created)
+
+
+def run_local(
+    prepared: PreparedScan,
+    trial_ids: Sequence[str],
+    on_trial_end: Callable[[TrialRecord], None] | None = None,
+) -> list[TrialRecord]:
+    return runner.run_scan_trials(prepared.scan, trial_ids, on_trial_end=on_trial_end, dataset=prepared.dataset)

@@ -1,0 +1,59 @@
+"""Trials: one point of the hyperparameter grid and one repetition, with a stable id."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hhscan.config import HYPERPARAMETERS, Parameters
+
+
+@dataclass(frozen=True)
+class Trial:
+    id: str
+    hyperparameters: dict[str, Any]
+    repetition: int
+
+    @property
+    def seed_offset(self) -> int:
+        return int(self.id[:8], 16)
+
+
+def canonical(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters with canonical types, so 1 and 1.0 (or 'Adam' and 'adam') give the same id."""
+    result = {}
+    for key in sorted(hyperparameters):
+        value = hyperparameters[key]
+        kind = HYPERPARAMETERS.get(key)
+        if kind is float:
+            value = float(value)
+        elif kind is int:
+            value = int(value)
+        elif key == "optimizer":
+            value = str(value).lower()
+        result[key] = value
+    return result
+
+
+def trial_id(hyperparameters: dict[str, Any], repetition: int) -> str:
+    """A stable hash of the canonical hyperparameters and the repetition index."""
+    payload = json.dumps({"hp": canonical(hyperparameters), "rep": repetition}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def expand(parameters: Parameters) -> list[Trial]:
+    """Every combination of the dictionary's values, times the repetitions, in a stable order."""
+    keys = list(parameters.hyperparameters)
+    trials = []
+    for values in itertools.product(*(parameters.hyperparameters[k] for k in keys)):
+        point = canonical(dict(zip(keys, values)))
+        for repetition in range(parameters.repetitions):
+            trials.append(Trial(trial_id(point, repetition), point, repetition))
+    ids = [t.id for t in trials]
+    if len(set(ids)) != len(ids):  # e.g. [1, 1.0] in one list: the same trial twice
+        seen: dict[str, Trial] = {}
+        trials = [seen.setdefault(t.id, t) for t in trials if t.id not in seen]
+    return trials

@@ -1,0 +1,104 @@
+"""What the console shows: per-sample numbers, trial progress, and ranked trials (rich)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hhscan.config import CRITERIA, Parameters
+from hhscan.dataset import SampleSummary
+from hhscan.records import TrialRecord
+from hhscan.scandir import ScanDirectory
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def print_summaries(console: Console, summaries: Sequence[SampleSummary], backend: str) -> None:
+    table = Table(title=f"samples (Keras backend: {backend})", title_justify="left")
+    for column in ("sample", "class", "era", "xsec", "Σweights", "lumi", "entries", "pass cut", "w≤0 dropped",
+                   "used", "Σ learning w"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("sample", "class", "era") else "right")
+    for s in summaries:
+        table.add_row(
+            s.name, s.class_name, s.era or "–", _number(s.xsec), _number(s.event_weight_sum), _number(s.lumi),
+            str(s.entries), str(s.selected), str(s.dropped_non_positive), str(s.used), _number(s.learning_weight_sum),
+        )  # fmt: skip
+    console.print(table)
+
+
+class TrialProgress:
+    """A progress bar that also prints one line per finished trial."""
+
+    def __init__(self, console: Console, total: int):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
+        self.task = self.progress.add_task("trials", total=total)
+
+    def __enter__(self) -> TrialProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def advance(self, record: TrialRecord) -> None:
+        if record.done:
+            message = f"{record.trial_id} {record.criterion}={_number(record.value)} ({record.epochs_run} epochs, {record.seconds:.1f} s)"
+        else:
+            message = f"[red]{record.trial_id} FAIL[/] {record.error}"
+        self.progress.console.print(message)
+        self.progress.advance(self.task)
+
+
+def ranked(records: Sequence[TrialRecord], criterion: str) -> list[TrialRecord]:
+    """DONE records best first in the criterion's own direction (losses ascending, the rest descending)."""
+    sign = 1 if CRITERIA[criterion] == "min" else -1
+    done = [r for r in records if r.done and r.value is not None and not math.isnan(r.value)]
+    return sorted(done, key=lambda r: (sign * r.value, r.trial_id))
+
+
+def varying(records: Sequence[TrialRecord]) -> list[str]:
+    """Hyperparameters that take more than one value across the records."""
+    keys = sorted({k for r in records for k in r.hyperparameters})
+    return [k for k in keys if len({repr(r.hyperparameters.get(k)) for r in records}) > 1]
+
+
+def print_leaderboard(console: Console, scan: ScanDirectory, parameters: Parameters | None = None, top: int = 10) -> None:
+    records, corrupt = scan.records()
+    criterion = parameters.eval_criterion if parameters else scan.manifest()["eval_criterion"]
+    best = ranked(list(records.values()), criterion)
+    columns = varying(list(records.values())) or sorted({k for r in records.values() for k in r.hyperparameters})
+    train_key = criterion.replace("val_", "train_")
+    table = Table(title=f"scan {scan.name}: top {min(top, len(best))} of {len(best)} by {criterion}", title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("trial")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column(criterion, justify="right")
+    table.add_column(train_key, justify="right")
+    table.add_column("epochs", justify="right")
+    for rank, record in enumerate(best[:top], start=1):
+        table.add_row(
+            str(rank), record.trial_id, *(str(record.hyperparameters.get(c)) for c in columns),
+            _number(record.value), _number(record.metrics.get(train_key)), str(record.epochs_run),
+        )  # fmt: skip
+    console.print(table)
+    failed = [r for r in records.values() if not r.done]
+    if failed:
+        console.print(f"[red]{len(failed)} failed trial(s)[/]:")
+        for record in failed[:20]:
+            where = f" job {record.job_id}" if record.job_id else ""
+            log = f" log {record.log_path}" if record.log_path else ""
+            console.print(f"  {record.trial_id}{where}: {record.error}{log}")
+    if corrupt:
+        console.print(f"[yellow]{len(corrupt)} unreadable record file(s) counted as missing[/]: {', '.join(sorted(corrupt)[:5])}")
