@@ -33,7 +33,7 @@ class InputVariable(_Strict):
 
     name: str
     expr: str
-    one_hot: list[str] | None = None
+    one_hot: list[str | int | float] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -436,8 +436,7 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
         era = sample_list.eras.get(group.era) if group.era else None
         xsecs, sums = tables.get(group.era or "", ({}, {}))
         for file in files:
-            stem = group.name or file.stem
-            name = stem if len(files) == 1 or group.name is None else f"{stem}_{file.stem}"
+            name = group.name if group.name and len(files) == 1 else file.stem
             if group.era and group.era not in name:
                 name = f"{name}_{group.era}"
             xsec = group.xsec if group.xsec is not None else _lookup(xsecs, file)

@@ -84,11 +84,10 @@ class Expression:
 
     @cached_property
     def branches(self) -> tuple[str, ...]:
-        seen: dict[str, None] = {}
-        for node in ast.walk(self.tree):
-            if isinstance(node, ast.Name):
-                seen.setdefault(self.placeholders.get(node.id, node.id), None)
-        return tuple(seen)
+        functions = {id(n.func) for n in ast.walk(self.tree) if isinstance(n, ast.Call)}
+        names = [n for n in ast.walk(self.tree) if isinstance(n, ast.Name) and id(n) not in functions]
+        names.sort(key=lambda n: n.col_offset)
+        return tuple(dict.fromkeys(self.placeholders.get(n.id, n.id) for n in names))
 
     @property
     def is_plain_branch(self) -> bool:

@@ -1,0 +1,185 @@
+"""Reading, weights, split and cache, checked against computations made directly from the files."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import uproot
+
+from conftest import LUMI, SUMW, XSEC, build_analysis, make_events, write_root
+from hhscan import config, dataset, split
+from hhscan.errors import DataError, SplitError
+
+
+def load(analysis, cache: bool = False):
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(config.samples_path(parameters))
+    cache_dir = analysis.root / "cache" if cache else None
+    return dataset.load_dataset(sample_list, parameters.split, analysis.root / "splits", cache_dir), sample_list
+
+
+def raw(analysis, name: str) -> dict[str, np.ndarray]:
+    path = analysis.data / name
+    if path.suffix == ".h5":
+        with h5py.File(path) as handle:
+            array = handle["events"][()]
+        return {k: array[k] for k in array.dtype.names}
+    with uproot.open(path) as handle:
+        return handle["Events"].arrays(library="np")
+
+
+def expected_selection(columns):
+    return (columns["x2"] > -6) & ~(columns["njet"] > 4) & (columns["weight"] > 0)
+
+
+def test_samples_resolved_with_eras_globs_and_json_tables(analysis):
+    _, sample_list = load(analysis)
+    by_name = {s.name: s for s in sample_list.samples}
+    assert sorted(by_name) == ["dy_2016", "hh_2016", "hh_2017", "tt_2016", "tt_2017"]
+    assert by_name["tt_2017"].xsec == XSEC["2017"]["tt_2017.root"]
+    assert by_name["tt_2017"].event_weight_sum == SUMW["2017"]["tt_2017.root"]
+    assert by_name["tt_2017"].lumi == LUMI["2017"]
+    assert by_name["hh_2016"].is_signal and not by_name["dy_2016"].is_signal
+    assert sample_list.class_names == ["background", "signal"]
+
+
+def test_learning_weights_follow_the_physics(analysis):
+    data, sample_list = load(analysis)
+    independent = {}
+    for sample in sample_list.samples:
+        columns = raw(analysis, sample.path.name)
+        keep = expected_selection(columns)
+        w = columns["weight"][keep]
+        if sample.is_signal:
+            independent[sample.name] = w
+        else:
+            era = sample.era
+            independent[sample.name] = w * XSEC[era][sample.path.name] * LUMI[era] / SUMW[era][sample.path.name]
+    # Equalise: each class sums to N/2, computed here from scratch.
+    n_total = sum(len(v) for v in independent.values())
+    for cls in ("signal", "background"):
+        names = [s.name for s in sample_list.samples if s.class_name == cls]
+        total = sum(independent[n].sum() for n in names)
+        for n in names:
+            independent[n] = independent[n] * (n_total / 2) / total
+    for index, name in enumerate(data.sample_names):
+        got = data.learning_weight[data.sample_index == index]
+        np.testing.assert_allclose(got, independent[name], rtol=1e-6)
+    sums = [data.learning_weight[data.labels == k].sum() for k in range(2)]
+    np.testing.assert_allclose(sums, [n_total / 2] * 2, rtol=1e-5)
+    assert (data.learning_weight > 0).all()
+
+
+def test_negative_weights_dropped_and_counted_per_file(analysis):
+    data, _ = load(analysis)
+    for summary in data.summaries:
+        columns = raw(analysis, summary.file.split("/")[-1])
+        passing_cut = (columns["x2"] > -6) & ~(columns["njet"] > 4)
+        assert summary.selected == passing_cut.sum()
+        assert summary.dropped_non_positive == (passing_cut & (columns["weight"] <= 0)).sum() > 0
+        assert summary.used == summary.selected - summary.dropped_non_positive
+
+
+def test_three_classes_are_equalised_with_factors(analysis3):
+    analysis3.edit_samples(class_weight_factors={"DY": 2.0})
+    data, _ = load(analysis3)
+    assert data.class_names == ["TT", "DY", "signal"]
+    sums = np.array([data.learning_weight[data.labels == k].sum() for k in range(3)])
+    np.testing.assert_allclose(sums / sums[0], [1.0, 2.0, 1.0], rtol=1e-5)
+
+
+def test_features_expression_one_hot_and_dash_branch(analysis):
+    data, _ = load(analysis)
+    assert data.feature_names == ["x1", "abs_x2", "btag", "njet_2", "njet_3", "njet_4"]
+    index = data.sample_names.index("tt_2017")
+    columns = raw(analysis, "tt_2017.root")
+    keep = expected_selection(columns)
+    got = data.features[data.sample_index == index]
+    np.testing.assert_allclose(got[:, 1], np.abs(columns["x2"][keep]))
+    np.testing.assert_allclose(got[:, 2], columns["jet_b-tag"][keep])
+    np.testing.assert_array_equal(got[:, 3:].argmax(axis=1) + 2, columns["njet"][keep])
+    np.testing.assert_array_equal(got[:, 3:].sum(axis=1), 1)
+    np.testing.assert_array_equal(data.other["event"][data.sample_index == index], columns["event"][keep])
+
+
+def test_split_is_deterministic_exact_and_persisted(analysis):
+    first, _ = load(analysis)
+    stored = np.load(analysis.root / "splits" / "unit.npz")
+    for index, name in enumerate(first.sample_names):
+        part = first.partition[first.sample_index == index]
+        np.testing.assert_array_equal(part, stored[name])
+        n = len(part)
+        assert (part == split.TRAIN).sum() == round(0.6 * n)
+        assert (part == split.VALIDATION).sum() == round(0.2 * n)
+    # A different random seed in the environment changes nothing: the split is read back.
+    np.random.seed(99)
+    second, _ = load(analysis)
+    np.testing.assert_array_equal(first.partition, second.partition)
+    assert first.split_checksum == second.split_checksum
+    # Made afresh elsewhere with the same settings, the assignment is identical (determinism).
+    fresh = split.assign_partitions(len(stored["tt_2016"]), (0.6, 0.2, 0.2), 7, "tt_2016")
+    np.testing.assert_array_equal(fresh, stored["tt_2016"])
+
+
+def test_changed_data_is_an_error_naming_the_sample(analysis):
+    load(analysis)
+    write_root(analysis.data / "tt_2017.root", {"Events": make_events(350, -0.5, 4)})
+    with pytest.raises(SplitError, match=r"sample 'tt_2017' changed since split 'unit'.*entries 400 → 350"):
+        load(analysis)
+
+
+def test_changed_cut_is_an_error_not_a_resplit(analysis):
+    load(analysis)
+    analysis.edit_samples(cut="x2 > -3")
+    with pytest.raises(SplitError, match="changed since split 'unit'.*selected events"):
+        load(analysis)
+
+
+def test_changed_ratios_refused(analysis):
+    load(analysis)
+    analysis.edit_parameters(split={"train": 0.5, "validation": 0.3})
+    with pytest.raises(SplitError, match="was made with ratios"):
+        load(analysis)
+
+
+def test_cache_reload_is_identical_and_invalidated_by_changes(analysis):
+    fresh, sample_list = load(analysis, cache=True)
+    files = list((analysis.root / "cache").glob("*.npz"))
+    assert len(files) == 1
+    cached, _ = load(analysis, cache=True)
+    for name in ("features", "labels", "learning_weight", "partition", "sample_index"):
+        np.testing.assert_array_equal(getattr(fresh, name), getattr(cached, name))
+    assert cached.split_checksum == fresh.split_checksum
+    parameters = config.load_parameters(analysis.parameters)
+    key = dataset.cache_key(sample_list, parameters.split)
+    analysis.edit_samples(other_variables=["event"])
+    changed = config.load_sample_list(analysis.sample_list)
+    assert dataset.cache_key(changed, parameters.split) != key
+    # Touching a data file (new mtime) also changes the key.
+    analysis.edit_samples(other_variables=["event", "njet"])
+    same = config.load_sample_list(analysis.sample_list)
+    assert dataset.cache_key(same, parameters.split) == key
+    write_root(analysis.data / "dy_2016.root", {"Events": make_events(10, 0, 1)})  # unrelated file
+    assert dataset.cache_key(same, parameters.split) == key
+    (analysis.data / "tt_2016.root").touch()
+    assert dataset.cache_key(same, parameters.split) != key
+
+
+def test_cache_refused_when_split_file_removed(analysis):
+    load(analysis, cache=True)
+    (analysis.root / "splits" / "unit.npz").unlink()
+    with pytest.raises(DataError, match="split 'unit' is missing"):
+        load(analysis, cache=True)
+
+
+def test_hdf5_group_layout_is_read(tmp_path):
+    project = build_analysis(tmp_path / "p")
+    events = make_events(100, -0.2, 5)
+    with h5py.File(project.data / "dy_2016.h5", "w") as handle:
+        group = handle.create_group("events")
+        for key, values in events.items():
+            group.create_dataset(key, data=values)
+    data, _ = load(project)
+    index = data.sample_names.index("dy_2016")
+    assert (data.sample_index == index).sum() == expected_selection(events).sum()

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from hhscan import expr
+from hhscan.errors import ExpressionError
+
+COLUMNS = {
+    "pt": np.array([10.0, 40.0, 60.0, 25.0]),
+    "eta": np.array([-3.0, 1.0, -0.5, 2.0]),
+    "jet1_b-tag": np.array([0.1, 0.9, 0.5, 0.95]),
+    "is_fwd": np.array([1, 0, 0, 1]),
+    "$era": np.array(["2016", "2017", "2016", "2016"]),
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pt > 20 && abs(eta) < 2.4", [False, True, True, True]),
+        ("pt > 50 || !is_fwd", [False, True, True, False]),
+        ('"jet1_b-tag" > 0.8', [False, True, False, True]),
+        ("`jet1_b-tag` >= 0.5 && pt < 100", [False, True, True, True]),
+        ("20 < pt <= 40", [False, True, False, True]),
+        ("sqrt(pt) * 2 - 1", 2 * np.sqrt(COLUMNS["pt"]) - 1),
+        ("pow(eta, 2) + pt / 10 % 3", COLUMNS["eta"] ** 2 + (COLUMNS["pt"] / 10) % 3),
+        ("TMath::Abs(eta) > 1.5", [True, False, False, True]),
+        ("-pt + 1e1", 10 - COLUMNS["pt"]),
+        ("!(pt > 20) == 0", [False, True, True, True]),
+    ],
+)
+def test_evaluates_root_style_expressions(text, expected):
+    np.testing.assert_allclose(expr.parse(text).evaluate(COLUMNS), np.asarray(expected, dtype=float))
+
+
+def test_branches_are_listed_in_order_of_use():
+    assert expr.parse('pt > 3 && "jet1_b-tag" < abs(eta) || pt < 1').branches == ("pt", "jet1_b-tag", "eta")
+    assert expr.parse("$era").branches == ("$era",)
+
+
+def test_unknown_branch_lists_the_closest_names():
+    with pytest.raises(ExpressionError, match=r"unknown branch 'ptt'.*closest: pt"):
+        expr.parse("ptt > 3").evaluate(COLUMNS, where="f.root:Events")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("pt > ", "syntax error"),
+        ("pt >> 3", "construct"),
+        ("__import__('os').system('true')", "cannot read|only numbers|unknown function"),
+        ("open(pt)", "unknown function 'open'"),
+        ("pt.real > 1", ""),  # dotted names are branch names (ROOT leaves), not attribute access
+        ("pt ^ 2", "pow"),
+        ("pt > 3 ; 1", "cannot read"),
+        ("lambda: 1", "cannot read|construct"),
+        ("[pt]", "cannot read"),
+        ("", "empty"),
+    ],
+)
+def test_rejects_anything_but_the_expression_language(text, message):
+    if text == "pt.real > 1":
+        assert expr.parse(text).branches == ("pt.real",)
+        return
+    with pytest.raises(ExpressionError, match=message):
+        expr.parse(text, where="cfg.yaml:cut")
+
+
+def test_error_names_the_place():
+    with pytest.raises(ExpressionError, match=r"^cfg.yaml:cut: syntax error"):
+        expr.parse("(pt > 3", where="cfg.yaml:cut")
