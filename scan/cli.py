@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
 from hhscan.errors import HhscanError
 
 app = typer.Typer(
@@ -24,7 +23,8 @@ app = typer.Typer(
 DEFAULT_PARAMETERS = Path("parameters/scan.yaml")
 ParametersOption = Annotated[Path, typer.Option("--parameters", "-p", help="Scan configuration (YAML).")]
 SamplesOption = Annotated[
-    Optional[Path], typer.Option("--samples", "-s", help="Sample list (YAML); default: the one the parameters name.")
+    Path | None,
+    typer.Option("--samples", "-s", help="Sample list (YAML); default: the one the parameters name."),
 ]
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", help="Project directory (slurm/, models/, splits/).")]
 
@@ -55,7 +55,7 @@ def run(
     parameters: ParametersOption = DEFAULT_PARAMETERS,
     samples: SamplesOption = None,
     name: Annotated[str, typer.Option("--name", "-n", help="Scan name: results under slurm/NAME/.")] = "local",
-    max_trials: Annotated[Optional[int], typer.Option("--max-trials", help="Run at most N missing trials.")] = None,
+    max_trials: Annotated[int | None, typer.Option("--max-trials", help="Run at most N missing trials.")] = None,
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Run a scan's missing trials locally (a rerun skips trials already done)."""
@@ -82,7 +82,7 @@ def main() -> None:
     except HhscanError as error:
         if debug:
             raise
-        print(f"hhscan: error: {error}", file=sys.stderr)
+        print(f"hhscan: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("hhscan: interrupted", file=sys.stderr)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from hhscan import expr, split, weights
 from hhscan.config import Sample, SampleList, SplitSettings
 from hhscan.errors import DataError, ExpressionError
@@ -92,22 +91,30 @@ class Dataset:
         return selected
 
 
-def _needed_branches(sample_list: SampleList, sample: Sample) -> tuple[list[expr.Expression], list[str]]:
+def _needed_branches(sample_list: SampleList, sample: Sample) -> tuple[list[expr.Expression], dict[str, str]]:
+    """The parsed inputs, and every branch to read with what uses it (for error messages)."""
     parsed = [expr.parse(v.expr, where=f"{sample_list.source}:inputs") for v in sample_list.inputs]
-    extra = [expr.parse(t) for t in (sample.cut, sample.weight) if t]
-    names: dict[str, None] = {}
-    for expression in parsed + extra:
-        names.update(dict.fromkeys(expression.branches))
-    names.update(dict.fromkeys(sample_list.other_variables))
-    return parsed, [n for n in names if n not in ADDED_COLUMNS]
+    used_by: dict[str, str] = {}
+    for kind, text in (("cut", sample.cut), ("weight", sample.weight)):
+        if text:
+            used_by.update({b: f"{kind} '{text}'" for b in expr.parse(text).branches if b not in used_by})
+    for expression in parsed:
+        used_by.update({b: f"input '{expression.text}'" for b in expression.branches if b not in used_by})
+    used_by.update({b: "other_variables" for b in sample_list.other_variables if b not in used_by})
+    return parsed, {b: why for b, why in used_by.items() if b not in ADDED_COLUMNS}
 
 
 def read_sample(sample_list: SampleList, sample: Sample, apply_selection: bool = True) -> SampleArrays:
     """Read one file: evaluate cut, weight and inputs; drop non-positive weights when ``apply_selection``."""
-    parsed, branches = _needed_branches(sample_list, sample)
+    parsed, used_by = _needed_branches(sample_list, sample)
     where = f"{sample.path}:{sample.tree}"
-    columns, entries = read_columns(sample.path, sample.tree, branches)
-    added = {"$sample": sample.name, "$era": sample.era or "", "$tag": sample.tag, "$class": sample.class_name}
+    columns, entries = read_columns(sample.path, sample.tree, list(used_by), used_by)
+    added = {
+        "$sample": sample.name,
+        "$era": sample.era or "",
+        "$tag": sample.tag,
+        "$class": sample.class_name,
+    }
     for name, value in added.items():
         columns[name] = np.full(entries, value)
     try:
@@ -132,9 +139,7 @@ def read_sample(sample_list: SampleList, sample: Sample, apply_selection: bool =
     positive = weights.positive_weight_mask(event_weight)
     if apply_selection:
         if not np.any(positive & selection):
-            raise DataError(
-                f"{where}: all {n_cut} selected events have weight ≤ 0 (weight '{sample.weight}')"
-            )
+            raise DataError(f"{where}: all {n_cut} selected events have weight ≤ 0 (weight '{sample.weight}')")
         selection = selection & positive
     features = _features(sample_list, parsed, columns, selection, where)
     summary = SampleSummary(
@@ -169,7 +174,7 @@ def _features(
     where: str,
 ) -> np.ndarray:
     blocks = []
-    for variable, expression in zip(sample_list.inputs, parsed):
+    for variable, expression in zip(sample_list.inputs, parsed, strict=True):
         try:
             values = np.broadcast_to(expression.evaluate(columns, where), selection.shape)[selection]
         except (TypeError, ValueError) as error:
@@ -241,16 +246,18 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
     store.save()
     labels = np.concatenate([np.full(len(p.event_weight), class_names.index(p.sample.class_name), np.int32)
                              for p in parts])  # fmt: skip
-    physics = np.concatenate([
-        weights.physics_weight(
-            p.event_weight,
-            is_signal=p.sample.is_signal,
-            xsec=p.sample.xsec,
-            lumi=p.sample.lumi,
-            event_weight_sum=p.sample.event_weight_sum,
-        )
-        for p in parts
-    ])
+    physics = np.concatenate(
+        [
+            weights.physics_weight(
+                p.event_weight,
+                is_signal=p.sample.is_signal,
+                xsec=p.sample.xsec,
+                lumi=p.sample.lumi,
+                event_weight_sum=p.sample.event_weight_sum,
+            )
+            for p in parts
+        ]
+    )
     learning = weights.equalise_classes(physics, labels, class_names, sample_list.class_weight_factors)
     sample_index = np.concatenate([np.full(len(p.event_weight), i, np.int32) for i, p in enumerate(parts)])
     for i, p in enumerate(parts):
@@ -279,7 +286,15 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
     )
 
 
-_ARRAYS = ("features", "labels", "event_weight", "physics_weight", "learning_weight", "sample_index", "partition")
+_ARRAYS = (
+    "features",
+    "labels",
+    "event_weight",
+    "physics_weight",
+    "learning_weight",
+    "sample_index",
+    "partition",
+)
 
 
 def _write_cache(path: Path, dataset: Dataset) -> None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-
 from hhscan.errors import ExpressionError, did_you_mean
 
 FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
@@ -54,7 +53,12 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 
-_ROOT_FUNCTION_ALIASES = {"TMath::Abs": "abs", "TMath::Sqrt": "sqrt", "TMath::Log": "log", "TMath::Exp": "exp"}
+_ROOT_FUNCTION_ALIASES = {
+    "TMath::Abs": "abs",
+    "TMath::Sqrt": "sqrt",
+    "TMath::Log": "log",
+    "TMath::Exp": "exp",
+}
 
 _BINARY = {
     ast.Add: np.add,
@@ -118,7 +122,7 @@ def parse(text: str, where: str = "") -> Expression:
         match = _TOKEN.match(text, position)
         if match is None:
             raise ExpressionError(
-                f"{prefix}cannot read '{text[position:position + 10]}' at column {position + 1} of '{text}'"
+                f"{prefix}cannot read '{text[position : position + 10]}' at column {position + 1} of '{text}'"
             )
         kind, token = match.lastgroup, match.group()
         position = match.end()
@@ -203,7 +207,7 @@ class _Evaluator(ast.NodeVisitor):
     def visit_Compare(self, node: ast.Compare):
         left = self.visit(node.left)
         result = None
-        for op, comparator in zip(node.ops, node.comparators):
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.visit(comparator)
             step = _COMPARE[type(op)](left, right)
             result = step if result is None else np.logical_and(result, step)

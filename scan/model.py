@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 import numpy as np
-
 from hhscan.errors import ConfigError
 
 _PREFERENCE = ("jax", "tensorflow", "torch")
@@ -30,13 +29,13 @@ def choose_backend(requested: str = "auto") -> str:
         active = keras.backend.backend()
         if requested not in ("auto", active):
             raise ConfigError(
-                f"Keras is already running on the '{active}' backend in this process; "
-                f"'{requested}' needs a new process"
+                f"Keras is already running on the '{active}' backend in this process; '{requested}' needs a new process"
             )
         return active
     if requested == "auto":
         requested = os.environ.get("KERAS_BACKEND") or next(
-            (name for name in _PREFERENCE if importlib.util.find_spec(_MODULE[name]) is not None), "tensorflow"
+            (name for name in _PREFERENCE if importlib.util.find_spec(_MODULE[name]) is not None),
+            "tensorflow",
         )
     if importlib.util.find_spec(_MODULE[requested]) is None:
         raise ConfigError(f"training.backend '{requested}': the package '{_MODULE[requested]}' is not installed")

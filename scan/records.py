@@ -56,7 +56,7 @@ class TrialRecord:
 
 
 _JSON_FIELDS = {"hyperparameters", "metrics", "history"}
-_COLUMNS = [f for f in TrialRecord.__dataclass_fields__]
+_COLUMNS = list(TrialRecord.__dataclass_fields__)
 
 
 def _encode(record: TrialRecord) -> list[str]:
@@ -91,7 +91,7 @@ def from_csv(text: str) -> TrialRecord:
         raise CorruptRecord("checksum mismatch (truncated or edited)")
     values: dict[str, Any] = {}
     types = {name: f.type for name, f in TrialRecord.__dataclass_fields__.items()}
-    for column, cell in zip(_COLUMNS, cells):
+    for column, cell in zip(_COLUMNS, cells, strict=True):
         if column in _JSON_FIELDS or cell == "null":
             values[column] = json.loads(cell)
         elif types[column] in ("int", "int | None"):

@@ -150,7 +150,9 @@ class ScanDirectory:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             detail = ", ".join(f"{k}: {before.get(k)} → {now.get(k)}" for k in changed)
             if manifest["repetitions"] != parameters.repetitions:
-                detail = ", ".join(filter(None, [detail, f"repetitions: {manifest['repetitions']} → {parameters.repetitions}"]))
+                detail = ", ".join(
+                    filter(None, [detail, f"repetitions: {manifest['repetitions']} → {parameters.repetitions}"])
+                )
             raise ScanError(
                 f"scan '{self.name}': the hyperparameter dictionary changed since it was created ({detail}); "
                 f"restore it or start a new scan with another --name"

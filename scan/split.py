@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from hhscan.errors import SplitError
 from hhscan.fileio import atomic_write_bytes
 
@@ -36,7 +35,7 @@ class SelectionFingerprint:
     def of(cls, file_size: int, selection: np.ndarray) -> SelectionFingerprint:
         packed = np.packbits(np.asarray(selection, dtype=bool))
         digest = hashlib.sha256(packed.tobytes()).hexdigest()[:16]
-        return cls(file_size, int(len(selection)), int(np.count_nonzero(selection)), digest)
+        return cls(file_size, len(selection), int(np.count_nonzero(selection)), digest)
 
     def differences(self, other: SelectionFingerprint) -> str:
         parts = []
@@ -110,7 +109,8 @@ class SplitStore:
             before = SelectionFingerprint(**known)
             if before != fingerprint:
                 raise SplitError(
-                    f"sample '{sample}' changed since split '{self.name}' was made ({before.differences(fingerprint)}): "
+                    f"sample '{sample}' changed since split '{self.name}' was made "
+                    f"({before.differences(fingerprint)}): "
                     f"a re-split would mix results; use a new split name or delete {self.path} and {self.meta_path}"
                 )
         return self._assignments[sample]
@@ -122,6 +122,11 @@ class SplitStore:
         np.savez(buffer, **self._assignments)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, buffer.getvalue())
-        meta = {"name": self.name, "ratios": list(self.ratios), "seed": self.seed, "samples": self._fingerprints}
+        meta = {
+            "name": self.name,
+            "ratios": list(self.ratios),
+            "seed": self.seed,
+            "samples": self._fingerprints,
+        }
         atomic_write_bytes(self.meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
         self._dirty = False

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from hhscan import metrics, model
 from hhscan.config import Parameters
 from hhscan.dataset import Dataset
@@ -169,11 +168,8 @@ def seed_everything(seed: int) -> None:
     global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
 
 
-def train(
-    trial: Trial, dataset: Dataset, parameters: Parameters, checkpoint_dir: Path | None = None
-) -> TrainedTrial:
+def train(trial: Trial, dataset: Dataset, parameters: Parameters, checkpoint_dir: Path | None = None) -> TrainedTrial:
     """Train one trial on the training partition, validated on the validation partition."""
-    import keras
 
     started = time.perf_counter()
     hp = trial.hyperparameters

@@ -49,7 +49,7 @@ def expand(parameters: Parameters) -> list[Trial]:
     keys = list(parameters.hyperparameters)
     trials = []
     for values in itertools.product(*(parameters.hyperparameters[k] for k in keys)):
-        point = canonical(dict(zip(keys, values)))
+        point = canonical(dict(zip(keys, values, strict=True)))
         for repetition in range(parameters.repetitions):
             trials.append(Trial(trial_id(point, repetition), point, repetition))
     ids = [t.id for t in trials]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
 from hhscan.config import CRITERIA, Parameters
 from hhscan.dataset import SampleSummary
 from hhscan.records import TrialRecord
 from hhscan.scandir import ScanDirectory
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -53,7 +52,10 @@ class TrialProgress:
 
     def advance(self, record: TrialRecord) -> None:
         if record.done:
-            message = f"{record.trial_id} {record.criterion}={_number(record.value)} ({record.epochs_run} epochs, {record.seconds:.1f} s)"
+            message = (
+                f"{record.trial_id} {record.criterion}={_number(record.value)} "
+                f"({record.epochs_run} epochs, {record.seconds:.1f} s)"
+            )
         else:
             message = f"[red]{record.trial_id} FAIL[/] {record.error}"
         self.progress.console.print(message)
@@ -73,13 +75,18 @@ def varying(records: Sequence[TrialRecord]) -> list[str]:
     return [k for k in keys if len({repr(r.hyperparameters.get(k)) for r in records}) > 1]
 
 
-def print_leaderboard(console: Console, scan: ScanDirectory, parameters: Parameters | None = None, top: int = 10) -> None:
+def print_leaderboard(
+    console: Console, scan: ScanDirectory, parameters: Parameters | None = None, top: int = 10
+) -> None:
     records, corrupt = scan.records()
     criterion = parameters.eval_criterion if parameters else scan.manifest()["eval_criterion"]
     best = ranked(list(records.values()), criterion)
     columns = varying(list(records.values())) or sorted({k for r in records.values() for k in r.hyperparameters})
     train_key = criterion.replace("val_", "train_")
-    table = Table(title=f"scan {scan.name}: top {min(top, len(best))} of {len(best)} by {criterion}", title_justify="left")
+    table = Table(
+        title=f"scan {scan.name}: top {min(top, len(best))} of {len(best)} by {criterion}",
+        title_justify="left",
+    )
     table.add_column("rank", justify="right")
     table.add_column("trial")
     for column in columns:
@@ -101,4 +108,6 @@ def print_leaderboard(console: Console, scan: ScanDirectory, parameters: Paramet
             log = f" log {record.log_path}" if record.log_path else ""
             console.print(f"  {record.trial_id}{where}: {record.error}{log}")
     if corrupt:
-        console.print(f"[yellow]{len(corrupt)} unreadable record file(s) counted as missing[/]: {', '.join(sorted(corrupt)[:5])}")
+        console.print(
+            f"[yellow]{len(corrupt)} unreadable record file(s) counted as missing[/]: {', '.join(sorted(corrupt)[:5])}"
+        )

@@ -111,10 +111,13 @@ def build_analysis(root: Path, classes: int = 2, n: int = 400) -> Analysis:
         "cut": "x2 > -6 && !(njet > 4)",
         "weight": "weight",
         "eras": {
-            era: {"lumi": LUMI[era], "xsec": f"../data/xsec_{era}.json",
-                  "event_weight_sum": f"../data/event_weight_sum_{era}.json"}
+            era: {
+                "lumi": LUMI[era],
+                "xsec": f"../data/xsec_{era}.json",
+                "event_weight_sum": f"../data/event_weight_sum_{era}.json",
+            }
             for era in ("2016", "2017")
-        },  # fmt: skip
+        },
         "groups": [
             {"name": "hh", "files": "hh_*.root", "tree": "Events", "class": "signal"},
             {"name": "tt", "files": "tt_2016.root", "tree": "Events", "class": background_tt, "era": "2016"},

@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 import uproot
-
 from conftest import LUMI, SUMW, XSEC, build_analysis, make_events, write_root
 from hhscan import config, dataset, split
 from hhscan.errors import DataError, SplitError
@@ -132,7 +131,7 @@ def test_changed_data_is_an_error_naming_the_sample(analysis):
 def test_changed_cut_is_an_error_not_a_resplit(analysis):
     load(analysis)
     analysis.edit_samples(cut="x2 > -3")
-    with pytest.raises(SplitError, match="changed since split 'unit'.*selected events"):
+    with pytest.raises(SplitError, match=r"changed since split 'unit'.*selected events"):
         load(analysis)
 
 

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from hhscan import expr
 from hhscan.errors import ExpressionError
 

@@ -10,7 +10,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
 from hhscan import artifacts, config, metrics, records, trial
 from hhscan.scandir import Workspace
@@ -62,7 +61,9 @@ def test_local_scan_end_to_end_and_rerun_skips_done(analysis, capsys, monkeypatc
 def test_model_zip_loads_with_plain_keras_and_reproduces_the_record(analysis, capsys, monkeypatch, tmp_path):
     import keras
 
-    code, _, err = run_cli(["run", "--local", "--name", "unit", "--max-trials", "1"], analysis.root, capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["run", "--local", "--name", "unit", "--max-trials", "1"], analysis.root, capsys, monkeypatch
+    )
     assert code == 0, err
     scan = Workspace(analysis.root).scan("unit")
     (record,) = scan.records()[0].values()
@@ -133,7 +134,9 @@ def test_changed_dictionary_refused_for_an_existing_scan(analysis, capsys, monke
 
 
 def test_three_class_scan(analysis3, capsys, monkeypatch):
-    code, _, err = run_cli(["run", "--local", "--name", "multi", "--max-trials", "1"], analysis3.root, capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["run", "--local", "--name", "multi", "--max-trials", "1"], analysis3.root, capsys, monkeypatch
+    )
     assert code == 0, err
     scan = Workspace(analysis3.root).scan("multi")
     (record,) = scan.records()[0].values()
@@ -143,7 +146,7 @@ def test_three_class_scan(analysis3, capsys, monkeypatch):
 
 
 def test_shipped_example_runs_end_to_end(example, capsys, monkeypatch):
-    code, out, err = run_cli(["run", "--local", "--max-trials", "2"], example.root, capsys, monkeypatch)
+    code, _, err = run_cli(["run", "--local", "--max-trials", "2"], example.root, capsys, monkeypatch)
     assert code == 0, err
     found, _ = Workspace(example.root).scan("local").records()
     assert len(found) == 2 and all(r.done for r in found.values())
