@@ -75,6 +75,101 @@ def run(
     console_views.print_leaderboard(console, prepared.scan, params)
 
 
+@app.command()
+def submit(
+    name: Annotated[str, typer.Option("--name", "-n", help="Scan name: logs and results under slurm/NAME/.")],
+    split: Annotated[int, typer.Option("--split", help="Trials per Slurm job.")] = 1,
+    parameters: ParametersOption = DEFAULT_PARAMETERS,
+    samples: SamplesOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the jobs, submit nothing.")] = False,
+    workspace: WorkspaceOption = Path(),
+) -> None:
+    """Submit a new scan to Slurm through submitit, N trials per job."""
+    from hhscan import session, slurm
+    from hhscan import views as console_views
+
+    console = _console()
+    params, sample_list = _load(parameters, samples)
+    slurm.resource_parameters(params.slurm)  # unknown resources fail before any data is read
+    slurm.check_reachable()
+    prepared = session.prepare(params, sample_list, Path(workspace), name, kind="slurm", must_be_new=not dry_run)
+    console_views.print_summaries(console, prepared.dataset.summaries, prepared.backend)
+    groups, jobs = session.submit(prepared, split, prepared.trials, dry_run=dry_run)
+    _print_submission(console, name, groups, jobs, dry_run)
+
+
+def _print_submission(console, name: str, groups: list[list[str]], jobs: list[dict], dry_run: bool) -> None:
+    trials = sum(len(g) for g in groups)
+    if dry_run:
+        console.print(f"scan [bold]{name}[/]: would submit {trials} trial(s) in {len(groups)} job(s):")
+        for group in groups:
+            console.print("  " + " ".join(group))
+        return
+    if not jobs:
+        console.print(f"scan [bold]{name}[/]: nothing to submit")
+        return
+    arrays = sorted({str(j["job_id"]).split("_")[0] for j in jobs})
+    console.print(
+        f"scan [bold]{name}[/]: submitted {trials} trial(s) in {len(jobs)} job(s) (arrays {', '.join(arrays)}); "
+        f"logs under {Path(jobs[0]['stdout']).parent.parent}"
+    )
+
+
+@app.command()
+def resubmit(
+    name: Annotated[str | None, typer.Argument(help="Scan name (default: the latest scan).")] = None,
+    split: Annotated[int, typer.Option("--split", help="Trials per Slurm job.")] = 1,
+    skip_failed: Annotated[bool, typer.Option("--skip-failed", help="Do not retry trials that failed.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be submitted.")] = False,
+    parameters: Annotated[
+        Path | None, typer.Option("--parameters", "-p", help="Default: the file the scan was created from.")
+    ] = None,
+    workspace: WorkspaceOption = Path(),
+) -> None:
+    """Submit only the missing (failed, timed out, cancelled, never run) trials into the same scan."""
+    from hhscan import session
+
+    console = _console()
+    prepared, status, groups, jobs = session.resubmit(Path(workspace), name, split, skip_failed, dry_run, parameters)
+    counts = ", ".join(f"{s} {status.count(s)}" for s in ("done", "failed", "running", "pending", "missing"))
+    console.print(f"scan [bold]{prepared.scan.name}[/]: {counts}")
+    _print_submission(console, prepared.scan.name, groups, jobs, dry_run)
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="Scan name (default: the latest scan).")] = None,
+    workspace: WorkspaceOption = Path(),
+) -> None:
+    """Done / failed / running / pending / missing trials, with error lines, job ids and logs."""
+    from hhscan import slurm
+    from hhscan.scandir import Workspace
+
+    console = _console()
+    scan = Workspace(Path(workspace)).scan(name)
+    result = slurm.scan_status(scan)
+    counts = "  ".join(f"{s}: {result.count(s)}" for s in ("done", "failed", "running", "pending", "missing"))
+    console.print(f"scan [bold]{scan.name}[/] ({len(result.trials)} trials)  {counts}")
+    for item in result.of("failed"):
+        record = item.record
+        assert record is not None
+        console.print(
+            f"  [red]failed[/] {item.trial.id} job {record.job_id or '–'}: {record.error}  log {record.log_path or '–'}"
+        )
+    for item in result.of("missing"):
+        if item.job:
+            console.print(
+                f"  [yellow]missing[/] {item.trial.id} job {item.job['job_id']} ended {item.job_state or 'UNKNOWN'}"
+                f"  log {item.job['stdout']}"
+            )
+    if result.corrupt:
+        console.print(
+            f"  [yellow]{len(result.corrupt)} unreadable record file(s)[/]: {', '.join(sorted(result.corrupt))}"
+        )
+    if result.count("missing") + result.count("failed"):
+        console.print(f"resubmit them with: hhscan resubmit {scan.name}")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     try:

@@ -224,7 +224,8 @@ class Training(_Strict):
     early_stopping: EarlyStopping = EarlyStopping()
     reduce_lr: ReduceLROnPlateau = ReduceLROnPlateau()
     steps_per_execution: int = 1
-    checkpoint_every_epoch: bool = True
+    # Seconds between epoch-end checkpoints (0: every epoch; null: never). A requeued job loses at most this.
+    checkpoint_interval_s: float | None = 30.0
     pack_size: int = 1
 
 

@@ -123,6 +123,8 @@ class ScanDirectory:
             "split_checksum": split_checksum,
             "data_fingerprint": data_fingerprint,
             "backend": backend,
+            "parameters_file": str(parameters.source),
+            "samples_file": str(sample_list.source),
             "trials": [{"id": t.id, "hyperparameters": t.hyperparameters, "repetition": t.repetition} for t in trials],
             "jobs": [],
         }

@@ -68,3 +68,43 @@ def run_local(
     on_trial_end: Callable[[TrialRecord], None] | None = None,
 ) -> list[TrialRecord]:
     return runner.run_scan_trials(prepared.scan, trial_ids, on_trial_end=on_trial_end, dataset=prepared.dataset)
+
+
+def submit(prepared: PreparedScan, split: int, trials: Sequence[trial.Trial] | None = None, dry_run: bool = False):
+    """Submit the scan's missing trials (or the given ones) to Slurm, ``split`` per job."""
+    from hhscan import slurm
+
+    with slurm.scan_lock(prepared.scan):
+        todo = list(trials) if trials is not None else prepared.scan.missing()
+        groups = slurm.group(todo, split)
+        if dry_run or not groups:
+            return groups, []
+        return groups, slurm.submit_groups(prepared.scan, groups, prepared.parameters.slurm)
+
+
+def resubmit(
+    workspace_root: Path,
+    name: str | None,
+    split: int,
+    skip_failed: bool = False,
+    dry_run: bool = False,
+    parameters_path: Path | None = None,
+):
+    """Submit only the missing trials of an existing scan, after checking nothing that defines it changed."""
+    from hhscan import config, slurm
+
+    workspace = Workspace(Path(workspace_root))
+    scan = workspace.scan(name)
+    manifest = scan.manifest()
+    parameters = config.load_parameters(parameters_path or manifest["parameters_file"])
+    sample_list = config.load_sample_list(config.samples_path(parameters))
+    scan.check_compatible(parameters)  # fast refusal before reading any data
+    prepared = prepare(parameters, sample_list, workspace.root, scan.name, kind=manifest["kind"], must_exist=True)
+    slurm.check_reachable()
+    with slurm.scan_lock(scan):
+        status = slurm.scan_status(scan)
+        todo = slurm.to_resubmit(status, skip_failed)
+        groups = slurm.group(todo, split) if todo else []
+        if dry_run or not groups:
+            return prepared, status, groups, []
+        return prepared, status, groups, slurm.submit_groups(scan, groups, parameters.slurm)

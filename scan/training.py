@@ -91,18 +91,22 @@ def _callbacks(parameters: Parameters, state: dict[str, Any] | None):
     return callbacks
 
 
-def _checkpointer(directory: Path, history_before: dict[str, list[float]], callbacks: list):
-    """A callback writing model + history + callback state after each epoch, atomically."""
+def _checkpointer(directory: Path, history_before: dict[str, list[float]], callbacks: list, interval_s: float):
+    """A callback writing model + history + callback state at epoch ends, atomically, every ``interval_s``."""
     import keras
 
     class Checkpoint(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.history = {k: list(v) for k, v in history_before.items()}
+            self.last_saved = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
             for key, value in (logs or {}).items():
                 self.history.setdefault(key, []).append(float(value))
+            if time.monotonic() - self.last_saved < interval_s:
+                return
+            self.last_saved = time.monotonic()
             directory.mkdir(parents=True, exist_ok=True)
             model_path = directory / "model.keras"
             temporary = directory / ".model.keras.tmp.keras"
@@ -188,8 +192,9 @@ def train(trial: Trial, dataset: Dataset, parameters: Parameters, checkpoint_dir
         model.compile_model(net, hp, n_classes, parameters.training.steps_per_execution)
         initial_epoch, history_before = 0, {}
     callbacks = _callbacks(parameters, state)
-    if checkpoint_dir is not None and parameters.training.checkpoint_every_epoch:
-        callbacks.append(_checkpointer(checkpoint_dir, history_before, callbacks[:]))
+    interval = parameters.training.checkpoint_interval_s
+    if checkpoint_dir is not None and interval is not None:
+        callbacks.append(_checkpointer(checkpoint_dir, history_before, callbacks[:], interval))
     fit = net.fit(
         x_train,
         model.targets(y_train, n_classes),
