@@ -92,7 +92,9 @@ def submit(
     params, sample_list = _load(parameters, samples)
     slurm.resource_parameters(params.slurm)  # unknown resources fail before any data is read
     slurm.check_reachable()
-    prepared = session.prepare(params, sample_list, Path(workspace), name, kind="slurm", must_be_new=not dry_run)
+    prepared = session.prepare(
+        params, sample_list, Path(workspace), name, kind="slurm", must_be_new=not dry_run, create=not dry_run
+    )
     console_views.print_summaries(console, prepared.dataset.summaries, prepared.backend)
     groups, jobs = session.submit(prepared, split, prepared.trials, dry_run=dry_run)
     _print_submission(console, name, groups, jobs, dry_run)

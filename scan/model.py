@@ -44,6 +44,24 @@ def choose_backend(requested: str = "auto") -> str:
     return requested
 
 
+def keep_tensorflow_out() -> None:
+    """On JAX or torch, tell Keras that TensorFlow is unavailable.
+
+    Keras' serializer asks ``tf.available`` (to recognise ``tf.TensorShape``), which imports TensorFlow whenever it
+    is installed: 6–9 s in every worker process, for nothing. Keras treats an uninstalled TensorFlow the same way.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        return
+    try:
+        from keras.src.utils import module_utils
+    except ImportError:  # a future Keras layout: pay the import, stay correct
+        return
+    if getattr(module_utils.tensorflow, "_available", True) is None:
+        module_utils.tensorflow._available = False
+
+
 def build_model(
     hyperparameters: dict[str, Any],
     n_features: int,

@@ -36,6 +36,7 @@ def prepare(
     kind: str,
     must_be_new: bool = False,
     must_exist: bool = False,
+    create: bool = True,
 ) -> PreparedScan:
     """Load the data once, then create the scan directory or check the existing one is compatible."""
     from hhscan.errors import ScanError
@@ -52,11 +53,11 @@ def prepare(
     backend = model.choose_backend(parameters.training.backend)
     dataset = runner.prepare_dataset(parameters, sample_list, workspace)
     trials = trial.expand(parameters)
-    created = not scan.exists
+    created = not scan.exists and create
     if created:
         scan.create(parameters, sample_list, trials, dataset.split_checksum, dataset.data_fingerprint,
                     workspace, backend, kind)  # fmt: skip
-    else:
+    elif scan.exists:
         scan.check_compatible(parameters, dataset.split_checksum, dataset.data_fingerprint)
         scan.write_config(parameters, sample_list)
     return PreparedScan(parameters, sample_list, workspace, scan, trials, dataset, backend, created)
@@ -74,10 +75,12 @@ def submit(prepared: PreparedScan, split: int, trials: Sequence[trial.Trial] | N
     """Submit the scan's missing trials (or the given ones) to Slurm, ``split`` per job."""
     from hhscan import slurm
 
+    if dry_run:
+        return slurm.group(list(trials) if trials is not None else prepared.scan.missing(), split), []
     with slurm.scan_lock(prepared.scan):
         todo = list(trials) if trials is not None else prepared.scan.missing()
         groups = slurm.group(todo, split)
-        if dry_run or not groups:
+        if not groups:
             return groups, []
         return groups, slurm.submit_groups(prepared.scan, groups, prepared.parameters.slurm)
 

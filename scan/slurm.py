@@ -71,6 +71,9 @@ def check_reachable() -> None:
     """One line saying Slurm cannot be reached, and how to start the project's cluster."""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         raise BackendError(f"Slurm is not installed here (no sbatch/sinfo on PATH): {CLUSTER_HINT}")
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():  # sinfo would retry a missing file for a minute
+        raise BackendError(f"Slurm is not reachable (SLURM_CONF={conf} does not exist): {CLUSTER_HINT}")
     try:
         result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
@@ -144,8 +147,17 @@ def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmS
     return entries
 
 
+def queued_states() -> dict[str, str]:
+    """Jobs the controller still holds (array tasks one per line), with their state."""
+    result = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+    return dict(line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) >= 2)
+
+
 def job_states(jobs: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Slurm state of each job (via submitit's sacct watcher, one query for all)."""
+    """Slurm state of each job: accounting (submitit's sacct watcher, one query), else the queue.
+
+    An array task cancelled while pending never reaches accounting: absent from both, it is GONE.
+    """
     if not jobs:
         return {}
     handles = {j["job_id"]: submitit.SlurmJob(folder=Path(j["stdout"]).parent, job_id=j["job_id"]) for j in jobs}
@@ -155,6 +167,11 @@ def job_states(jobs: Sequence[dict[str, Any]]) -> dict[str, str]:
     for job_id, handle in handles.items():
         state = handle.watcher.get_state(job_id, mode="force" if job_id == next(iter(handles)) else "cache")
         states[job_id] = state.split()[0] if state else "UNKNOWN"
+    if "UNKNOWN" in states.values():
+        queued = queued_states()
+        for job_id, state in states.items():
+            if state == "UNKNOWN":
+                states[job_id] = queued.get(job_id, "GONE")
     return states
 
 
@@ -179,7 +196,7 @@ class ScanStatus:
         return [t for t in self.trials if t.state in states]
 
 
-def scan_status(scan: ScanDirectory, grace_s: float = 120.0) -> ScanStatus:
+def scan_status(scan: ScanDirectory) -> ScanStatus:
     """Each expected trial's state from its record and the Slurm state of the last job that had it."""
     records, corrupt = scan.records()
     jobs = scan.manifest().get("jobs", [])
@@ -190,13 +207,10 @@ def scan_status(scan: ScanDirectory, grace_s: float = 120.0) -> ScanStatus:
     pending_jobs = list({id(j): j for j in last_job.values()}.values())
     states = job_states(pending_jobs) if pending_jobs and shutil.which("sacct") else {}
     result = ScanStatus(corrupt=corrupt)
-    now = time.time()
     for trial in scan.trials():
         record = records.get(trial.id)
         job = last_job.get(trial.id)
         job_state = states.get(job["job_id"], "") if job else ""
-        if job_state == "UNKNOWN" and job and now - job.get("submitted_at", 0) < grace_s:
-            job_state = "PENDING"  # not yet in the accounting database
         if record is not None and record.done:
             state = "done"
         elif job_state == "RUNNING":

@@ -6,6 +6,7 @@ the end of every epoch, so a job that is killed, times out or is preempted resum
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 from hhscan import metrics, model
 from hhscan.config import Parameters
 from hhscan.dataset import Dataset
-from hhscan.fileio import atomic_write_text
+from hhscan.fileio import atomic_write_bytes, atomic_write_text
 from hhscan.split import TRAIN, VALIDATION
 from hhscan.trial import Trial
 
@@ -61,9 +62,8 @@ def _callbacks(parameters: Parameters, state: dict[str, Any] | None):
                 saved = state["early_stopping"]
                 self.wait, self.best, self.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
                 if saved.get("best_weights") and Path(saved["best_weights"]).exists():
-                    clone = keras.models.clone_model(self.model)
-                    clone.load_weights(saved["best_weights"])
-                    self.best_weights = clone.get_weights()
+                    with np.load(saved["best_weights"]) as stored:
+                        self.best_weights = [stored[f"w{i}"] for i in range(len(stored.files))]
 
     class ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
         def on_train_begin(self, logs=None):
@@ -115,9 +115,11 @@ def _checkpointer(directory: Path, history_before: dict[str, list[float]], callb
             state: dict[str, Any] = {"epoch": epoch, "history": self.history}
             for callback in callbacks:
                 if isinstance(callback, keras.callbacks.EarlyStopping):
-                    best_path = directory / "best.weights.h5"
-                    if callback.best_weights is not None and callback.wait == 0:
-                        self.model.save_weights(best_path)
+                    best_path = directory / "best_weights.npz"
+                    if callback.best_weights is not None:
+                        buffer = io.BytesIO()
+                        np.savez(buffer, **{f"w{i}": w for i, w in enumerate(callback.best_weights)})
+                        atomic_write_bytes(best_path, buffer.getvalue())
                     state["early_stopping"] = {
                         "wait": callback.wait,
                         "best": _finite_or_none(callback.best),
@@ -174,7 +176,7 @@ def seed_everything(seed: int) -> None:
 
 def train(trial: Trial, dataset: Dataset, parameters: Parameters, checkpoint_dir: Path | None = None) -> TrainedTrial:
     """Train one trial on the training partition, validated on the validation partition."""
-
+    model.keep_tensorflow_out()
     started = time.perf_counter()
     hp = trial.hyperparameters
     n_classes = len(dataset.class_names)

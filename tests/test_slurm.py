@@ -1,0 +1,208 @@
+"""Submission, resubmission and status on the real localhost Slurm cluster (scripts/slurm-cluster.sh)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+from hhscan import slurm
+from hhscan.scandir import Workspace
+
+pytestmark = pytest.mark.slurm
+SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Start the project's cluster (a no-op when it runs) and point every client at it."""
+    subprocess.run([str(SCRIPT), "start"], check=True, capture_output=True, text=True, timeout=600)
+    conf = subprocess.run([str(SCRIPT), "env"], check=True, capture_output=True, text=True).stdout
+    os.environ["SLURM_CONF"] = conf.strip().split("=", 1)[1]
+    return os.environ["SLURM_CONF"]
+
+
+@pytest.fixture
+def slurm_analysis(analysis, cluster):
+    analysis.edit_parameters(
+        hyperparameters={"learning_rate": [0.01, 0.003, 0.001], "neurons": [4, 8]},
+        slurm={"resources": {"timeout_min": 10, "cpus_per_task": 1, "mem_gb": 2, "gpus_per_node": 1}},
+    )
+    return analysis
+
+
+def wait_until_settled(scan, limit_s: float = 300.0):
+    """Poll the scan's status until nothing is queued or running (bounded)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        status = slurm.scan_status(scan)
+        if not status.of("running", "pending"):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"scan {scan.name} still busy after {limit_s} s: {Counter(t.state for t in status.trials)}")
+
+
+def wait_for_job_state(job_id: str, wanted: str, limit_s: float = 120.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+        if wanted in out:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never reached {wanted}")
+
+
+def records_exactly_once(scan) -> None:
+    records, corrupt = scan.records()
+    expected = {t.id for t in scan.trials()}
+    assert set(records) == expected and not corrupt
+    assert all(r.done for r in records.values()), [r.error for r in records.values() if not r.done]
+    assert len(list(scan.output_dir.glob("*.zip"))) == len(expected)
+
+
+def test_submit_runs_every_trial_once_with_a_split_that_does_not_divide(slurm_analysis, capsys, monkeypatch):
+    slurm_analysis.edit_parameters(slurm={"max_array_size": 3})  # 3 groups of 2 (and one of 0) → arrays of 2
+    code, out, err = run_cli(["submit", "--name", "jobs", "--split", "4"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("jobs")
+    jobs = scan.manifest()["jobs"]
+    assert [len(j["trial_ids"]) for j in jobs] == [4, 2]  # 6 trials, 4 per job: the partial group kept
+    status = wait_until_settled(scan)
+    assert status.count("done") == 6
+    records_exactly_once(scan)
+    records, _ = scan.records()
+    assert {r.job_id for r in records.values()} == {j["job_id"] for j in jobs}
+    assert all(Path(r.log_path).exists() for r in records.values())
+    code, out, _ = run_cli(["status", "jobs"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0 and "done: 6" in out and "missing: 0" in out
+    code, _, err = run_cli(["submit", "--name", "jobs"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 1 and "already exists" in err and "hhscan resubmit jobs" in err
+
+
+def test_split_one_and_resubmit_after_scancel(slurm_analysis, capsys, monkeypatch):
+    code, _, err = run_cli(["submit", "--name", "cancel", "--split", "1"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("cancel")
+    jobs = scan.manifest()["jobs"]
+    assert len(jobs) == 6 and all(len(j["trial_ids"]) == 1 for j in jobs)
+    victim = jobs[-1]
+    subprocess.run(["scancel", victim["job_id"]], check=True)
+    status = wait_until_settled(scan)
+    lost = status.of("missing")
+    assert [t.trial.id for t in lost] == victim["trial_ids"]
+    code, out, _ = run_cli(["status", "cancel"], slurm_analysis.root, capsys, monkeypatch)
+    assert "missing: 1" in out and victim["job_id"] in out and ("CANCELLED" in out or "GONE" in out)
+    code, out, err = run_cli(["resubmit", "cancel", "--dry-run"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0 and victim["trial_ids"][0] in out and len(scan.manifest()["jobs"]) == 6
+    code, out, err = run_cli(["resubmit", "cancel"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    assert scan.manifest()["jobs"][-1]["trial_ids"] == victim["trial_ids"]
+    wait_until_settled(scan)
+    records_exactly_once(scan)
+    code, out, _ = run_cli(["resubmit", "cancel"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0 and "nothing to submit" in out
+
+
+def test_concurrent_resubmits_never_submit_a_trial_twice(slurm_analysis, capsys, monkeypatch):
+    from hhscan import session
+
+    code, _, err = run_cli(["run", "--local", "--name", "twice", "--max-trials", "2"], slurm_analysis.root, capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 0, err
+    results = []
+
+    def resubmit():
+        results.append(session.resubmit(slurm_analysis.root, "twice", split=1)[3])
+
+    threads = [threading.Thread(target=resubmit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    submitted = [trial for jobs in results for job in jobs for trial in job["trial_ids"]]
+    assert len(submitted) == 4 and len(set(submitted)) == 4
+    scan = Workspace(slurm_analysis.root).scan("twice")
+    wait_until_settled(scan)
+    records_exactly_once(scan)
+
+
+def test_resubmit_refuses_a_changed_dictionary_and_accepts_a_changed_time_limit(slurm_analysis, capsys, monkeypatch):
+    code, _, err = run_cli(["submit", "--name", "change", "--dry-run"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err  # a dry run creates nothing
+    assert not (slurm_analysis.root / "slurm" / "change").exists()
+    run_cli(["run", "--local", "--name", "change", "--max-trials", "5"], slurm_analysis.root, capsys, monkeypatch)
+    slurm_analysis.edit_parameters(hyperparameters={"epochs": [3]})
+    code, _, err = run_cli(["resubmit", "change"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 1 and "dictionary changed" in err and "epochs: [2] → [3]" in err
+    slurm_analysis.edit_parameters(hyperparameters={"epochs": [2]}, slurm={"resources": {"timeout_min": 7}})
+    code, _out, err = run_cli(["resubmit", "change"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("change")
+    assert scan.load_config()[0].slurm.resources["timeout_min"] == 7
+    wait_until_settled(scan)
+    records_exactly_once(scan)
+
+
+def test_time_limit_requeues_and_resumes_from_the_last_epoch(analysis, cluster, capsys, monkeypatch):
+    analysis.edit_parameters(
+        hyperparameters={"learning_rate": [0.001], "epochs": [400], "batch_size": [8]},
+        training={"early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False}, "checkpoint_interval_s": 0},
+        slurm={"resources": {"timeout_min": 2, "slurm_signal_delay_s": 75, "cpus_per_task": 1, "mem_gb": 2}},
+    )
+    code, _, err = run_cli(["submit", "--name", "limit"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(analysis.root).scan("limit")
+    status = wait_until_settled(scan, limit_s=600)
+    (record,) = scan.records()[0].values()
+    assert status.count("done") == 1 and record.done
+    assert record.resumed_from_epoch is not None and 0 < record.resumed_from_epoch < 400
+    assert record.epochs_run == 400 and len(record.history["loss"]) == 400
+    log = Path(record.log_path).read_text()
+    assert "timed-out" in log or "preempted" in log
+
+
+def test_slurmd_killed_during_a_job_then_restarted(slurm_analysis, capsys, monkeypatch):
+    code, _, err = run_cli(["submit", "--name", "node", "--split", "3"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("node")
+    first = scan.manifest()["jobs"][0]["job_id"]
+    wait_for_job_state(first, "RUNNING")
+    pid_file = Path(os.environ["SLURM_CONF"]).parent.parent / "run" / "slurmd.pid"
+    subprocess.run(["kill", "-9", pid_file.read_text().strip()], check=True)
+    time.sleep(3)
+    subprocess.run(["slurmd", "-f", os.environ["SLURM_CONF"]], check=True)
+    wait_until_settled(scan)
+    subprocess.run([str(SCRIPT), "status"], check=True, capture_output=True)
+    code, _, err = run_cli(["resubmit", "node"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    wait_until_settled(scan)
+    records_exactly_once(scan)
+
+
+def test_unknown_resource_lists_the_valid_names(slurm_analysis, capsys, monkeypatch):
+    slurm_analysis.edit_parameters(slurm={"resources": {"partiton": "gpu"}})
+    code, _, err = run_cli(["submit", "--name", "bad"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 1 and "slurm.resources.partiton: unknown Slurm resource" in err and "closest: partition" in err
+    assert "timeout_min" in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_slurm_reachable_says_how_to_start_the_cluster(slurm_analysis, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "nowhere.conf"))
+    code, _, err = run_cli(["submit", "--name", "bad"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 1 and "Slurm is not reachable" in err and "scripts/slurm-cluster.sh start" in err
+    assert "nowhere.conf" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Slurm clients at all
+    code, _, err = run_cli(["submit", "--name", "bad"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 1 and "Slurm is not installed here" in err
+
+
+def test_unknown_scan_lists_the_existing_ones(slurm_analysis, capsys, monkeypatch):
+    run_cli(["run", "--local", "--name", "alpha", "--max-trials", "1"], slurm_analysis.root, capsys, monkeypatch)
+    for command in (["status", "alpah"], ["resubmit", "alpah"]):
+        code, _, err = run_cli(command, slurm_analysis.root, capsys, monkeypatch)
+        assert code == 1 and "no scan 'alpah'" in err and "closest: alpha" in err
