@@ -172,6 +172,54 @@ def status(
         console.print(f"resubmit them with: hhscan resubmit {scan.name}")
 
 
+@app.command()
+def report(
+    name: Annotated[str | None, typer.Argument(help="Scan name (default: the latest scan).")] = None,
+    top: Annotated[int, typer.Option("--top", help="Rows in the console table.")] = 10,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    workspace: WorkspaceOption = Path(),
+) -> None:
+    """Rank all trials: top-N table, models/NAME.csv, plots under models/NAME/, best model models/NAME_best.zip."""
+    from hhscan import views as console_views
+    from hhscan.report import make_report
+    from hhscan.scandir import Workspace
+
+    console = _console()
+    space = Workspace(Path(workspace))
+    result = make_report(space, name, plots=not no_plots)
+    console_views.print_leaderboard(console, space.scan(result.scan), top=top)
+    console.print(f"all trials ranked: {result.csv_path}")
+    if result.plot_paths:
+        console.print(f"plots: {result.plot_paths[0].parent}/ ({len(result.plot_paths)} files)")
+    if result.best_zip:
+        console.print(f"best model: {result.best_zip} (also 'hhscan test --model best')")
+
+
+@app.command("test")
+def test_model(
+    model: Annotated[str, typer.Option("--model", "-m", help="'best', a name under models/, or a zip path.")] = "best",
+    output: Annotated[
+        list[str] | None, typer.Option("--output", "-o", help="Score these whole samples instead of the test split.")
+    ] = None,
+    file_format: Annotated[str, typer.Option("--format", help="root or h5.")] = "root",
+    directory: Annotated[Path | None, typer.Option("--dir", help="Output directory (default models/<model>/).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Allow --output on samples used in training.")] = False,
+    workspace: WorkspaceOption = Path(),
+) -> None:
+    """Apply a model to the test split (or to other samples): scored ROOT/HDF5 files and evaluation plots."""
+    from hhscan.apply import apply_model
+    from hhscan.scandir import Workspace
+
+    console = _console()
+    result = apply_model(Workspace(Path(workspace)), model, output or None, file_format, directory, force)
+    for key, path in result.outputs.items():
+        console.print(f"{key}: {result.events[key]} events → {path}")
+    if result.metrics:
+        console.print("  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    if result.plots:
+        console.print(f"plots: {result.plots[0].parent}/ ({len(result.plots)} files)")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     try:

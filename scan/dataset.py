@@ -104,11 +104,17 @@ def _needed_branches(sample_list: SampleList, sample: Sample) -> tuple[list[expr
     return parsed, {b: why for b, why in used_by.items() if b not in ADDED_COLUMNS}
 
 
-def read_sample(sample_list: SampleList, sample: Sample, apply_selection: bool = True) -> SampleArrays:
-    """Read one file: evaluate cut, weight and inputs; drop non-positive weights when ``apply_selection``."""
+def read_sample(
+    sample_list: SampleList, sample: Sample, apply_selection: bool = True, entries: tuple[int, int] | None = None
+) -> SampleArrays:
+    """Read one file (or an entry range of it): evaluate cut, weight and inputs.
+
+    With ``apply_selection`` (training), events with weight ≤ 0 are dropped and an empty selection is an error;
+    without (applying a model), every event passing the cut is kept, whatever its weight.
+    """
     parsed, used_by = _needed_branches(sample_list, sample)
     where = f"{sample.path}:{sample.tree}"
-    columns, entries = read_columns(sample.path, sample.tree, list(used_by), used_by)
+    columns, entries = read_columns(sample.path, sample.tree, list(used_by), used_by, entries)
     added = {
         "$sample": sample.name,
         "$era": sample.era or "",

@@ -15,18 +15,27 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
 def read_columns(
-    path: Path, tree: str, branches: Sequence[str], used_by: Mapping[str, str] | None = None
+    path: Path,
+    tree: str,
+    branches: Sequence[str],
+    used_by: Mapping[str, str] | None = None,
+    entries: tuple[int, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """The named branches of ``tree`` in ``path`` as flat numpy arrays, and the number of entries.
+    """The named branches of ``tree`` in ``path`` as flat numpy arrays, and the number of entries read.
 
-    ``used_by`` says, per branch, what needs it (a cut, an input), for the error message.
+    ``used_by`` says, per branch, what needs it (a cut, an input), for the error message; ``entries`` is an
+    optional [start, stop) range, for reading large files in chunks.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.suffix.lower() in HDF5_SUFFIXES:
-        return _read_hdf5(path, tree, branches, used_by or {})
-    return _read_root(path, tree, branches, used_by or {})
+        return _read_hdf5(path, tree, branches, used_by or {}, entries)
+    return _read_root(path, tree, branches, used_by or {}, entries)
+
+
+def count_entries(path: Path, tree: str) -> int:
+    return read_columns(path, tree, [])[1]
 
 
 def _one_line(error: Exception) -> str:
@@ -34,7 +43,7 @@ def _one_line(error: Exception) -> str:
 
 
 def _read_root(
-    path: Path, tree_name: str, branches: Sequence[str], used_by: Mapping[str, str]
+    path: Path, tree_name: str, branches: Sequence[str], used_by: Mapping[str, str], entries: tuple[int, int] | None
 ) -> tuple[dict[str, np.ndarray], int]:
     import uproot
 
@@ -49,18 +58,24 @@ def _read_root(
         tree = handle[tree_name]
         available = list(tree.keys())
         _check_branches(path, tree_name, branches, available, used_by)
+        start, stop = entries or (0, int(tree.num_entries))
+        stop = min(stop, int(tree.num_entries))
         if not branches:
-            return {}, int(tree.num_entries)
-        arrays = tree.arrays(filter_name=list(branches), library="np")
+            return {}, stop - start
+        arrays = tree.arrays(filter_name=list(branches), library="np", entry_start=start, entry_stop=stop)
         columns = {name: arrays[name] for name in branches}
         for name, values in columns.items():
             if values.dtype == object:
                 raise DataError(f"{path}:{tree_name}: branch '{name}' is not one number per event")
-        return columns, int(tree.num_entries)
+        return columns, stop - start
 
 
 def _read_hdf5(
-    path: Path, dataset_name: str, branches: Sequence[str], used_by: Mapping[str, str]
+    path: Path,
+    dataset_name: str,
+    branches: Sequence[str],
+    used_by: Mapping[str, str],
+    entries: tuple[int, int] | None,
 ) -> tuple[dict[str, np.ndarray], int]:
     import h5py
 
@@ -77,19 +92,22 @@ def _read_hdf5(
         if isinstance(node, h5py.Group):  # a group of one dataset per variable
             available = [k for k in node if isinstance(node[k], h5py.Dataset)]
             _check_branches(path, dataset_name, branches, available, used_by)
-            columns = {name: node[name][()] for name in branches}
-            entries = len(node[available[0]]) if available else 0
+            total = len(node[available[0]]) if available else 0
+            start, stop = entries or (0, total)
+            columns = {name: node[name][start:stop] for name in branches}
         elif node.dtype.names:  # one structured (compound) dataset
             available = list(node.dtype.names)
             _check_branches(path, dataset_name, branches, available, used_by)
-            entries = len(node)
-            columns = {name: node.fields(name)[()] for name in branches}
+            total = len(node)
+            start, stop = entries or (0, total)
+            columns = {name: node.fields(name)[start:stop] for name in branches}
         else:
             raise DataError(f"{path}:{dataset_name}: expected a compound dataset or a group of datasets")
+        count = max(0, min(stop, total) - start)
         for name, values in columns.items():
-            if values.ndim != 1 or len(values) != entries:
+            if values.ndim != 1 or len(values) != count:
                 raise DataError(f"{path}:{dataset_name}: '{name}' is not one number per event")
-        return columns, entries
+        return columns, count
 
 
 def _check_branches(

@@ -114,7 +114,9 @@ def run_trial(
         base.resumed_from_epoch = trained.resumed_from_epoch
         base.seconds = trained.seconds
         base.model_file = model_path.name
-        artifacts.write_model_zip(model_path, trained.model, model_metadata(base, dataset, scan.name))
+        artifacts.write_model_zip(
+            model_path, trained.model, model_metadata(base, dataset, scan.name), extra=scan.config_files()
+        )
     except Exception as error:  # a failed trial is a result, not a crash of the scan
         base.status = FAIL
         base.error = f"{type(error).__name__}: {error}".splitlines()[0][:500]
@@ -137,6 +139,8 @@ def model_metadata(record: TrialRecord, dataset: Dataset, scan_name: str) -> dic
         "criterion": record.criterion,
         "value": record.value,
         "metrics": record.metrics,
+        "history": record.history,
+        "epochs_run": record.epochs_run,
         "split_name": record.split_name,
         "split_checksum": record.split_checksum,
         "data_fingerprint": record.data_fingerprint,

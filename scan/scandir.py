@@ -139,6 +139,11 @@ class ScanDirectory:
         atomic_write_text(directory / "parameters.yaml", parameters.source.read_text())
         atomic_write_text(directory / "sample_list.yaml", sample_list.source.read_text())
 
+    def config_files(self) -> dict[str, str]:
+        """The configuration texts, keyed by their name inside a model zip (``config/…``)."""
+        directory = self.root / "config"
+        return {f"config/{p.name}": p.read_text() for p in sorted(directory.iterdir()) if p.is_file()}
+
     def load_config(self) -> tuple[Parameters, SampleList]:
         return config.from_snapshot(json.loads((self.root / "config" / "resolved.json").read_text()))
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from hhscan.config import CRITERIA, Parameters
+from hhscan.config import Parameters
 from hhscan.dataset import SampleSummary
+from hhscan.ranking import ranked, varying
 from hhscan.records import TrialRecord
 from hhscan.scandir import ScanDirectory
 from rich.console import Console
@@ -60,19 +61,6 @@ class TrialProgress:
             message = f"[red]{record.trial_id} FAIL[/] {record.error}"
         self.progress.console.print(message)
         self.progress.advance(self.task)
-
-
-def ranked(records: Sequence[TrialRecord], criterion: str) -> list[TrialRecord]:
-    """DONE records best first in the criterion's own direction (losses ascending, the rest descending)."""
-    sign = 1 if CRITERIA[criterion] == "min" else -1
-    done = [r for r in records if r.done and r.value is not None and not math.isnan(r.value)]
-    return sorted(done, key=lambda r: (sign * r.value, r.trial_id))
-
-
-def varying(records: Sequence[TrialRecord]) -> list[str]:
-    """Hyperparameters that take more than one value across the records."""
-    keys = sorted({k for r in records for k in r.hyperparameters})
-    return [k for k in keys if len({repr(r.hyperparameters.get(k)) for r in records}) > 1]
 
 
 def print_leaderboard(

@@ -1,0 +1,288 @@
+"""``hhscan test``: a model applied to the persisted test split, or to whole samples, written as ROOT or HDF5.
+
+Each output holds the inputs as read (unscaled: the scaler is inside the model), the other variables with their
+dtypes, the event and learning weights, and the scores (``score`` for binary, ``score_<class>`` otherwise).
+Whole samples are streamed in chunks, so memory stays flat in the number of events. Files are written under a
+temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from hhscan import artifacts, config, metrics, model
+from hhscan.config import Parameters, Sample, SampleList
+from hhscan.dataset import Dataset, load_dataset, read_sample
+from hhscan.errors import HhscanError, ModelError, did_you_mean
+from hhscan.readers import count_entries
+from hhscan.scandir import Workspace
+from hhscan.split import TEST, TRAIN
+
+TREE = "Events"
+
+
+@dataclass
+class ApplyResult:
+    model: Path
+    outputs: dict[str, Path] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class OutputFile:
+    """Chunks appended to one ROOT TTree (uproot ``mktree``) or one HDF5 group of datasets."""
+
+    def __init__(self, path: Path, file_format: str):
+        self.path = path
+        self.format = file_format
+        self.temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        self.handle = None
+        self.tree = None
+
+    def append(self, columns: dict[str, np.ndarray]) -> None:
+        if self.format == "root":
+            import uproot
+
+            if self.handle is None:
+                self.handle = uproot.recreate(self.temporary)
+                self.tree = self.handle.mktree(TREE, {k: v.dtype for k, v in columns.items()})
+            self.tree.extend(columns)
+            return
+        import h5py
+
+        if self.handle is None:
+            self.handle = h5py.File(self.temporary, "w")
+            group = self.handle.create_group(TREE)
+            for key, values in columns.items():
+                group.create_dataset(key, data=values, maxshape=(None,), chunks=True)
+            return
+        group = self.handle[TREE]
+        for key, values in columns.items():
+            dataset = group[key]
+            dataset.resize(len(dataset) + len(values), axis=0)
+            dataset[-len(values) :] = values
+
+    def close(self) -> None:
+        if self.handle is None:
+            return
+        self.handle.close()
+        self.temporary.replace(self.path)
+
+    def abort(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+def _score_columns(scores: np.ndarray, class_names: list[str]) -> dict[str, np.ndarray]:
+    if scores.ndim == 1:
+        return {"score": scores.astype(np.float32)}
+    return {f"score_{name}": scores[:, k].astype(np.float32) for k, name in enumerate(class_names)}
+
+
+def _numeric(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v) for k, v in columns.items() if v.dtype.kind in "biuf"}
+
+
+def load_model_config(path: Path) -> tuple[Parameters, SampleList]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            snapshot = json.loads(archive.read("config/resolved.json"))
+    except KeyError:
+        raise ModelError(f"{path}: the zip holds no configuration (config/resolved.json)") from None
+    return config.from_snapshot(snapshot)
+
+
+def apply_model(
+    workspace: Workspace,
+    model_name: str,
+    output_keys: list[str] | None = None,
+    file_format: str = "root",
+    directory: Path | None = None,
+    force: bool = False,
+    chunk_size: int = 200_000,
+    plots: bool = True,
+) -> ApplyResult:
+    from hhscan.report import resolve_model
+
+    if file_format not in ("root", "h5"):
+        raise HhscanError(f"--format must be root or h5, not '{file_format}'")
+    path = resolve_model(workspace, model_name)
+    metadata = artifacts.read_metadata(path)
+    parameters, sample_list = load_model_config(path)
+    model.choose_backend("auto")  # a .keras model loads on any backend
+    keras_model, _ = artifacts.load_model_zip(path)
+    model.keep_tensorflow_out()
+    out_dir = Path(directory) if directory else workspace.models / path.stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = ApplyResult(model=path)
+    suffix = ".root" if file_format == "root" else ".h5"
+    if output_keys:
+        for sample in _selected_samples(sample_list, output_keys, force):
+            target = out_dir / f"{sample.name}{suffix}"
+            result.events[sample.name] = _apply_streaming(keras_model, metadata, sample_list, sample, target,
+                                                          file_format, chunk_size)  # fmt: skip
+            result.outputs[sample.name] = target
+        return result
+    dataset = load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
+    if dataset.split_checksum != metadata["split_checksum"]:
+        raise ModelError(
+            f"{path}: the model was trained on split {metadata['split_checksum']}, the data now give "
+            f"{dataset.split_checksum} (split '{parameters.split.name}' in {workspace.splits}): "
+            f"its test events are unknown"
+        )
+    if dataset.feature_names != metadata["feature_names"]:
+        raise ModelError(f"{path}: inputs {metadata['feature_names']} differ from the data's {dataset.feature_names}")
+    scores = model.predict(keras_model, dataset.features)
+    groups = _group_keys(dataset, sample_list, parameters.split_name)
+    for key in sorted(set(groups)):
+        selected = (dataset.partition == TEST) & (groups == key)
+        target = out_dir / f"{key}{suffix}"
+        writer = OutputFile(target, file_format)
+        try:
+            writer.append(_test_columns(dataset, scores, selected))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        result.outputs[key] = target
+        result.events[key] = int(selected.sum())
+    result.metrics = _test_metrics(dataset, scores)
+    if plots:
+        result.plots = evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir)
+    return result
+
+
+def _group_keys(dataset: Dataset, sample_list: SampleList, split_name: str) -> np.ndarray:
+    by_name = {s.name: s for s in sample_list.samples}
+    if split_name == "sample":
+        labels = dataset.sample_names
+    elif split_name == "class":
+        labels = [by_name[n].class_name for n in dataset.sample_names]
+    else:
+        labels = [by_name[n].tag for n in dataset.sample_names]
+    return np.asarray(labels)[dataset.sample_index]
+
+
+def _test_columns(dataset: Dataset, scores: np.ndarray, selected: np.ndarray) -> dict[str, np.ndarray]:
+    columns = {name: dataset.features[selected, i] for i, name in enumerate(dataset.feature_names)}
+    columns.update(_numeric({k: v[selected] for k, v in dataset.other.items() if k not in columns}))
+    columns["event_weight"] = dataset.event_weight[selected]
+    columns["learning_weight"] = dataset.learning_weight[selected]
+    columns["label"] = dataset.labels[selected]
+    columns.update(_score_columns(scores[selected], dataset.class_names))
+    return _numeric(columns)
+
+
+def _selected_samples(sample_list: SampleList, keys: Iterable[str], force: bool) -> list[Sample]:
+    by_name = {s.name: s for s in sample_list.samples}
+    selected = []
+    for key in keys:
+        if key not in by_name:
+            raise HhscanError(
+                f"--output {key}: no such sample in {sample_list.source.name} ({did_you_mean(key, by_name, 'samples')})"
+            )
+        sample = by_name[key]
+        if sample.training and not force:
+            raise HhscanError(
+                f"--output {key}: this sample was used in training; scoring it whole would hide overfitting "
+                f"(use 'hhscan test' for its test split, or --force)"
+            )
+        selected.append(sample)
+    return selected
+
+
+def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_format, chunk_size) -> int:
+    total = count_entries(sample.path, sample.tree)
+    writer = OutputFile(target, file_format)
+    written = 0
+    try:
+        for start in range(0, max(total, 1), chunk_size):
+            part = read_sample(sample_list, sample, apply_selection=False, entries=(start, start + chunk_size))
+            if not len(part.features):
+                continue
+            scores = model.predict(keras_model, part.features)
+            columns = {name: part.features[:, i] for i, name in enumerate(metadata["feature_names"])}
+            columns.update({k: v for k, v in part.other.items() if k not in columns})
+            columns["event_weight"] = part.event_weight.astype(np.float32)
+            columns.update(_score_columns(scores, metadata["class_names"]))
+            writer.append(_numeric(columns))
+            written += len(part.features)
+        if written == 0:
+            raise HhscanError(f"{sample.path}:{sample.tree}: no event passes the cut '{sample.cut}'")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return written
+
+
+def _signal_index(dataset: Dataset, sample_list: SampleList) -> int:
+    signal = [i for i, name in enumerate(dataset.class_names) if name in sample_list.signal_classes]
+    return signal[0] if signal else len(dataset.class_names) - 1
+
+
+def _signal_scores(scores: np.ndarray, index: int) -> np.ndarray:
+    return scores if scores.ndim == 1 else scores[:, index]
+
+
+def _test_metrics(dataset: Dataset, scores: np.ndarray) -> dict[str, float]:
+    result = {}
+    for name, partition in (("train", TRAIN), ("test", TEST)):
+        selected = dataset.partition == partition
+        result[f"{name}_auc"] = metrics.multiclass_auc(dataset.labels[selected], scores[selected],
+                                                       dataset.learning_weight[selected])  # fmt: skip
+    return result
+
+
+def evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir: Path) -> list[Path]:
+    import pandas as pd
+    from hhscan import plots as figures
+
+    index = _signal_index(dataset, sample_list)
+    signal_scores = _signal_scores(scores, index)
+    is_signal = dataset.labels == index
+    w = dataset.learning_weight
+    parts = {name: dataset.partition == p for name, p in (("train", TRAIN), ("test", TEST))}
+    paths = [
+        figures.roc(
+            {name: (is_signal[m], signal_scores[m], w[m]) for name, m in parts.items()},
+            out_dir / "roc.png",
+            title=f"weighted ROC, {dataset.class_names[index]} vs rest",
+        )
+    ]
+    by_class = {
+        cls: {
+            name: (signal_scores[m & (dataset.labels == k)], w[m & (dataset.labels == k)]) for name, m in parts.items()
+        }
+        for k, cls in enumerate(dataset.class_names)
+    }
+    paths.append(figures.overtraining(by_class, out_dir / "overtraining.png", f"P({dataset.class_names[index]})"))
+    test = parts["test"]
+    # Expected yields: the physics weights of the test events, scaled up by the test fraction.
+    yields = dataset.physics_weight[test] / parameters.split.test
+    thresholds, z = metrics.significance_scan(is_signal[test], signal_scores[test], yields)
+    paths.append(figures.significance(thresholds, z, out_dir / "significance.png"))
+    if scores.ndim == 2:
+        predicted = scores[test].argmax(axis=1)
+        n = len(dataset.class_names)
+        matrix = np.zeros((n, n))
+        np.add.at(matrix, (dataset.labels[test], predicted), w[test])
+        matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1e-12)
+        paths.append(figures.confusion(matrix, dataset.class_names, out_dir / "confusion.png"))
+    if metadata.get("history"):
+        paths.append(figures.learning_curves({metadata["trial_id"]: metadata["history"]}, out_dir / "training.png"))
+    frame = pd.DataFrame(dataset.features, columns=dataset.feature_names)
+    frame["class"] = np.asarray(dataset.class_names)[dataset.labels]
+    frame["weight"] = w
+    paths.append(figures.input_distributions(frame, dataset.feature_names, out_dir / "inputs.png"))
+    for cls, part in frame.groupby("class"):
+        paths.append(figures.correlations(part, dataset.feature_names, out_dir / f"correlation_{cls}.png", str(cls)))
+    return paths

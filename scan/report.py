@@ -1,0 +1,127 @@
+"""``hhscan report``: all trials of a scan ranked, as a CSV, plots, and the best model as one zip.
+
+Works the same on local and Slurm scans (one record per trial under ``output/``). The best zip is the trial's
+own zip (model, metadata with history and split checksum, the configuration used), copied under
+``models/NAME_best.zip``; ``models/best.json`` points ``--model best`` at the last reported scan's best.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hhscan import artifacts
+from hhscan.errors import ModelError, ScanError, did_you_mean
+from hhscan.fileio import atomic_write_bytes, atomic_write_text
+from hhscan.ranking import ranked, varying
+from hhscan.records import TrialRecord
+from hhscan.scandir import ScanDirectory, Workspace
+
+BEST_POINTER = "best.json"
+
+
+@dataclass
+class Report:
+    scan: str
+    criterion: str
+    ranked: list[TrialRecord]
+    failed: list[TrialRecord]
+    corrupt: dict[str, str]
+    varying: list[str]
+    csv_path: Path
+    plot_paths: list[Path] = field(default_factory=list)
+    best_zip: Path | None = None
+
+
+def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: ScanDirectory):
+    """One row per trial, ranked ones first: rank, hyperparameters (hp_*), criterion, metrics, bookkeeping."""
+    import pandas as pd
+
+    rows = []
+    for rank, record in enumerate(records + failed, start=1):
+        row: dict = {"rank": rank if record.done else None, "trial_id": record.trial_id, "status": record.status}
+        row.update({f"hp_{k}": v for k, v in sorted(record.hyperparameters.items())})
+        row["repetition"] = record.repetition
+        row[record.criterion] = record.value
+        row.update({k: v for k, v in sorted(record.metrics.items()) if k != record.criterion})
+        row.update(
+            {
+                "epochs_run": record.epochs_run,
+                "best_epoch": record.best_epoch,
+                "seconds": round(record.seconds, 3),
+                "backend": record.backend,
+                "split_checksum": record.split_checksum,
+                "job_id": record.job_id,
+                "log_path": record.log_path,
+                "model": str(scan.model_path(record.trial_id)) if record.done else "",
+                "error": record.error,
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_report(workspace: Workspace, name: str | None, plots: bool = True, top_curves: int = 5) -> Report:
+    scan = workspace.scan(name)
+    manifest = scan.manifest()
+    criterion = manifest["eval_criterion"]
+    found, corrupt = scan.records()
+    records = list(found.values())
+    if not records:
+        raise ScanError(f"scan '{scan.name}' has no trial records yet under {scan.output_dir}: see 'hhscan status'")
+    mixed = {r.split_checksum for r in records} - {manifest["split_checksum"]}
+    if mixed:
+        raise ScanError(
+            f"scan '{scan.name}': records made with another split ({', '.join(sorted(mixed))}) are mixed in"
+        )
+    best = ranked(records, criterion)
+    failed = sorted((r for r in records if not r.done), key=lambda r: r.trial_id)
+    names = varying(records)
+    frame = records_frame(best, failed, scan)
+    workspace.models.mkdir(parents=True, exist_ok=True)
+    csv_path = workspace.models / f"{scan.name}.csv"
+    atomic_write_text(csv_path, frame.to_csv(index=False))
+    report = Report(scan.name, criterion, best, failed, corrupt, names, csv_path)
+    if plots and best:
+        from hhscan import plots as figures
+
+        directory = workspace.models / scan.name
+        directory.mkdir(parents=True, exist_ok=True)
+        done = frame[frame["status"] == "DONE"]
+        report.plot_paths += figures.hyperparameter_effects(done, names, criterion, directory)
+        curves = {f"#{i + 1} {r.trial_id}": r.history for i, r in enumerate(best[:top_curves])}
+        report.plot_paths.append(figures.learning_curves(curves, directory / "learning_curves.png"))
+    if best:
+        report.best_zip = export_best(workspace, scan, best[0])
+    return report
+
+
+def export_best(workspace: Workspace, scan: ScanDirectory, record: TrialRecord) -> Path:
+    source = scan.model_path(record.trial_id)
+    artifacts.read_metadata(source)  # refuses anything that is not an hhscan model
+    target = workspace.models / f"{scan.name}_best.zip"
+    temporary = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, temporary)
+    temporary.replace(target)
+    pointer = {"scan": scan.name, "trial_id": record.trial_id, "model": target.name}
+    atomic_write_bytes(workspace.models / BEST_POINTER, json.dumps(pointer, indent=1).encode())
+    return target
+
+
+def resolve_model(workspace: Workspace, name: str) -> Path:
+    """A model by path, by name under ``models/`` (``NAME`` → ``models/NAME.zip``), or ``best``."""
+    as_path = Path(name)
+    if as_path.suffix == ".zip" and as_path.is_file():
+        return as_path
+    if name == "best":
+        pointer = workspace.models / BEST_POINTER
+        if not pointer.exists():
+            raise ModelError("no best model yet: run 'hhscan report NAME' first")
+        return workspace.models / json.loads(pointer.read_text())["model"]
+    candidate = workspace.models / f"{name.removesuffix('.zip')}.zip"
+    if candidate.is_file():
+        return candidate
+    available = [p.stem for p in workspace.models.glob("*.zip")] if workspace.models.is_dir() else []
+    raise ModelError(f"no model '{name}' in {workspace.models} ({did_you_mean(name, [*available, 'best'], 'models')})")
