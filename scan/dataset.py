@@ -231,8 +231,8 @@ def load_dataset(
     cache_path = cache_dir / f"{key}.npz" if cache_dir else None
     if cache_path is not None and cache_path.exists():
         dataset = _read_cache(cache_path)
-        _check_split_file(splits_dir, split_settings, dataset)
-        return dataset
+        if _split_file_unchanged(splits_dir, split_settings, dataset):
+            return dataset
     dataset = _build(sample_list, split_settings, splits_dir)
     if cache_path is not None:
         _write_cache(cache_path, dataset)
@@ -337,16 +337,11 @@ def _read_cache(path: Path) -> Dataset:
     )
 
 
-def _check_split_file(splits_dir: Path, settings: SplitSettings, dataset: Dataset) -> None:
+def _split_file_unchanged(splits_dir: Path, settings: SplitSettings, dataset: Dataset) -> bool:
     """A cached dataset is only valid while the persisted split it was made with is unchanged."""
-    meta_path = splits_dir / f"{settings.name}.json"
     npz_path = splits_dir / f"{settings.name}.npz"
-    if not meta_path.exists() or not npz_path.exists():
-        raise DataError(
-            f"split '{settings.name}' is missing from {splits_dir} but a cache was made with it: "
-            f"restore it or delete the cache directory to re-split"
-        )
+    if not npz_path.exists() or not (splits_dir / f"{settings.name}.json").exists():
+        return False
     with np.load(npz_path) as stored:
         actual = split.checksum({n: stored[n] for n in dataset.sample_names if n in stored.files})
-    if actual != dataset.split_checksum:
-        raise DataError(f"split '{settings.name}' in {splits_dir} changed since the cache was made")
+    return actual == dataset.split_checksum

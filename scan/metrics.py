@@ -100,8 +100,11 @@ def significance_scan(
 def weighted_ks(
     a: np.ndarray, b: np.ndarray, weights_a: np.ndarray | None = None, weights_b: np.ndarray | None = None
 ) -> tuple[float, float]:
-    """Two-sample KS statistic on weighted empirical CDFs and its asymptotic p-value (effective sizes)."""
-    from scipy.special import kolmogorov
+    """Two-sample KS statistic on weighted empirical CDFs and its p-value (Kish effective sample sizes).
+
+    The p-value is scipy's asymptotic one (``kstwo`` at n_a·n_b/(n_a+n_b)) with effective sizes for the counts.
+    """
+    from scipy.stats import kstwo
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     wa = np.ones_like(a) if weights_a is None else np.asarray(weights_a, dtype=np.float64)
@@ -112,8 +115,8 @@ def weighted_ks(
     statistic = float(np.max(np.abs(cdf_a - cdf_b)))
     n_a = wa.sum() ** 2 / (wa**2).sum()
     n_b = wb.sum() ** 2 / (wb**2).sum()
-    effective = np.sqrt(n_a * n_b / (n_a + n_b))
-    return statistic, float(kolmogorov(statistic * effective))
+    effective = max(1.0, float(np.round(n_a * n_b / (n_a + n_b))))
+    return statistic, float(kstwo.sf(statistic, effective))
 
 
 def _weighted_cdf(sample: np.ndarray, weights: np.ndarray, at: np.ndarray) -> np.ndarray:

@@ -60,7 +60,9 @@ def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: S
             }
         )
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame["rank"] = frame["rank"].astype("Int64")
+    return frame
 
 
 def make_report(workspace: Workspace, name: str | None, plots: bool = True, top_curves: int = 5) -> Report:

@@ -87,6 +87,11 @@ class SplitStore:
             self._load()
 
     def _load(self) -> None:
+        if not self.path.exists():
+            raise SplitError(
+                f"split '{self.name}': {self.path} is missing but {self.meta_path} is there: restore it, or delete "
+                f"both to make the split again (it is deterministic: the same settings give the same split)"
+            )
         meta = json.loads(self.meta_path.read_text())
         if tuple(meta["ratios"]) != tuple(self.ratios) or meta["seed"] != self.seed:
             raise SplitError(

@@ -1,0 +1,200 @@
+"""hhscan report and hhscan test on real scans: rankings, files, outputs read back, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+import uproot
+from conftest import make_events, run_cli, write_root
+from hhscan import config, dataset
+from hhscan.split import TEST
+
+
+@pytest.fixture
+def reported(analysis, capsys, monkeypatch):
+    """A local scan with one failing trial, reported."""
+    analysis.edit_parameters(hyperparameters={"activation": ["relu", "no_such_activation"], "neurons": [4, 8]})
+    code, _, err = run_cli(["run", "--local", "--name", "rep"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    code, out, err = run_cli(["report", "rep"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    return analysis, out
+
+
+def read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_ranks_lists_failures_and_exports_the_best(reported):
+    analysis, out = reported
+    rows = read_csv(analysis.root / "models" / "rep.csv")
+    assert len(rows) == 8
+    done = [r for r in rows if r["status"] == "DONE"]
+    values = [float(r["val_auc"]) for r in done]
+    assert values == sorted(values, reverse=True) and [r["rank"] for r in done] == ["1", "2", "3", "4"]
+    assert all(r["status"] == "FAIL" and r["error"] for r in rows[4:])
+    assert "4 failed trial(s)" in out and "no_such_activation" in out
+    # Only the hyperparameters that vary get a column in the console table and a plot.
+    assert "learning_rate" in out and "neurons" in out and "activation" in out and "batch_size" not in out
+    plots = {p.name for p in (analysis.root / "models" / "rep").iterdir()}
+    assert {"hp_learning_rate.png", "hp_neurons.png", "learning_curves.png"} <= plots
+    assert "pair_learning_rate__neurons.png" in plots and "hp_activation.png" in plots
+    best = analysis.root / "models" / "rep_best.zip"
+    with zipfile.ZipFile(best) as archive:
+        names = set(archive.namelist())
+        metadata = json.loads(archive.read("metadata.json"))
+    assert {"model.keras", "metadata.json", "config/parameters.yaml", "config/sample_list.yaml"} <= names
+    assert metadata["trial_id"] == done[0]["trial_id"] and metadata["feature_names"][0] == "x1"
+    assert json.loads((analysis.root / "models" / "best.json").read_text())["scan"] == "rep"
+
+
+def test_loss_criterion_ranks_ascending(analysis, capsys, monkeypatch):
+    analysis.edit_parameters(eval_criterion="val_loss")
+    run_cli(["run", "--local", "--name", "loss"], analysis.root, capsys, monkeypatch)
+    code, _, err = run_cli(["report", "loss", "--no-plots"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    values = [float(r["val_loss"]) for r in read_csv(analysis.root / "models" / "loss.csv")]
+    assert values == sorted(values)
+
+
+def test_report_of_a_single_trial(analysis, capsys, monkeypatch):
+    run_cli(["run", "--local", "--name", "one", "--max-trials", "1"], analysis.root, capsys, monkeypatch)
+    code, out, err = run_cli(["report", "one"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err and "top 1 of 1" in out
+    assert (analysis.root / "models" / "one_best.zip").exists()
+
+
+def test_scored_root_outputs_hold_each_test_event_once_with_plain_keras_scores(reported, capsys, monkeypatch):
+    import keras
+
+    analysis, _ = reported
+    code, out, err = run_cli(["test", "--model", "best"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(analysis.sample_list)
+    data = dataset.load_dataset(sample_list, parameters.split, analysis.root / "splits")
+    with zipfile.ZipFile(analysis.root / "models" / "rep_best.zip") as archive:
+        archive.extract("model.keras", analysis.root)
+    plain = keras.saving.load_model(analysis.root / "model.keras")
+    directory = analysis.root / "models" / "rep_best"
+    for index, name in enumerate(data.sample_names):
+        with uproot.open(directory / f"{name}.root") as handle:
+            tree = handle["Events"]
+            arrays = tree.arrays(library="np")
+            types = {branch.name: branch.interpretation.numpy_dtype for branch in tree.branches}
+        selected = data.mask(TEST, name)
+        expected_events = data.other["event"][selected]
+        assert sorted(arrays["event"].tolist()) == sorted(expected_events.tolist())
+        assert len(set(arrays["event"].tolist())) == len(arrays["event"])
+        assert arrays["event"].dtype == np.int64 and arrays["njet"].dtype == np.int32
+        assert types["score"].kind == "f" and {"x1", "abs_x2", "btag", "event_weight", "learning_weight"} <= set(types)
+        np.testing.assert_allclose(arrays["x1"], data.features[selected, 0])  # unscaled inputs
+        reference = plain.predict(data.features[selected], verbose=0)[:, 0]
+        np.testing.assert_allclose(arrays["score"], reference, rtol=1e-5, atol=1e-6)
+        assert index >= 0
+    plots = {p.name for p in directory.glob("*.png")}
+    assert {"roc.png", "overtraining.png", "significance.png", "training.png", "inputs.png"} <= plots
+    assert "test_auc" in out
+
+
+def test_hdf5_outputs_and_split_name_by_class(reported, capsys, monkeypatch, tmp_path):
+    analysis, _ = reported
+    analysis.edit_parameters(split_name="class")
+    # The model carries its own configuration: split_name comes from the zip, so rerun a scan with it.
+    run_cli(["run", "--local", "--name", "byclass", "--max-trials", "1"], analysis.root, capsys, monkeypatch)
+    run_cli(["report", "byclass", "--no-plots"], analysis.root, capsys, monkeypatch)
+    code, _, err = run_cli(["test", "--model", "byclass_best", "--format", "h5", "--dir", str(tmp_path / "h5")],
+                           analysis.root, capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "h5").glob("*.h5")) == ["background.h5", "signal.h5"]
+    with h5py.File(tmp_path / "h5" / "signal.h5") as handle:
+        group = handle["Events"]
+        assert group["event"].dtype == np.int64 and (group["label"][()] == 1).all()
+        assert len(group["score"]) == len(group["event"])
+
+
+def test_output_on_other_samples_streams_in_chunks(reported, capsys, monkeypatch):
+    from hhscan.apply import apply_model
+    from hhscan.scandir import Workspace
+
+    analysis, _ = reported
+    write_root(analysis.data / "data_2017.root", {"Events": make_events(1000, 0.1, 11)})
+    groups = analysis.samples_yaml()["groups"]
+    groups.append({"name": "data", "files": "data_2017.root", "tree": "Events", "class": "data", "training": False})
+    analysis.edit_samples(groups=groups)
+    # The zip's configuration is frozen; a new scan with the extended sample list carries the data sample.
+    run_cli(["run", "--local", "--name", "withdata", "--max-trials", "1"], analysis.root, capsys, monkeypatch)
+    run_cli(["report", "withdata", "--no-plots"], analysis.root, capsys, monkeypatch)
+    whole = apply_model(Workspace(analysis.root), "withdata_best", ["data"], plots=False)
+    chunked = apply_model(Workspace(analysis.root), "withdata_best", ["data"], chunk_size=97,
+                          directory=analysis.root / "chunked", plots=False)  # fmt: skip
+    events = make_events(1000, 0.1, 11)
+    passing = (events["x2"] > -6) & ~(events["njet"] > 4)  # negative weights kept when applying
+    assert whole.events["data"] == chunked.events["data"] == passing.sum()
+    with uproot.open(whole.outputs["data"]) as a, uproot.open(chunked.outputs["data"]) as b:
+        first, second = a["Events"].arrays(library="np"), b["Events"].arrays(library="np")
+    np.testing.assert_array_equal(first["event"], events["event"][passing])
+    np.testing.assert_allclose(first["score"], second["score"], rtol=1e-6)
+    code, _, err = run_cli(
+        ["test", "--model", "withdata_best", "--output", "tt_2016"], analysis.root, capsys, monkeypatch
+    )
+    assert code == 1 and "used in training" in err and "--force" in err
+
+
+def test_multiclass_report_and_test(analysis3, capsys, monkeypatch):
+    run_cli(["run", "--local", "--name", "multi"], analysis3.root, capsys, monkeypatch)
+    code, _, err = run_cli(["report", "multi"], analysis3.root, capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli(["test", "--model", "best"], analysis3.root, capsys, monkeypatch)
+    assert code == 0, err
+    directory = analysis3.root / "models" / "multi_best"
+    assert (directory / "confusion.png").exists()
+    with uproot.open(directory / "dy_2016.root") as handle:
+        arrays = handle["Events"].arrays(library="np")
+    total = arrays["score_TT"] + arrays["score_DY"] + arrays["score_signal"]
+    np.testing.assert_allclose(total, 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["report", "rpe"], ["no scan 'rpe'", "closest: rep"]),
+        (["test", "--model", "rep_bets"], ["no model 'rep_bets'", "closest: rep_best"]),
+        (["test", "--model", "best", "--output", "tt_2071"], ["--output tt_2071", "closest: tt_2017"]),
+        (["test", "--model", "best", "--format", "csv"], ["--format must be root or h5"]),
+    ],
+)
+def test_bad_report_and_test_input(reported, capsys, monkeypatch, args, fragments):
+    analysis, _ = reported
+    code, _, err = run_cli(args, analysis.root, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_a_zip_that_is_not_an_hhscan_model(reported, capsys, monkeypatch):
+    analysis, _ = reported
+    fake = analysis.root / "models" / "fake.zip"
+    with zipfile.ZipFile(fake, "w") as archive:
+        archive.writestr("model.keras", "x")
+    code, _, err = run_cli(["test", "--model", "fake"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and "not an hhscan model zip" in err
+    (analysis.root / "models" / "text.zip").write_text("not a zip")
+    code, _, err = run_cli(["test", "--model", "text"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and "not an hhscan model zip" in err
+
+
+def test_split_model_mismatch_is_refused(reported, capsys, monkeypatch):
+    analysis, _ = reported
+    split_file = analysis.root / "splits" / "unit.npz"
+    stored = dict(np.load(split_file))
+    stored["tt_2016"] = np.roll(stored["tt_2016"], 1)  # someone re-made the split
+    np.savez(split_file, **stored)
+    code, _, err = run_cli(["test", "--model", "best"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and "trained on split" in err and "test events are unknown" in err
