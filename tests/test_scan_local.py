@@ -174,3 +174,22 @@ def test_cli_help_is_instant_and_lists_commands():
     code = "import sys, hhscan.cli; print(sorted(m for m in ('keras', 'uproot', 'matplotlib', 'tensorflow', 'jax') if m in sys.modules))"
     modules = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert modules.stdout.strip() == "[]"
+
+
+def test_a_trial_resumes_from_its_epoch_checkpoint(analysis, tmp_path):
+    """Interrupted after 2 of 4 epochs (the checkpoint a killed job leaves), training continues at epoch 3."""
+    from hhscan import runner, training
+
+    analysis.edit_parameters(training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(analysis.sample_list)
+    data = runner.prepare_dataset(parameters, sample_list, Workspace(analysis.root))
+    first = trial.expand(parameters)[0]
+    checkpoint = tmp_path / "checkpoint"
+    partial = training.train(first, data, parameters, checkpoint)  # 2 epochs, as a job killed after epoch 2
+    assert json.loads((checkpoint / "state.json").read_text())["epoch"] == 1
+    longer = trial.Trial(first.id, {**first.hyperparameters, "epochs": 4}, 0)
+    resumed = training.train(longer, data, parameters, checkpoint)
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 4
+    assert resumed.history["loss"][:2] == partial.history["loss"]
+    assert len(resumed.history["val_loss"]) == 4
