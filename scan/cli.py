@@ -72,7 +72,7 @@ def run(
     console.print(f"scan [bold]{name}[/]: {len(prepared.trials)} trials, {len(todo)} to run → {prepared.scan.root}")
     with console_views.TrialProgress(console, len(todo)) as progress:
         session.run_local(prepared, [t.id for t in todo], on_trial_end=progress.advance)
-    console_views.print_leaderboard(console, prepared.scan, params)
+    console_views.print_scan_leaderboard(console, prepared.scan)
 
 
 @app.command()
@@ -187,7 +187,8 @@ def report(
     console = _console()
     space = Workspace(Path(workspace))
     result = make_report(space, name, plots=not no_plots)
-    console_views.print_leaderboard(console, space.scan(result.scan), top=top)
+    records = {r.trial_id: r for r in result.ranked + result.failed}
+    console_views.print_leaderboard(console, result.scan, result.criterion, records, result.corrupt, top)
     console.print(f"all trials ranked: {result.csv_path}")
     if result.plot_paths:
         console.print(f"plots: {result.plot_paths[0].parent}/ ({len(result.plot_paths)} files)")

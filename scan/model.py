@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,24 @@ def keep_tensorflow_out() -> None:
         return
     if getattr(module_utils.tensorflow, "_available", True) is None:
         module_utils.tensorflow._available = False
+
+
+def enable_compilation_cache(directory: Path) -> None:
+    """On JAX, keep compiled XLA programs on disk, shared by every trial, process and Slurm job of a workspace.
+
+    Trials that differ only in values (learning rate, seed, repetition) compile to the same programs; small
+    trials are compile-bound (measured: the example's 8 trials 10.8 s → 7.8 s in one fresh process).
+    """
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    directory.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def build_model(

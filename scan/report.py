@@ -65,7 +65,9 @@ def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: S
     return frame
 
 
-def make_report(workspace: Workspace, name: str | None, plots: bool = True, top_curves: int = 5) -> Report:
+def make_report(
+    workspace: Workspace, name: str | None, plots: bool = True, top_curves: int = 5, export: bool = True
+) -> Report:
     scan = workspace.scan(name)
     manifest = scan.manifest()
     criterion = manifest["eval_criterion"]
@@ -95,7 +97,7 @@ def make_report(workspace: Workspace, name: str | None, plots: bool = True, top_
         report.plot_paths += figures.hyperparameter_effects(done, names, criterion, directory)
         curves = {f"#{i + 1} {r.trial_id}": r.history for i, r in enumerate(best[:top_curves])}
         report.plot_paths.append(figures.learning_curves(curves, directory / "learning_curves.png"))
-    if best:
+    if best and export:
         report.best_zip = export_best(workspace, scan, best[0])
     return report
 

@@ -47,8 +47,10 @@ def run_scan_trials(
     parameters, sample_list = scan.load_config()
     manifest = scan.manifest()
     backend = model.choose_backend(parameters.training.backend)
+    workspace = Workspace(Path(manifest["workspace"]))
+    model.enable_compilation_cache(workspace.cache / "xla")
     if dataset is None:
-        dataset = prepare_dataset(parameters, sample_list, Workspace(Path(manifest["workspace"])))
+        dataset = prepare_dataset(parameters, sample_list, workspace)
     if dataset.split_checksum != manifest["split_checksum"]:
         raise ScanError(
             f"scan '{scan.name}': the data's split checksum {dataset.split_checksum} differs from the scan's "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from hhscan.config import Parameters
 from hhscan.dataset import SampleSummary
 from hhscan.ranking import ranked, varying
 from hhscan.records import TrialRecord
@@ -63,16 +62,24 @@ class TrialProgress:
         self.progress.advance(self.task)
 
 
-def print_leaderboard(
-    console: Console, scan: ScanDirectory, parameters: Parameters | None = None, top: int = 10
-) -> None:
+def print_scan_leaderboard(console: Console, scan: ScanDirectory, top: int = 10) -> None:
     records, corrupt = scan.records()
-    criterion = parameters.eval_criterion if parameters else scan.manifest()["eval_criterion"]
+    print_leaderboard(console, scan.name, scan.manifest()["eval_criterion"], records, corrupt, top)
+
+
+def print_leaderboard(
+    console: Console,
+    scan_name: str,
+    criterion: str,
+    records: dict[str, TrialRecord],
+    corrupt: dict[str, str],
+    top: int = 10,
+) -> None:
     best = ranked(list(records.values()), criterion)
     columns = varying(list(records.values())) or sorted({k for r in records.values() for k in r.hyperparameters})
     train_key = criterion.replace("val_", "train_")
     table = Table(
-        title=f"scan {scan.name}: top {min(top, len(best))} of {len(best)} by {criterion}",
+        title=f"scan {scan_name}: top {min(top, len(best))} of {len(best)} by {criterion}",
         title_justify="left",
     )
     table.add_column("rank", justify="right")
