@@ -74,8 +74,12 @@ def enable_compilation_cache(directory: Path) -> None:
     if keras.backend.backend() != "jax":
         return
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     directory.mkdir(parents=True, exist_ok=True)
+    if jax.config.jax_compilation_cache_dir != str(directory):
+        # JAX opens its cache once per process: another workspace in the same process needs a reset.
+        compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -111,7 +111,8 @@ start_munge() {
     dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
   chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge
   chmod 700 /etc/munge; chmod 400 /etc/munge/munge.key
-  su -s /bin/sh munge -c "munged --pid-file=/run/munge/munged.pid"
+  # --force: a munged killed with the machine's last session leaves its socket behind.
+  su -s /bin/sh munge -c "munged --force --pid-file=/run/munge/munged.pid"
   wait_for 10 munge sh -c 'munge -n | unmunge'
 }
 
@@ -141,6 +142,8 @@ EOF
 start() {
   install_packages
   if pid_alive "$DIR/run/slurmctld.pid"; then log "already running (SLURM_CONF=$DIR/etc/slurm.conf)"; return; fi
+  # A fresh cluster every time: stop leftovers by their pid files, then start from an empty state directory.
+  stop --wipe
   write_configuration
   export SLURM_CONF=$DIR/etc/slurm.conf
   start_munge

@@ -51,6 +51,7 @@ def test_local_scan_end_to_end_and_rerun_skips_done(analysis, capsys, monkeypatc
     manifest = scan.manifest()
     assert all(r.split_checksum == manifest["split_checksum"] for r in found.values())
     assert all(len(r.history["val_loss"]) == 2 for r in found.values())
+    assert any((analysis.root / "cache" / "xla").iterdir())  # compiled programs shared by later trials and jobs
     mtimes = {p.name: p.stat().st_mtime_ns for p in scan.output_dir.iterdir()}
     code, out, _ = run_cli(["run", "--local", "--name", "unit"], analysis.root, capsys, monkeypatch)
     assert code == 0 and "0 to run" in out
