@@ -226,7 +226,6 @@ class Training(_Strict):
     steps_per_execution: int = 1
     # Seconds between epoch-end checkpoints (0: every epoch; null: never). A requeued job loses at most this.
     checkpoint_interval_s: float | None = 30.0
-    pack_size: int = 1
 
 
 class SlurmSettings(_Strict):
