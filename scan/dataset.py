@@ -82,7 +82,9 @@ class Dataset:
     def part(self, partition: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, labels and learning weights of one partition."""
         selected = self.partition == partition
-        return self.features[selected], self.labels[selected], self.learning_weight[selected]
+        # Row-major for training: batches are rows; the stored matrix is column-major (cheap to build).
+        features = np.ascontiguousarray(self.features[selected])
+        return features, self.labels[selected], self.learning_weight[selected]
 
     def mask(self, partition: int, sample: str | None = None) -> np.ndarray:
         selected = self.partition == partition
@@ -188,13 +190,14 @@ def _features(
         if variable.one_hot is None:
             if values.dtype.kind not in "biuf":
                 raise DataError(f"{where}: input '{variable.expr}' is not numeric: one-hot encode it")
-            blocks.append(values.astype(np.float32)[:, None])
+            blocks.append(values.astype(np.float32))
         else:
             numeric = values.dtype.kind in "biuf"
             for value in variable.one_hot:
                 hot = np.isclose(values, float(value)) if numeric else values.astype(str) == str(value)
-                blocks.append(hot.astype(np.float32)[:, None])
-    features = np.hstack(blocks) if blocks else np.empty((int(selection.sum()), 0), np.float32)
+                blocks.append(hot.astype(np.float32))
+    # Column-major (events × inputs, Fortran order): each input is one contiguous copy, not a strided one.
+    features = np.stack(blocks).T if blocks else np.empty((int(selection.sum()), 0), np.float32)
     finite = np.isfinite(features)
     if not finite.all():
         bad_column = int(np.flatnonzero(~finite.all(axis=0))[0])
@@ -275,7 +278,7 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
         ).encode()
     ).hexdigest()[:16]
     return Dataset(
-        features=np.concatenate([p.features for p in parts]),
+        features=np.concatenate([p.features.T for p in parts], axis=1).T,  # stays column-major
         labels=labels,
         event_weight=np.concatenate([p.event_weight for p in parts]).astype(np.float32),
         physics_weight=physics.astype(np.float32),
