@@ -48,11 +48,6 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return metadata
 
 
-def read_text(path: Path, name: str) -> str:
-    with zipfile.ZipFile(path) as archive:
-        return archive.read(name).decode()
-
-
 def load_model_zip(path: Path):
     """The Keras model and its metadata; plain ``keras.saving.load_model`` on the extracted file."""
     import keras

@@ -136,10 +136,6 @@ class SampleList(_Strict):
         return [column for variable in self.inputs for column in variable.columns]
 
     @property
-    def binary(self) -> bool:
-        return len(self.class_names) == 2
-
-    @property
     def class_names(self) -> list[str]:
         """Classes in output order; for a binary task the signal class is index 1 (score = P(signal))."""
         names = self.classes or list(dict.fromkeys(g.class_name for g in self.groups if g.training))
@@ -296,10 +292,6 @@ class Parameters(_Strict):
         if value < 1:
             raise ValueError("repetitions must be at least 1")
         return value
-
-    @property
-    def criterion_direction(self) -> str:
-        return CRITERIA[self.eval_criterion]
 
     def dictionary_hash(self) -> str:
         """Hash of what defines the scan's trials: the dictionary and the repetitions."""

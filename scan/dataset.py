@@ -75,10 +75,6 @@ class Dataset:
     data_fingerprint: str
     summaries: list[SampleSummary] = field(default_factory=list)
 
-    @property
-    def binary(self) -> bool:
-        return len(self.class_names) == 2
-
     def part(self, partition: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, labels and learning weights of one partition."""
         selected = self.partition == partition

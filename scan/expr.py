@@ -93,10 +93,6 @@ class Expression:
         names.sort(key=lambda n: n.col_offset)
         return tuple(dict.fromkeys(self.placeholders.get(n.id, n.id) for n in names))
 
-    @property
-    def is_plain_branch(self) -> bool:
-        return isinstance(self.tree, ast.Name)
-
     def evaluate(self, columns: Mapping[str, np.ndarray], where: str = "") -> np.ndarray:
         """Evaluate on ``columns``; ``where`` (a file or config key) prefixes error messages."""
         missing = [b for b in self.branches if b not in columns]

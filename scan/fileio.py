@@ -38,15 +38,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
-
-
-def atomic_create_bytes(path: Path, data: bytes) -> bool:
-    """Like :func:`atomic_write_bytes` but never replaces an existing file; False if one was there."""
-    temporary = _write_temporary(Path(path), data)
-    try:
-        os.link(temporary, path)  # fails if path exists: an atomic create-if-absent
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -117,18 +117,3 @@ def _check_branches(
         if name not in available:
             user = f"{used_by[name]} uses unknown branch" if name in used_by else "no branch"
             raise DataError(f"{path}:{tree}: {user} '{name}' ({did_you_mean(name, available, 'branches')})")
-
-
-def list_branches(path: Path, tree: str) -> list[str]:
-    """Names of the branches (or HDF5 fields) of a tree, for error messages and the test command."""
-    path = Path(path)
-    if path.suffix.lower() in HDF5_SUFFIXES:
-        import h5py
-
-        with h5py.File(path, "r") as handle:
-            node = handle[tree]
-            return list(node.dtype.names) if isinstance(node, h5py.Dataset) else list(node)
-    import uproot
-
-    with uproot.open(path) as handle:
-        return list(handle[tree].keys())

@@ -229,11 +229,3 @@ def to_resubmit(status: ScanStatus, skip_failed: bool = False) -> list[Trial]:
     """Missing trials, and failed ones unless ``skip_failed``; never a trial still queued or running."""
     states = ("missing",) if skip_failed else ("missing", "failed")
     return [t.trial for t in status.of(*states)]
-
-
-def log_tail(path: str | os.PathLike[str], lines: int = 3) -> str:
-    try:
-        content = Path(path).read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(content[-lines:])
