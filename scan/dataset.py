@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from hhscan import expr, split, weights
 from hhscan.config import Sample, SampleList, SplitSettings
-from hhscan.errors import DataError, ExpressionError
+from hhscan.errors import DataError
 from hhscan.fileio import atomic_write_bytes
 from hhscan.readers import read_columns
 
@@ -133,8 +133,6 @@ def read_sample(
             if sample.weight
             else np.ones(entries)
         )
-    except ExpressionError:
-        raise
     except (TypeError, ValueError) as error:
         raise DataError(f"{where}: cannot evaluate cut or weight ({error})") from None
     n_cut = int(np.count_nonzero(selection))

@@ -204,8 +204,8 @@ def scan_status(scan: ScanDirectory) -> ScanStatus:
     for job in jobs:
         for trial_id in job["trial_ids"]:
             last_job[trial_id] = job
-    pending_jobs = list({id(j): j for j in last_job.values()}.values())
-    states = job_states(pending_jobs) if pending_jobs and shutil.which("sacct") else {}
+    latest_jobs = list({id(j): j for j in last_job.values()}.values())
+    states = job_states(latest_jobs) if latest_jobs and shutil.which("sacct") else {}
     result = ScanStatus(corrupt=corrupt)
     for trial in scan.trials():
         record = records.get(trial.id)
