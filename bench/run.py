@@ -4,10 +4,12 @@
     python bench/run.py --quick    # smaller sizes, for a smoke check
     python bench/run.py --only scan,data
 
-Sections: scan (hhscan vs a plain Keras loop on TensorFlow vs Optuna's GridSampler, the shipped example),
-machine (training events/s against an MLP-shaped matmul ceiling), data (ROOT → arrays vs raw uproot, cached
-reload vs np.load), bookkeeping (missing-trial detection and report over 10 000 records, ``hhscan --help``).
-Each tool runs in its own process (a Keras backend is per process); times exclude imports.
+Sections: scan (hhscan vs a plain Keras loop on TensorFlow vs Talos vs Optuna's GridSampler, the shipped
+example), packing (trials/s for pack sizes 1…32), machine (training events/s against an MLP-shaped matmul
+ceiling), data (ROOT → arrays vs raw uproot, cached reload vs np.load), bookkeeping (missing-trial detection and
+report over 10 000 records, ``hhscan --help``).
+Each tool runs in its own process (a Keras backend is per process); times exclude imports. Talos 2.0.10 needs
+pandas<3: the bench creates its own venv for it in bench/.venv-talos (once; --no-talos skips it).
 """
 
 from __future__ import annotations
@@ -141,9 +143,10 @@ def worker_optuna(root: Path, epochs: int) -> dict:
 
 
 def worker_machine(events: int) -> dict:
-    os.environ.setdefault("KERAS_BACKEND", "jax")
-    import keras
     from hhscan import model
+
+    model.choose_backend("auto")  # as hhscan sets up a worker: backend, one host device per core
+    import keras
 
     model.keep_tensorflow_out()
     rng = np.random.default_rng(0)
@@ -156,7 +159,26 @@ def worker_machine(events: int) -> dict:
     net.fit(x, y, batch_size=512, epochs=1, verbose=0)  # warm-up: compilation
     started = time.perf_counter()
     net.fit(x, y, batch_size=512, epochs=2, verbose=0)
-    rate = 2 * events / (time.perf_counter() - started)
+    rates = {"Keras fit, one model": 2 * events / (time.perf_counter() - started)}
+    from hhscan import fused, training
+
+    w = np.ones(events, dtype="float32")
+    table, counts = fused.batch_table(training.epoch_order(events, 0, 0), 512)
+    for size in (1, 4, 16):
+        nets = [model.build_model(hp, 20, 2, x.mean(0), x.var(0)) for _ in range(size)]
+        for each in nets:
+            model.compile_model(each, hp, 2)
+            each.optimizer.build(each.trainable_variables)
+        engine = fused.make_engine(nets, [n.optimizer for n in nets], "binary_crossentropy",
+                                   (x, y.reshape(-1, 1), w), (x[:1000], y[:1000].reshape(-1, 1), w[:1000]))  # fmt: skip
+        active = np.ones(size, bool)
+        engine.train_epoch(table, counts, active)  # warm-up: compilation
+        started = time.perf_counter()
+        for _ in range(2):
+            engine.train_epoch(table, counts, active)
+        label = "hhscan fused, one model" if size == 1 else f"hhscan fused, pack of {size} (events × models)"
+        rates[label] = size * 2 * events / (time.perf_counter() - started)
+        keras.backend.clear_session()
     a = rng.normal(size=(65536, 64)).astype("float32")
     b = rng.normal(size=(64, 64)).astype("float32")
     a @ b
@@ -167,8 +189,41 @@ def worker_machine(events: int) -> dict:
     ceiling = repeats * 2 * 65536 * 64 * 64 / (time.perf_counter() - started)
     # Forward + backward ≈ 3 × 2 × (20·64 + 64·64 + 64·64 + 64·1) FLOP per event.
     flop_per_event = 3 * 2 * (20 * 64 + 64 * 64 * 2 + 64)
-    return {"events_per_s": rate, "ceiling_flops": ceiling, "flop_per_event": flop_per_event,
+    return {"events_per_s": rates, "ceiling_flops": ceiling, "flop_per_event": flop_per_event,
             "backend": keras.backend.backend()}  # fmt: skip
+
+
+def worker_export(root: Path, target: str) -> dict:
+    """The training and validation arrays hhscan prepared, for a tool that runs in another venv."""
+    _, _, data = _dataset(root)
+    x, y, w = data.part(0)
+    xv, yv, wv = data.part(1)
+    np.savez(target, x=x, y=y.astype("float32"), w=w, xv=xv, yv=yv.astype("float32"), wv=wv)
+    return {"events": len(x)}
+
+
+def worker_packing(root: Path, sizes: list[int], n_trials: int) -> dict:
+    """Trials/s of the example grid (repeated to ``n_trials``) trained in packs of each size, compilation included."""
+    from hhscan import model, training, trial
+
+    model.choose_backend("auto")  # as hhscan sets up a worker: backend, one host device per core
+    import keras
+
+    parameters, _, data = _dataset(root)
+    grid = trial.expand(parameters)
+    trials = [trial.Trial(trial.trial_id(t.hyperparameters, r), t.hyperparameters, r)
+              for r in range(-(-n_trials // len(grid))) for t in grid][:n_trials]  # fmt: skip
+    rates, best = {}, {}
+    for size in sizes:
+        subset = trials[: max(size, min(n_trials, 8))] if size == 1 else trials
+        started = time.perf_counter()
+        results = []
+        for start in range(0, len(subset), size):
+            results += training.train_pack(subset[start : start + size], data, parameters)
+            keras.backend.clear_session()
+        rates[size] = len(subset) / (time.perf_counter() - started)
+        best[size] = max(r.metrics["val_auc"] for r in results)
+    return {"trials_per_s": rates, "best_val_auc": best, "device": model.device_description()}
 
 
 WORKERS = {"hhscan": worker_hhscan, "plain": worker_plain, "optuna": worker_optuna}
@@ -189,18 +244,55 @@ def _in_process(name: str, *args) -> dict:
 # ---------------------------------------------------------------------------------------------- sections
 
 
-def section_scan(quick: bool) -> list[str]:
+TALOS_VENV = REPO / "bench" / ".venv-talos"
+
+
+def _talos_python() -> Path | None:
+    """The Talos venv's interpreter, created on first use (Talos 2.0.10 needs pandas<3, hhscan pandas 3)."""
+    python = TALOS_VENV / "bin" / "python"
+    if not python.exists():
+        print("creating bench/.venv-talos (talos 2.0.10, pandas<3, tensorflow-cpu; once)…", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(TALOS_VENV)], check=True)
+        installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "talos==2.0.10", "pandas<3",
+                                    "tensorflow-cpu", "scikit-learn"], capture_output=True, text=True)  # fmt: skip
+        if installed.returncode != 0:
+            print(f"Talos venv failed: {installed.stderr[-500:]}", flush=True)
+            shutil.rmtree(TALOS_VENV, ignore_errors=True)
+            return None
+    return python
+
+
+def _talos(root: Path, epochs: int) -> dict:
+    python = _talos_python()
+    if python is None:
+        raise RuntimeError("no Talos venv")
+    arrays = root / "arrays.npz"
+    _in_process("worker_export", str(root), str(arrays))
+    grid = json.dumps({**EXAMPLE_GRID, "epochs": [epochs]})
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    result = subprocess.run([str(python), str(REPO / "bench" / "talos_scan.py"), str(arrays), grid, str(root)],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"Talos failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def section_scan(quick: bool, talos: bool = True) -> list[str]:
     epochs = 2 if quick else 10
     rows = {}
     with tempfile.TemporaryDirectory() as directory:
         for tool, worker, args in (
             ("plain Keras loop (TensorFlow)", "worker_plain", (epochs,)),
+            ("Talos 2.0.10 Scan (TensorFlow)", "talos", (epochs,)),
             ("Optuna GridSampler (TensorFlow)", "worker_optuna", (epochs,)),
             ("hhscan run --local", "worker_hhscan", ()),
         ):
             root = _project(Path(directory) / worker, epochs)
-            path = (str(root),)
-            rows[tool] = _in_process(worker, *path, *args)
+            if worker == "talos":
+                if talos:
+                    rows[tool] = _talos(root, epochs)
+                continue
+            rows[tool] = _in_process(worker, str(root), *args)
     base = rows["plain Keras loop (TensorFlow)"]["wall_s"]
     lines = [f"### Scan of the shipped example: 8 trials, {epochs} epochs, batch 256 (imports excluded)", "",
              "| tool | backend | wall s | vs plain loop | best val AUC |", "|---|---|---|---|---|"]  # fmt: skip
@@ -208,19 +300,38 @@ def section_scan(quick: bool) -> list[str]:
         lines.append(f"| {tool} | {row['backend']} | {row['wall_s']:.1f} | {row['wall_s'] / base:.2f} "
                      f"({base / row['wall_s']:.2f}× faster) | {row['best_val_auc']:.4f} |")  # fmt: skip
     lines.append("")
-    lines.append("Talos 2.0.10 needs pandas<3 and its own venv: not run here (see the note below).")
     return lines
+
+
+def section_packing(quick: bool) -> list[str]:
+    sizes = [1, 2, 4, 8] if quick else [1, 2, 4, 8, 16, 32]
+    n_trials = 8 if quick else 32
+    with tempfile.TemporaryDirectory() as directory:
+        root = _project(Path(directory) / "packing", 5)
+        row = _in_process("worker_packing", str(root), sizes, n_trials)
+    base = row["trials_per_s"]["1"]
+    lines = [f"### Pack scaling: the example grid repeated to {n_trials} trials, 5 epochs, on {row['device']}",
+             "", "Fresh process, no persistent compilation cache: compilation included, as for a new scan. Pack size 1 "
+             "trains the first 8 of the trials (hence its best AUC), the others all of them.", "",
+             "| pack size | trials/s | vs pack size 1 | best val AUC |", "|---|---|---|---|"]  # fmt: skip
+    for size in sizes:
+        rate = row["trials_per_s"][str(size)]
+        lines.append(f"| {size} | {rate:.2f} | {rate / base:.1f}× | {row['best_val_auc'][str(size)]:.4f} |")
+    return [*lines, ""]
 
 
 def section_machine(quick: bool) -> list[str]:
     events = 40_000 if quick else 200_000
     row = _in_process("worker_machine", events)
-    achieved = row["events_per_s"] * row["flop_per_event"]
-    return [f"### Training vs the machine: 20→64×3→1 MLP, batch 512, {events} events ({row['backend']})", "",
-            f"- {row['events_per_s']:,.0f} events/s ≈ {achieved / 1e9:.1f} GFLOP/s "
-            f"({row['flop_per_event']} FLOP per event, forward+backward)",
-            f"- MLP-shaped matmul ceiling (65536×64 @ 64×64, numpy): {row['ceiling_flops'] / 1e9:.1f} GFLOP/s",
-            f"- **fraction of the ceiling: {achieved / row['ceiling_flops']:.2f}**", ""]  # fmt: skip
+    ceiling = row["ceiling_flops"]
+    lines = [f"### Training vs the machine: 20→64×3→1 MLP, batch 512, {events} events ({row['backend']})", "",
+             f"MLP-shaped matmul ceiling (65536×64 @ 64×64, numpy, same run): {ceiling / 1e9:.1f} GFLOP/s; "
+             f"{row['flop_per_event']} FLOP per trained event (forward + backward).", "",
+             "| trainer | trained events/s | GFLOP/s | fraction of the ceiling |", "|---|---|---|---|"]  # fmt: skip
+    for label, rate in row["events_per_s"].items():
+        achieved = rate * row["flop_per_event"]
+        lines.append(f"| {label} | {rate:,.0f} | {achieved / 1e9:.1f} | **{achieved / ceiling:.2f}** |")
+    return [*lines, ""]
 
 
 def section_data(quick: bool) -> list[str]:
@@ -320,7 +431,8 @@ def _best_of(repeats: int, function) -> float:
     return best
 
 
-SECTIONS = {"scan": section_scan, "machine": section_machine, "data": section_data, "bookkeeping": section_bookkeeping}
+SECTIONS = {"scan": section_scan, "packing": section_packing, "machine": section_machine, "data": section_data,
+            "bookkeeping": section_bookkeeping}
 
 
 def main() -> None:
@@ -328,14 +440,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=",".join(SECTIONS))
     parser.add_argument("--output", default=str(REPO / "bench" / "RESULTS.md"))
+    parser.add_argument("--no-talos", action="store_true", help="skip Talos (its venv needs the package index)")
     arguments = parser.parse_args()
     lines = [f"## Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs"
              f"{' (quick sizes)' if arguments.quick else ''}", ""]  # fmt: skip
     for name in arguments.only.split(","):
-        section = SECTIONS[name](arguments.quick)
+        if name == "scan":
+            section = section_scan(arguments.quick, talos=not arguments.no_talos)
+        else:
+            section = SECTIONS[name](arguments.quick)
         print("\n".join(section), flush=True)
         lines += section
-    Path(arguments.output).write_text("\n".join(lines) + "\n")
+    _write_results(Path(arguments.output), "\n".join(lines) + "\n")
+
+
+def _write_results(path: Path, measured: str) -> None:
+    """Replace the measured part of RESULTS.md, keeping its introduction and the analysis against the targets."""
+    marker, analysis = "## Measured", "### Against the targets"
+    old = path.read_text() if path.exists() else ""
+    head = old[: old.index(marker)] if marker in old else "# Benchmarks\n\n"
+    tail = old[old.index(analysis) :] if analysis in old else ""
+    path.write_text(head + measured + ("\n" + tail if tail else ""))
 
 
 if __name__ == "__main__":

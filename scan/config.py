@@ -199,29 +199,59 @@ class SplitSettings(_Strict):
         return self
 
 
-class EarlyStopping(_Strict):
+# What a trainer logs every epoch, and which way is better: the quantities callbacks may monitor.
+MONITOR_MODES = {"loss": "min", "val_loss": "min", "val_auc": "max", "val_accuracy": "max"}
+
+
+class _Monitored(_Strict):
     enabled: bool = True
     monitor: str = "val_loss"
     patience: int = 5
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, value: str) -> str:
+        if value not in MONITOR_MODES:
+            raise ValueError(f"unknown monitor '{value}' ({did_you_mean(value, MONITOR_MODES, 'monitors')})")
+        return value
+
+    @field_validator("patience")
+    @classmethod
+    def _patience(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("patience must not be negative")
+        return value
+
+
+class EarlyStopping(_Monitored):
     min_delta: float = 0.0
     restore_best_weights: bool = True
 
 
-class ReduceLROnPlateau(_Strict):
-    enabled: bool = True
-    monitor: str = "val_loss"
-    factor: float = 0.5
+class ReduceLROnPlateau(_Monitored):
     patience: int = 3
+    factor: float = Field(0.5, gt=0.0, lt=1.0)
     min_lr: float = 1e-6
 
 
 class Training(_Strict):
-    backend: Literal["auto", "jax", "tensorflow", "torch"] = "auto"
+    backend: Literal["auto", "jax", "tensorflow"] = "auto"
     early_stopping: EarlyStopping = EarlyStopping()
     reduce_lr: ReduceLROnPlateau = ReduceLROnPlateau()
-    steps_per_execution: int = 1
+    # Trials trained together as one fused model (same batch size and epochs); "auto" measures the best size.
+    pack_size: int | Literal["auto"] = "auto"
     # Seconds between epoch-end checkpoints (0: every epoch; null: never). A requeued job loses at most this.
     checkpoint_interval_s: float | None = 30.0
+    # Restart the worker process between packs past this resident memory (GB): the same job goes on with the trials
+    # not done yet. null: 80% of a Slurm job's memory, no bound outside Slurm.
+    worker_memory_gb: float | None = Field(None, gt=0)
+
+    @field_validator("pack_size")
+    @classmethod
+    def _pack_size(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("pack_size must be a positive number of trials or 'auto'")
+        return value
 
 
 class SlurmSettings(_Strict):

@@ -83,6 +83,8 @@ class CorruptRecord(ValueError):
 
 
 def from_csv(text: str) -> TrialRecord:
+    # A long training's history is one large cell (2500 epochs > the csv module's default 128 KiB per field).
+    csv.field_size_limit(2**31 - 1)
     rows = list(csv.reader(io.StringIO(text)))
     if len(rows) != 2 or rows[0] != [*_COLUMNS, "checksum"] or len(rows[1]) != len(_COLUMNS) + 1:
         raise CorruptRecord("not a complete trial record")

@@ -1,20 +1,23 @@
-"""Running trials of a scan in this process: data loaded once, every trial recorded, failures included.
+"""Running trials of a scan in this process: data loaded once, trials trained in fused packs, every trial
+recorded, failures included.
 
-This is what a local run and every Slurm job execute. A finished trial's model and record are written atomically
-the moment it ends, so a job killed after 3 of 5 trials keeps 3.
+This is what a local run and every Slurm job execute. A finished pack's models and records are written atomically
+the moment it ends, so a job killed after 3 of 5 packs keeps 3.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hhscan import __version__, artifacts, model, training
+from hhscan import __version__, artifacts, model, packing, training
 from hhscan.config import Parameters, SampleList
 from hhscan.dataset import Dataset, load_dataset
 from hhscan.errors import ScanError
@@ -63,31 +66,131 @@ def run_scan_trials(
     # The loop skips what is done, so "all trials" and "the missing ones" are the same request.
     wanted = [by_id[i] for i in trial_ids] if trial_ids is not None else list(by_id.values())
     done_records, _ = scan.records()
+    pack_size = resolve_pack_size(parameters, dataset, workspace, wanted)
+    memory_bound = worker_memory_bound(parameters)
     results = []
-    for trial in wanted:
-        existing = done_records.get(trial.id)
-        if existing is not None and existing.done:
-            continue
-        record = run_trial(scan, trial, parameters, sample_list, dataset, backend, context)
-        results.append(record)
-        if on_trial_end is not None:
-            on_trial_end(record)
+    # Packs come from the whole request, done trials removed after: a requeued job finds its packs again.
+    packs = [
+        [t for t in pack if not (t.id in done_records and done_records[t.id].done)]
+        for pack in packing.form_packs(wanted, pack_size)
+    ]
+    packs = [pack for pack in packs if pack]
+    for index, todo in enumerate(packs):
+        for record in run_pack(scan, todo, parameters, dataset, backend, context):
+            results.append(record)
+            if on_trial_end is not None:
+                on_trial_end(record)
+        if memory_bound is not None and index + 1 < len(packs) and resident_memory_gb() > memory_bound:
+            recycle_process(f"resident memory {resident_memory_gb():.2f} GB > worker_memory_gb {memory_bound:.2f}")
     return results
 
 
-def run_trial(
+def worker_memory_bound(parameters: Parameters) -> float | None:
+    """The configured bound, or 80% of the Slurm job's memory (``SLURM_MEM_PER_NODE`` is in MB)."""
+    if parameters.training.worker_memory_gb is not None:
+        return parameters.training.worker_memory_gb
+    per_node = os.environ.get("SLURM_MEM_PER_NODE")
+    return 0.8 * int(per_node) / 1024 if per_node and per_node.isdigit() and int(per_node) > 0 else None
+
+
+def resident_memory_gb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def recycle_process(reason: str) -> None:
+    """Replace this process by a fresh run of the same command: same pid (Slurm keeps tracking it), same job and
+    trials; what is done is skipped. Memory that imports, caches or leaks kept is given back."""
+    print(f"hhscan: restarting the worker process ({reason}); finished trials are kept", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, sys.orig_argv)
+
+
+def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Workspace, trials: Sequence[Trial]) -> int:
+    """The configured pack size; for ``auto``, the probed one (measured once per workspace and device).
+
+    A request of at most ``DEFAULT_PACK_SIZE`` trials per step structure is packed whole without probing: the
+    cost per trial falls at least that far on every device measured, and the probe would cost more than it saves.
+    """
+    setting = parameters.training.pack_size
+    if setting != "auto":
+        return int(setting)
+    largest = max((len(p) for p in packing.form_packs(trials, len(trials) or 1)), default=1)
+    if largest <= packing.DEFAULT_PACK_SIZE:
+        return largest
+    return training.probed_pack_size(trials[0], dataset, parameters, workspace.cache / "pack_size.json")
+
+
+def run_pack(
     scan: ScanDirectory,
-    trial: Trial,
+    trials: Sequence[Trial],
     parameters: Parameters,
-    sample_list: SampleList,
     dataset: Dataset,
     backend: str,
     context: JobContext,
-) -> TrialRecord:
-    """Train, save model and record; any exception becomes a FAIL record and the scan goes on."""
+) -> list[TrialRecord]:
+    """Train a pack, save each trial's model and record; a failure becomes FAIL records and the scan goes on.
+
+    When a pack fails as a whole (one trial's bad value, memory), its trials are retried alone, so one trial's
+    error is never another trial's.
+    """
     import keras
 
-    base = TrialRecord(
+    started = time.perf_counter()
+    checkpoint = scan.checkpoint_dir(packing.pack_key(trials)) / "pack.npz"
+    try:
+        trained = training.train_pack(trials, dataset, parameters, checkpoint)
+    except Exception as error:
+        keras.backend.clear_session()
+        if len(trials) > 1:
+            return [record for trial in trials for record in run_pack(scan, [trial], parameters, dataset, backend,
+                                                                       context)]  # fmt: skip
+        seconds = time.perf_counter() - started
+        return [_write(scan, _failed(_record(trials[0], parameters, dataset, backend, context, 1), error, seconds))]
+    records = []
+    for trial, result in zip(trials, trained, strict=True):
+        record = _record(trial, parameters, dataset, backend, context, len(trials))
+        try:
+            model_path = scan.model_path(trial.id)
+            record.status = DONE
+            record.value = result.metrics[parameters.eval_criterion]
+            record.metrics = result.metrics
+            record.history = result.history
+            record.epochs_run = result.epochs_run
+            record.best_epoch = result.best_epoch
+            record.resumed_from_epoch = result.resumed_from_epoch
+            record.seconds = result.seconds
+            record.model_file = model_path.name
+            artifacts.write_model_zip(
+                model_path, result.model, model_metadata(record, dataset, scan.name), extra=scan.config_files()
+            )
+        except Exception as error:  # e.g. a full disk: this trial fails, the others are still written
+            record = _failed(record, error, result.seconds)
+        records.append(_write(scan, record))
+    if all(r.done for r in records):
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    keras.backend.clear_session()
+    return records
+
+
+def _failed(record: TrialRecord, error: BaseException, seconds: float) -> TrialRecord:
+    record.status = FAIL
+    record.error = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    record.traceback = "".join(traceback.format_exception(error))[-4000:]
+    record.seconds = seconds
+    return record
+
+
+def _write(scan: ScanDirectory, record: TrialRecord) -> TrialRecord:
+    record.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_record(scan.output_dir, record)
+    return record
+
+
+def _record(
+    trial: Trial, parameters: Parameters, dataset: Dataset, backend: str, context: JobContext, pack_size: int
+) -> TrialRecord:
+    return TrialRecord(
         trial_id=trial.id,
         status=FAIL,
         repetition=trial.repetition,
@@ -102,35 +205,8 @@ def run_trial(
         job_id=context.job_id,
         log_path=context.log_path,
         host=socket.gethostname(),
+        pack_size=pack_size,
     )
-    started = time.perf_counter()
-    checkpoint = scan.checkpoint_dir(trial.id)
-    try:
-        trained = training.train(trial, dataset, parameters, checkpoint)
-        model_path = scan.model_path(trial.id)
-        base.status = DONE
-        base.value = trained.metrics[parameters.eval_criterion]
-        base.metrics = trained.metrics
-        base.history = trained.history
-        base.epochs_run = trained.epochs_run
-        base.best_epoch = trained.best_epoch
-        base.resumed_from_epoch = trained.resumed_from_epoch
-        base.seconds = trained.seconds
-        base.model_file = model_path.name
-        artifacts.write_model_zip(
-            model_path, trained.model, model_metadata(base, dataset, scan.name), extra=scan.config_files()
-        )
-    except Exception as error:  # a failed trial is a result, not a crash of the scan
-        base.status = FAIL
-        base.error = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-        base.traceback = "".join(traceback.format_exception(error))[-4000:]
-        base.seconds = time.perf_counter() - started
-    base.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_record(scan.output_dir, base)
-    if base.done:
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    keras.backend.clear_session()
-    return base
 
 
 def model_metadata(record: TrialRecord, dataset: Dataset, scan_name: str) -> dict:

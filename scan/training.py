@@ -1,7 +1,11 @@
-"""Training one trial: build, fit with callbacks, checkpoint every epoch, evaluate.
+"""Training a pack of trials together: build, fused epochs, per-trial callbacks, checkpoints, evaluation.
 
-A checkpoint (model with optimizer state, the history so far and the callbacks' state) is written atomically at
-the end of every epoch, so a job that is killed, times out or is preempted resumes from its last finished epoch.
+Every trial of a pack keeps its own initial weights (its own seed), optimizer, learning rate, early stopping and
+learning-rate schedule; all see the same batches, whose order depends only on the scan seed and the epoch — so a
+trial's result does not depend on which pack it ran in, or on the pack size.
+
+A checkpoint (every branch's weights and optimizer state, histories, callback states) is one file written
+atomically at an epoch end, so a job that is killed, times out or is preempted resumes from that epoch.
 """
 
 from __future__ import annotations
@@ -9,12 +13,13 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hhscan import metrics, model
+from hhscan import callbacks, fused, metrics, model
 from hhscan.config import Parameters
 from hhscan.dataset import Dataset
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
@@ -33,13 +38,13 @@ class TrainedTrial:
     metrics: dict[str, float]
 
 
-def evaluate(trained_model, dataset: Dataset) -> dict[str, float]:
+def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> dict[str, float]:
     """Weighted loss, AUC, accuracy and Asimov Z_max on the training and validation partitions."""
     result: dict[str, float] = {}
     for prefix, partition in (("train", TRAIN), ("val", VALIDATION)):
         selected = dataset.partition == partition
-        x, y, w = dataset.features[selected], dataset.labels[selected], dataset.learning_weight[selected]
-        scores = model.predict(trained_model, x)
+        y, w = dataset.labels[selected], dataset.learning_weight[selected]
+        scores = scores_by_partition[partition]
         result[f"{prefix}_loss"] = metrics.cross_entropy(y, scores, w)
         result[f"{prefix}_auc"] = metrics.multiclass_auc(y, scores, w)
         result[f"{prefix}_accuracy"] = metrics.weighted_accuracy(y, scores, w)
@@ -48,109 +53,6 @@ def evaluate(trained_model, dataset: Dataset) -> dict[str, float]:
         _, z = metrics.significance_scan(is_signal, signal_score, dataset.physics_weight[selected])
         result[f"{prefix}_significance"] = float(z.max())
     return result
-
-
-def _callbacks(parameters: Parameters, state: dict[str, Any] | None):
-    import keras
-
-    settings = parameters.training
-
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            if state and "early_stopping" in state:
-                saved = state["early_stopping"]
-                self.wait, self.best, self.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
-                if saved.get("best_weights") and Path(saved["best_weights"]).exists():
-                    with np.load(saved["best_weights"]) as stored:
-                        self.best_weights = [stored[f"w{i}"] for i in range(len(stored.files))]
-
-    class ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            if state and "reduce_lr" in state:
-                saved = state["reduce_lr"]
-                self.wait, self.best, self.cooldown_counter = saved["wait"], saved["best"], saved["cooldown"]
-
-    callbacks = []
-    if settings.early_stopping.enabled:
-        es = settings.early_stopping
-        callbacks.append(
-            ResumableEarlyStopping(
-                monitor=es.monitor,
-                patience=es.patience,
-                min_delta=es.min_delta,
-                restore_best_weights=es.restore_best_weights,
-            )
-        )
-    if settings.reduce_lr.enabled:
-        rl = settings.reduce_lr
-        callbacks.append(
-            ResumableReduceLR(monitor=rl.monitor, factor=rl.factor, patience=rl.patience, min_lr=rl.min_lr)
-        )
-    return callbacks
-
-
-def _checkpointer(directory: Path, history_before: dict[str, list[float]], callbacks: list, interval_s: float):
-    """A callback writing model + history + callback state at epoch ends, atomically, every ``interval_s``."""
-    import keras
-
-    class Checkpoint(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.history = {k: list(v) for k, v in history_before.items()}
-            self.last_saved = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None):
-            for key, value in (logs or {}).items():
-                self.history.setdefault(key, []).append(float(value))
-            if time.monotonic() - self.last_saved < interval_s:
-                return
-            self.last_saved = time.monotonic()
-            directory.mkdir(parents=True, exist_ok=True)
-            model_path = directory / "model.keras"
-            temporary = directory / ".model.keras.tmp.keras"
-            self.model.save(temporary)
-            temporary.replace(model_path)
-            state: dict[str, Any] = {"epoch": epoch, "history": self.history}
-            for callback in callbacks:
-                if isinstance(callback, keras.callbacks.EarlyStopping):
-                    best_path = directory / "best_weights.npz"
-                    if callback.best_weights is not None:
-                        buffer = io.BytesIO()
-                        np.savez(buffer, **{f"w{i}": w for i, w in enumerate(callback.best_weights)})
-                        atomic_write_bytes(best_path, buffer.getvalue())
-                    state["early_stopping"] = {
-                        "wait": callback.wait,
-                        "best": _finite_or_none(callback.best),
-                        "best_epoch": callback.best_epoch,
-                        "best_weights": str(best_path) if best_path.exists() else None,
-                    }
-                elif isinstance(callback, keras.callbacks.ReduceLROnPlateau):
-                    state["reduce_lr"] = {
-                        "wait": callback.wait,
-                        "best": _finite_or_none(callback.best),
-                        "cooldown": callback.cooldown_counter,
-                    }
-            atomic_write_text(directory / "state.json", json.dumps(state))
-
-    return Checkpoint()
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
-
-
-def _load_checkpoint(directory: Path | None) -> tuple[Any, dict[str, Any] | None]:
-    if directory is None or not (directory / "state.json").exists() or not (directory / "model.keras").exists():
-        return None, None
-    import keras
-
-    state = json.loads((directory / "state.json").read_text())
-    for section in ("early_stopping", "reduce_lr"):  # JSON has no infinities: None means "no best yet"
-        if section in state and state[section]["best"] is None:
-            state[section]["best"] = np.inf
-    return keras.saving.load_model(directory / "model.keras"), state
 
 
 def seed_everything(seed: int) -> None:
@@ -174,54 +76,259 @@ def seed_everything(seed: int) -> None:
     global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
 
 
-def train(trial: Trial, dataset: Dataset, parameters: Parameters, checkpoint_dir: Path | None = None) -> TrainedTrial:
-    """Train one trial on the training partition, validated on the validation partition."""
+
+
+def _scores(outputs: np.ndarray) -> np.ndarray:
+    """Engine outputs of one branch (N, outputs) as hhscan scores: (N,) for binary, (N, C) otherwise."""
+    return outputs[:, 0] if outputs.shape[1] == 1 else outputs
+
+
+def epoch_order(n_events: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The training events' order in one epoch: the same for every trial of a scan, whatever its pack."""
+    if not shuffle:
+        return np.arange(n_events)
+    return np.random.default_rng([seed, epoch]).permutation(n_events)
+
+
+@dataclass
+class _Branch:
+    """The bookkeeping of one trial inside a pack."""
+
+    trial: Trial
+    history: dict[str, list[float]]
+    early_stopping: callbacks.EarlyStopping | None
+    reduce_lr: callbacks.ReduceLROnPlateau | None
+    active: bool = True
+    best_weights: list[np.ndarray] | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial.id,
+            "history": self.history,
+            "active": self.active,
+            "early_stopping": self.early_stopping.state() if self.early_stopping else None,
+            "reduce_lr": self.reduce_lr.state() if self.reduce_lr else None,
+        }
+
+
+def _new_branch(trial: Trial, parameters: Parameters) -> _Branch:
+    settings = parameters.training
+    es, rl = settings.early_stopping, settings.reduce_lr
+    return _Branch(
+        trial=trial,
+        history={},
+        early_stopping=callbacks.EarlyStopping(es.monitor, es.patience, es.min_delta, es.restore_best_weights)
+        if es.enabled
+        else None,
+        reduce_lr=callbacks.ReduceLROnPlateau(rl.monitor, rl.factor, rl.patience, rl.min_lr) if rl.enabled else None,
+    )
+
+
+def _save_checkpoint(path: Path, epoch: int, branches: list[_Branch], engine) -> None:
+    arrays = engine.export_state()
+    for k, branch in enumerate(branches):
+        for i, weight in enumerate(branch.best_weights or []):
+            arrays[f"best{k}_{i}"] = weight
+    state = {"epoch": epoch, "branches": [b.state() for b in branches]}
+    arrays["__state__"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path | None, trials: Sequence[Trial]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """The checkpoint's state and arrays, if it exists and belongs to exactly these trials."""
+    if path is None or not path.exists():
+        return None
+    with np.load(path) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    state = json.loads(arrays.pop("__state__").tobytes())
+    if [b["trial_id"] for b in state["branches"]] != [t.id for t in trials]:
+        return None
+    return state, arrays
+
+
+def train_pack(
+    trials: Sequence[Trial],
+    dataset: Dataset,
+    parameters: Parameters,
+    checkpoint: Path | None = None,
+    shuffle: bool = True,
+) -> list[TrainedTrial]:
+    """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order."""
     model.keep_tensorflow_out()
     started = time.perf_counter()
-    hp = trial.hyperparameters
+    structures = {(int(t.hyperparameters["batch_size"]), int(t.hyperparameters["epochs"])) for t in trials}
+    if len(structures) != 1:
+        raise ValueError(f"a pack needs one batch size and one number of epochs, got {sorted(structures)}")
+    ((batch_size, epochs),) = structures
     n_classes = len(dataset.class_names)
     x_train, y_train, w_train = dataset.part(TRAIN)
     x_val, y_val, w_val = dataset.part(VALIDATION)
-    seed_everything((parameters.seed + trial.seed_offset) % (2**31))
-    resumed, state = _load_checkpoint(checkpoint_dir)
-    if resumed is not None and state is not None:
-        net = resumed
-        initial_epoch = state["epoch"] + 1
-        history_before: dict[str, list[float]] = state["history"]
-    else:
-        mean, variance = model.scaler_statistics(x_train)
+    mean, variance = model.scaler_statistics(x_train)
+    nets, optimizers = [], []
+    for trial in trials:
+        hp = trial.hyperparameters
+        seed_everything((parameters.seed + trial.seed_offset) % (2**31))
         net = model.build_model(hp, x_train.shape[1], n_classes, mean, variance)
-        model.compile_model(net, hp, n_classes, parameters.training.steps_per_execution)
-        initial_epoch, history_before = 0, {}
-    callbacks = _callbacks(parameters, state)
+        model.compile_model(net, hp, n_classes)
+        net.optimizer.build(net.trainable_variables)
+        nets.append(net)
+        optimizers.append(net.optimizer)
+    engine = fused.make_engine(
+        nets, optimizers, model.loss_name(n_classes),
+        (x_train, model.targets(y_train, n_classes), w_train.astype(np.float32)),
+        (x_val, model.targets(y_val, n_classes), w_val.astype(np.float32)),
+    )  # fmt: skip
+    branches = [_new_branch(t, parameters) for t in trials]
+    first_epoch, resumed = 0, None
+    restored = _load_checkpoint(checkpoint, trials)
+    if restored is not None:
+        state, arrays = restored
+        engine.import_state(arrays)
+        for k, (branch, saved) in enumerate(zip(branches, state["branches"], strict=True)):
+            branch.history, branch.active = saved["history"], saved["active"]
+            if branch.early_stopping and saved["early_stopping"]:
+                branch.early_stopping = callbacks.EarlyStopping(**saved["early_stopping"])
+            if branch.reduce_lr and saved["reduce_lr"]:
+                branch.reduce_lr = callbacks.ReduceLROnPlateau(**saved["reduce_lr"])
+            best = sorted((key for key in arrays if key.startswith(f"best{k}_")), key=lambda n: int(n.split("_")[1]))
+            branch.best_weights = [arrays[key] for key in best] or None
+        first_epoch = resumed = state["epoch"] + 1
     interval = parameters.training.checkpoint_interval_s
-    if checkpoint_dir is not None and interval is not None:
-        callbacks.append(_checkpointer(checkpoint_dir, history_before, callbacks[:], interval))
-    fit = net.fit(
-        x_train,
-        model.targets(y_train, n_classes),
-        sample_weight=w_train,
-        validation_data=(x_val, model.targets(y_val, n_classes), w_val),
-        epochs=int(hp["epochs"]),
-        initial_epoch=initial_epoch,
-        batch_size=int(hp["batch_size"]),
-        callbacks=callbacks,
-        shuffle=True,
-        verbose=0,
-    )
-    history = {k: list(v) for k, v in history_before.items()}
-    for key, values in fit.history.items():
-        history.setdefault(key, []).extend(float(v) for v in values)
-    epochs_run = len(history.get("loss", []))
-    val_losses = history.get("val_loss", [])
-    best_epoch = int(np.argmin(val_losses)) if val_losses else None
-    scores = evaluate(net, dataset)
-    return TrainedTrial(
-        model=net,
-        history=history,
-        epochs_run=epochs_run,
-        best_epoch=best_epoch,
-        resumed_from_epoch=initial_epoch if resumed is not None else None,
-        seconds=time.perf_counter() - started,
-        metrics=scores,
-    )
+    last_saved = time.monotonic()
+    for epoch in range(first_epoch, epochs):
+        active = np.array([b.active for b in branches])
+        if not active.any():
+            break
+        table, counts = fused.batch_table(epoch_order(len(x_train), parameters.seed, epoch, shuffle), batch_size)
+        train_losses = engine.train_epoch(table, counts, active)
+        val_losses, val_outputs = engine.validate()
+        for k, branch in enumerate(branches):
+            if not branch.active:
+                continue
+            scores = _scores(val_outputs[k])
+            logs = {
+                "loss": float(train_losses[k]),
+                "val_loss": float(val_losses[k]),
+                "val_auc": metrics.multiclass_auc(y_val, scores, w_val),
+                "val_accuracy": metrics.weighted_accuracy(y_val, scores, w_val),
+                "learning_rate": engine.learning_rate(k),
+            }
+            for key, value in logs.items():
+                branch.history.setdefault(key, []).append(value)
+            _end_of_epoch(branch, k, epoch, logs, engine)
+        if checkpoint is not None and interval is not None and time.monotonic() - last_saved >= interval:
+            _save_checkpoint(checkpoint, epoch, branches, engine)
+            last_saved = time.monotonic()
+    for k, branch in enumerate(branches):
+        if branch.early_stopping and branch.early_stopping.restore_best_weights and branch.best_weights is not None:
+            engine.set_branch_weights(k, branch.best_weights)
+    engine.sync_to_models()
+    both = engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
+    outputs = {TRAIN: both[:, : len(x_train)], VALIDATION: both[:, len(x_train) :]}
+    seconds = (time.perf_counter() - started) / len(trials)
+    results = []
+    for k, branch in enumerate(branches):
+        val_history = branch.history.get("val_loss", [])
+        results.append(
+            TrainedTrial(
+                model=nets[k],
+                history=branch.history,
+                epochs_run=len(branch.history.get("loss", [])),
+                best_epoch=int(np.argmin(val_history)) if val_history else None,
+                resumed_from_epoch=resumed,
+                seconds=seconds,
+                metrics=evaluate(dataset, {p: _scores(o[k]) for p, o in outputs.items()}),
+            )
+        )
+    return results
+
+
+def _end_of_epoch(branch: _Branch, k: int, epoch: int, logs: dict[str, float], engine) -> None:
+    """Early stopping first, then the learning-rate schedule: the order of Keras' callbacks list."""
+    if branch.early_stopping is not None:
+        improved, stop = branch.early_stopping.update(epoch, logs[branch.early_stopping.monitor])
+        if improved and branch.early_stopping.restore_best_weights:
+            branch.best_weights = engine.branch_weights(k)
+        if stop:
+            branch.active = False
+    if branch.reduce_lr is not None:
+        reduced = branch.reduce_lr.update(logs[branch.reduce_lr.monitor], logs["learning_rate"])
+        if reduced is not None:
+            engine.set_learning_rate(k, reduced)
+
+
+def train(trial: Trial, dataset: Dataset, parameters: Parameters, checkpoint: Path | None = None) -> TrainedTrial:
+    """One trial alone: a pack of one."""
+    return train_pack([trial], dataset, parameters, checkpoint)[0]
+
+
+PROBE_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def probe_pack_size(trial: Trial, dataset: Dataset, parameters: Parameters, steps: int = 32) -> dict[str, Any]:
+    """Measure packs of copies of ``trial``: compilation time and step time, for doubling sizes.
+
+    A trial's cost in a pack of K is (compile(K) + epochs × batches × step(K)) / K: small trials are compile-bound
+    and gain from any K, large ones stop gaining once a step is arithmetic-bound. Doubling stops when the cost
+    per trial falls by less than 10% (or a pack does not fit in memory); the answer is the smallest size within
+    10% of the best.
+    """
+    import keras
+
+    model.keep_tensorflow_out()
+    n_classes = len(dataset.class_names)
+    x_train, y_train, w_train = dataset.part(TRAIN)
+    mean, variance = model.scaler_statistics(x_train)
+    batch_size, epochs = int(trial.hyperparameters["batch_size"]), int(trial.hyperparameters["epochs"])
+    table, counts = fused.batch_table(epoch_order(len(x_train), parameters.seed, 0), batch_size)
+    steps_per_trial = epochs * len(table)
+    table, counts = table[:steps], counts[:steps]
+    train = (x_train, model.targets(y_train, n_classes), w_train.astype(np.float32))
+    cost: dict[int, float] = {}
+    for size in PROBE_SIZES:
+        try:
+            nets = [model.build_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance)
+                    for _ in range(size)]  # fmt: skip
+            for net in nets:
+                model.compile_model(net, trial.hyperparameters, n_classes)
+                net.optimizer.build(net.trainable_variables)
+            engine = fused.make_engine(nets, [n.optimizer for n in nets], model.loss_name(n_classes), train, train)
+            active = np.ones(size, bool)
+            started = time.perf_counter()
+            engine.train_epoch(table, counts, active)
+            first = time.perf_counter() - started
+            started = time.perf_counter()
+            engine.train_epoch(table, counts, active)
+            step = (time.perf_counter() - started) / len(table)
+        except Exception:  # typically out of device memory: the previous size is the largest that fits
+            break
+        finally:
+            keras.backend.clear_session()
+        cost[size] = (max(first - step * len(table), 0.0) + steps_per_trial * step) / size
+        if len(cost) > 1 and cost[size] > 0.9 * min(v for k, v in cost.items() if k != size):
+            break
+    if not cost:
+        return {"pack_size": 1, "seconds_per_trial": {}}
+    best = min(cost.values())
+    chosen = min(k for k, v in cost.items() if v <= 1.1 * best)
+    return {"pack_size": chosen, "seconds_per_trial": {str(k): round(v, 4) for k, v in cost.items()}}
+
+
+def probed_pack_size(trial: Trial, dataset: Dataset, parameters: Parameters, cache: Path) -> int:
+    """``probe_pack_size``, measured once per device, backend and trial shape, and kept in ``cache``."""
+    import keras
+
+    hp = trial.hyperparameters
+    key = "|".join(
+        str(part)
+        for part in (keras.backend.backend(), model.device_description(), dataset.part(TRAIN)[0].shape,
+                     hp["batch_size"], hp["epochs"], hp["layers"], hp["neurons"], len(dataset.class_names))
+    )  # fmt: skip
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in known:
+        known[key] = probe_pack_size(trial, dataset, parameters)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(known, indent=1))
+    return int(known[key]["pack_size"])

@@ -124,6 +124,9 @@ def test_record_round_trip():
                                  criterion="val_auc", value=0.5, metrics={"val_auc": 0.5},
                                  history={"loss": [1.0, 0.5]}, best_epoch=None, error='x, "y"\nz')  # fmt: skip
     assert records.from_csv(records.to_csv(record)) == record
+    long = records.TrialRecord(trial_id="abc", status="DONE", repetition=0, hyperparameters={}, criterion="val_auc",
+                               history={key: [0.123456789] * 5000 for key in ("loss", "val_loss", "val_auc")})
+    assert records.from_csv(records.to_csv(long)) == long  # one cell far beyond the csv module's default limit
 
 
 def test_changed_dictionary_refused_for_an_existing_scan(analysis, capsys, monkeypatch):
@@ -186,11 +189,15 @@ def test_a_trial_resumes_from_its_epoch_checkpoint(analysis, tmp_path):
     sample_list = config.load_sample_list(analysis.sample_list)
     data = runner.prepare_dataset(parameters, sample_list, Workspace(analysis.root))
     first = trial.expand(parameters)[0]
-    checkpoint = tmp_path / "checkpoint"
+    checkpoint = tmp_path / "pack.npz"
     partial = training.train(first, data, parameters, checkpoint)  # 2 epochs, as a job killed after epoch 2
-    assert json.loads((checkpoint / "state.json").read_text())["epoch"] == 1
+    with np.load(checkpoint) as stored:
+        assert json.loads(stored["__state__"].tobytes())["epoch"] == 1
     longer = trial.Trial(first.id, {**first.hyperparameters, "epochs": 4}, 0)
     resumed = training.train(longer, data, parameters, checkpoint)
     assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 4
     assert resumed.history["loss"][:2] == partial.history["loss"]
     assert len(resumed.history["val_loss"]) == 4
+    # Resuming is continuing: the same four epochs as one uninterrupted run.
+    uninterrupted = training.train(longer, data, parameters)
+    np.testing.assert_allclose(resumed.history["val_loss"], uninterrupted.history["val_loss"], rtol=1e-5)

@@ -88,6 +88,8 @@ def test_submit_runs_every_trial_once_with_a_split_that_does_not_divide(slurm_an
     records, _ = scan.records()
     assert {r.job_id for r in records.values()} == {j["job_id"] for j in jobs}
     assert all(Path(r.log_path).exists() for r in records.values())
+    # Each job trained its trials as one fused pack ("auto" packs a small job whole).
+    assert sorted(r.pack_size for r in records.values()) == [2, 2, 4, 4, 4, 4]
     code, out, _ = run_cli(["status", "jobs"], slurm_analysis.root, capsys, monkeypatch)
     assert code == 0 and "done: 6" in out and "missing: 0" in out
     code, _, err = run_cli(["submit", "--name", "jobs"], slurm_analysis.root, capsys, monkeypatch)
@@ -160,7 +162,9 @@ def test_resubmit_refuses_a_changed_dictionary_and_accepts_a_changed_time_limit(
 
 def test_time_limit_requeues_and_resumes_from_the_last_epoch(analysis, cluster, capsys, monkeypatch):
     analysis.edit_parameters(
-        hyperparameters={"learning_rate": [0.001], "epochs": [2500], "batch_size": [8]},
+        # ≈0.09 s an epoch on one core: ≈3 min in all, so the 2-minute limit falls mid-training.
+        hyperparameters={"learning_rate": [0.001], "epochs": [2000], "batch_size": [8], "neurons": [256],
+                         "layers": [3]},
         training={"early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False}, "checkpoint_interval_s": 0},
         slurm={"resources": {"timeout_min": 2, "slurm_signal_delay_s": 60, "cpus_per_task": 1, "mem_gb": 2}},
     )
@@ -170,10 +174,10 @@ def test_time_limit_requeues_and_resumes_from_the_last_epoch(analysis, cluster, 
     status = wait_until_settled(scan, limit_s=600)
     (record,) = scan.records()[0].values()
     assert status.count("done") == 1 and record.done
-    assert record.resumed_from_epoch is not None and 0 < record.resumed_from_epoch < 2500
-    assert record.epochs_run == 2500 and len(record.history["loss"]) == 2500
+    assert record.resumed_from_epoch is not None and 0 < record.resumed_from_epoch < 2000
+    assert record.epochs_run == 2000 and len(record.history["loss"]) == 2000
     # The history is continuous across the requeue: one value per epoch, no restart from scratch.
-    assert len(record.history["val_loss"]) == 2500
+    assert len(record.history["val_loss"]) == 2000
     stderr = Path(record.log_path.replace("_log.out", "_log.err")).read_text()
     assert "timed-out" in stderr
 

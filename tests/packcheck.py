@@ -1,0 +1,71 @@
+"""A packed branch against the same trial trained alone by ``keras.Model.fit``: shared by the backend tests.
+
+Runnable as ``python packcheck.py PROJECT`` so the TensorFlow backend can be checked in its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def branches(base: dict) -> list[dict]:
+    """A mixed pack: depths, widths, activations, L2, dropout, optimizers, learning rates."""
+    return [
+        {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01},
+        {**base, "layers": 1, "neurons": 8, "optimizer": "sgd", "learning_rate": 0.05, "l2": 1e-3},
+        {**base, "layers": 3, "neurons": 8, "activation": "tanh", "optimizer": "rmsprop", "learning_rate": 0.003},
+        {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 1e-6},  # stops early
+        {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01, "dropout": 0.2},
+    ]
+
+
+def compare(project: Path) -> dict:
+    """Train the pack (no shuffling) and each trial alone with Keras' fit and callbacks; report the differences."""
+    import keras
+    from hhscan import config, model, runner, training, trial
+    from hhscan.scandir import Workspace
+    from hhscan.split import TRAIN, VALIDATION
+
+    parameters = config.load_parameters(project / "parameters" / "scan.yaml")
+    sample_list = config.load_sample_list(project / "sample_lists" / "analysis.yaml")
+    data = runner.prepare_dataset(parameters, sample_list, Workspace(project))
+    base = trial.expand(parameters)[0].hyperparameters
+    trials = [trial.Trial(trial.trial_id(hp, 0), hp, 0) for hp in branches(base)]
+    packed = training.train_pack(trials, data, parameters, shuffle=False)
+    x, y, w = data.part(TRAIN)
+    xv, yv, wv = data.part(VALIDATION)
+    es, rl = parameters.training.early_stopping, parameters.training.reduce_lr
+    report = {"epochs_run": [], "history": [], "weights": []}
+    for item, result in zip(trials, packed, strict=True):
+        hp = item.hyperparameters
+        training.seed_everything((parameters.seed + item.seed_offset) % (2**31))
+        net = model.build_model(hp, x.shape[1], 2, *model.scaler_statistics(x))
+        model.compile_model(net, hp, 2)
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
+                                          restore_best_weights=es.restore_best_weights),
+            keras.callbacks.ReduceLROnPlateau(monitor=rl.monitor, factor=rl.factor, patience=rl.patience,
+                                              min_lr=rl.min_lr),
+        ]  # fmt: skip
+        fit = net.fit(x, model.targets(y, 2), sample_weight=w.astype(np.float32), batch_size=int(hp["batch_size"]),
+                      validation_data=(xv, model.targets(yv, 2), wv.astype(np.float32)), epochs=int(hp["epochs"]),
+                      shuffle=False, verbose=0, callbacks=callbacks)  # fmt: skip
+        report["epochs_run"].append([len(fit.history["loss"]), result.epochs_run])
+        report["history"].append(
+            max(
+                float(np.max(np.abs(np.subtract(fit.history[key], result.history[key]))))
+                for key in ("loss", "val_loss", "learning_rate")
+            )
+        )
+        report["weights"].append(
+            max(float(np.max(np.abs(a - b))) for a, b in zip(net.get_weights(), result.model.get_weights(), strict=True))
+        )
+    return report
+
+
+if __name__ == "__main__":
+    print(json.dumps(compare(Path(sys.argv[1]))))

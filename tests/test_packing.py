@@ -1,0 +1,146 @@
+"""Fused packs: a packed branch is the trial trained alone; packs form, fail and resume as trials do."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from hhscan import callbacks, config, packing, runner, training, trial
+from hhscan.scandir import Workspace
+
+HERE = Path(__file__).resolve().parent
+
+
+def _equivalence_settings(analysis, restore_best_weights: bool = False) -> None:
+    """Without restoring best weights, a stopped branch's final weights show that it stayed frozen."""
+    stopping = {"patience": 1, "min_delta": 0.002, "restore_best_weights": restore_best_weights}
+    analysis.edit_parameters(
+        hyperparameters={"epochs": [6]}, training={"early_stopping": stopping, "reduce_lr": {"patience": 1}}
+    )
+
+
+def _check(report: dict) -> None:
+    stopped = [alone for alone, _ in report["epochs_run"] if alone < 6]
+    assert stopped and len(stopped) < len(report["epochs_run"]), report  # some branches froze, others went on
+    assert all(alone == packed for alone, packed in report["epochs_run"]), report
+    assert max(report["history"]) < 1e-5, report
+    assert max(report["weights"]) < 1e-5, report
+
+
+@pytest.mark.parametrize("restore_best_weights", [False, True])
+def test_packed_branches_equal_keras_fit_alone_on_jax(analysis, restore_best_weights):
+    import packcheck
+
+    _equivalence_settings(analysis, restore_best_weights)
+    _check(packcheck.compare(analysis.root))
+
+
+def test_packed_branches_equal_keras_fit_alone_on_tensorflow(analysis):
+    _equivalence_settings(analysis)
+    result = subprocess.run(
+        [sys.executable, str(HERE / "packcheck.py"), str(analysis.root)],
+        capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def _dataset(analysis):
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(analysis.sample_list)
+    return parameters, runner.prepare_dataset(parameters, sample_list, Workspace(analysis.root))
+
+
+def test_a_trials_result_does_not_depend_on_its_pack(analysis):
+    analysis.edit_parameters(hyperparameters={"neurons": [8, 16], "epochs": [3]})
+    parameters, data = _dataset(analysis)
+    trials = trial.expand(parameters)
+    alone = training.train(trials[1], data, parameters)
+    packed = training.train_pack(trials, data, parameters)[1]
+    np.testing.assert_allclose(alone.history["val_loss"], packed.history["val_loss"], rtol=1e-5)
+    assert alone.metrics["val_auc"] == pytest.approx(packed.metrics["val_auc"], abs=1e-6)
+
+
+def test_packs_group_by_step_structure_into_near_equal_sizes():
+    def make(batch, epochs, index):
+        hp = {"batch_size": batch, "epochs": epochs, "layers": index}
+        return trial.Trial(trial.trial_id(hp, 0), hp, 0)
+
+    trials = [make(128, 2, i) for i in range(7)] + [make(256, 2, 0), make(128, 3, 0), make(128, 2, 99)]
+    packs = packing.form_packs(trials, 3)
+    assert [len(p) for p in packs] == [3, 3, 2, 1, 1]
+    assert all(len({packing.step_structure(t) for t in p}) == 1 for p in packs)
+    assert sorted(t.id for p in packs for t in p) == sorted(t.id for t in trials)
+    assert packing.form_packs(trials, 3) == packs
+    with pytest.raises(ValueError):
+        training.train_pack(trials[:1] + trials[7:8], None, None)
+
+
+def test_a_failing_trial_does_not_fail_its_pack(analysis, capsys, monkeypatch):
+    analysis.edit_parameters(hyperparameters={"activation": ["relu", "no_such_activation"]},
+                             training={"pack_size": 4})  # fmt: skip
+    code, _, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    found, _ = Workspace(analysis.root).scan("local").records()
+    by_activation = {}
+    for record in found.values():
+        by_activation.setdefault(record.hyperparameters["activation"], set()).add(record.status)
+    assert by_activation == {"relu": {"DONE"}, "no_such_activation": {"FAIL"}}
+
+
+def test_pack_records_carry_the_pack_size_and_a_share_of_the_time(analysis, capsys, monkeypatch):
+    analysis.edit_parameters(hyperparameters={"neurons": [4, 8]})
+    code, _, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    found, _ = Workspace(analysis.root).scan("local").records()
+    assert {r.pack_size for r in found.values()} == {4}  # "auto" packs a small request whole
+    assert {r.backend for r in found.values()} == {"jax"}
+
+
+def test_auto_pack_size_is_probed_once_and_kept(analysis):
+    analysis.edit_parameters(hyperparameters={"epochs": [1]})
+    parameters, data = _dataset(analysis)
+    first = trial.expand(parameters)[0]
+    cache = analysis.root / "pack_size.json"
+    size = training.probed_pack_size(first, data, parameters, cache)
+    stored = json.loads(cache.read_text())
+    (entry,) = stored.values()
+    assert size == entry["pack_size"] and str(size) in entry["seconds_per_trial"]
+    assert len(entry["seconds_per_trial"]) >= 2  # at least one doubling was measured
+    entry["pack_size"] = 3  # a kept answer is reused, not measured again
+    cache.write_text(json.dumps(stored))
+    assert training.probed_pack_size(first, data, parameters, cache) == 3
+
+
+def test_callbacks_follow_keras_decisions():
+    stopper = callbacks.EarlyStopping(patience=2)
+    decisions = [stopper.update(epoch, value) for epoch, value in enumerate([1.0, 0.9, 0.95, 0.97])]
+    assert decisions == [(True, False), (True, False), (False, False), (False, True)]
+    assert stopper.best_epoch == 1
+    scheduler = callbacks.ReduceLROnPlateau(patience=1, factor=0.5, min_lr=0.3)
+    assert scheduler.update(1.0, 1.0) is None
+    assert scheduler.update(1.0, 1.0) == 0.5
+    assert scheduler.update(1.0, 0.5) == 0.3
+    assert scheduler.update(1.0, 0.3) is None  # at the floor
+    with pytest.raises(ValueError):
+        config.Training.model_validate({"early_stopping": {"monitor": "val_acc"}})
+
+
+def test_worker_past_its_memory_bound_restarts_and_the_scan_completes(analysis):
+    analysis.edit_parameters(hyperparameters={"neurons": [4, 8, 16]},
+                             training={"pack_size": 1, "worker_memory_gb": 0.01})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "hhscan.cli", "run", "--local", "--name", "recycle"],
+        cwd=analysis.root, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Six trials in packs of one: a restart after each pack but the last, each run skipping what is done.
+    assert result.stderr.count("restarting the worker process") == 5, result.stderr[-2000:]
+    found, _ = Workspace(analysis.root).scan("recycle").records()
+    assert len(found) == 6 and all(r.done for r in found.values())
