@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from hhscan.errors import ConfigError
 
 PREDICT_CHUNK = 65536
 
@@ -40,7 +41,7 @@ def make_engine(models: Sequence[Any], optimizers: Sequence[Any], loss: str, tra
         return JaxEngine(models, optimizers, loss, train, validation)
     if backend == "tensorflow":
         return TensorflowEngine(models, optimizers, loss, train, validation)
-    raise NotImplementedError(f"fused training supports the jax and tensorflow backends, not '{backend}'")
+    raise ConfigError(f"Keras backend '{backend}': hhscan trains on the jax and tensorflow backends")
 
 
 def _learning_rate_index(optimizer) -> int:
