@@ -54,7 +54,8 @@ class TrialProgress:
         if record.done:
             message = (
                 f"{record.trial_id} {record.criterion}={_number(record.value)} "
-                f"({record.epochs_run} epochs, {record.seconds:.1f} s)"
+                f"({record.epochs_run} epochs, {record.seconds:.1f} s"
+                + (f" as 1/{record.pack_size} of a pack)" if record.pack_size > 1 else ")")
             )
         else:
             message = f"[red]{record.trial_id} FAIL[/] {record.error}"
