@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +81,8 @@ def run_scan_trials(
             results.append(record)
             if on_trial_end is not None:
                 on_trial_end(record)
-        if memory_bound is not None and index + 1 < len(packs) and resident_memory_gb() > memory_bound:
-            recycle_process(f"resident memory {resident_memory_gb():.2f} GB > worker_memory_gb {memory_bound:.2f}")
+        if memory_bound is not None and index + 1 < len(packs) and (resident := resident_memory_gb()) > memory_bound:
+            recycle_process(f"resident memory {resident:.2f} GB > worker_memory_gb {memory_bound:.2f}")
     return results
 
 
@@ -115,7 +116,7 @@ def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Works
     setting = parameters.training.pack_size
     if setting != "auto":
         return int(setting)
-    largest = max((len(p) for p in packing.form_packs(trials, len(trials) or 1)), default=1)
+    largest = max(Counter(map(packing.step_structure, trials)).values(), default=1)
     if largest <= packing.DEFAULT_PACK_SIZE:
         return largest
     return training.probed_pack_size(trials[0], dataset, parameters, workspace.cache / "pack_size.json")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hhscan import callbacks, fused, metrics, model
+from hhscan import callbacks, fused, metrics, model, packing
 from hhscan.config import Parameters
 from hhscan.dataset import Dataset
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
@@ -148,6 +148,27 @@ def _load_checkpoint(path: Path | None, trials: Sequence[Trial]) -> tuple[dict[s
     return state, arrays
 
 
+def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple):
+    """Each trial's model (its own seed, optimizer built) and the engine that trains them together."""
+    x_train = train[0]
+    mean, variance = model.scaler_statistics(x_train)
+    nets = []
+    for trial in trials:
+        seed_everything((parameters.seed + trial.seed_offset) % (2**31))
+        net = model.build_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance)
+        model.compile_model(net, trial.hyperparameters, n_classes)
+        net.optimizer.build(net.trainable_variables)
+        nets.append(net)
+
+    def arrays(part):
+        x, y, w = part
+        return x, model.targets(y, n_classes), w.astype(np.float32)
+
+    engine = fused.make_engine(nets, [n.optimizer for n in nets], model.loss_name(n_classes), arrays(train),
+                               arrays(validation))  # fmt: skip
+    return nets, engine
+
+
 def train_pack(
     trials: Sequence[Trial],
     dataset: Dataset,
@@ -158,28 +179,14 @@ def train_pack(
     """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order."""
     model.keep_tensorflow_out()
     started = time.perf_counter()
-    structures = {(int(t.hyperparameters["batch_size"]), int(t.hyperparameters["epochs"])) for t in trials}
+    structures = {packing.step_structure(t) for t in trials}
     if len(structures) != 1:
         raise ValueError(f"a pack needs one batch size and one number of epochs, got {sorted(structures)}")
     ((batch_size, epochs),) = structures
     n_classes = len(dataset.class_names)
     x_train, y_train, w_train = dataset.part(TRAIN)
     x_val, y_val, w_val = dataset.part(VALIDATION)
-    mean, variance = model.scaler_statistics(x_train)
-    nets, optimizers = [], []
-    for trial in trials:
-        hp = trial.hyperparameters
-        seed_everything((parameters.seed + trial.seed_offset) % (2**31))
-        net = model.build_model(hp, x_train.shape[1], n_classes, mean, variance)
-        model.compile_model(net, hp, n_classes)
-        net.optimizer.build(net.trainable_variables)
-        nets.append(net)
-        optimizers.append(net.optimizer)
-    engine = fused.make_engine(
-        nets, optimizers, model.loss_name(n_classes),
-        (x_train, model.targets(y_train, n_classes), w_train.astype(np.float32)),
-        (x_val, model.targets(y_val, n_classes), w_val.astype(np.float32)),
-    )  # fmt: skip
+    nets, engine = _build_pack(trials, parameters, n_classes, (x_train, y_train, w_train), (x_val, y_val, w_val))
     branches = [_new_branch(t, parameters) for t in trials]
     first_epoch, resumed = 0, None
     restored = _load_checkpoint(checkpoint, trials)
@@ -279,22 +286,16 @@ def probe_pack_size(trial: Trial, dataset: Dataset, parameters: Parameters, step
 
     model.keep_tensorflow_out()
     n_classes = len(dataset.class_names)
-    x_train, y_train, w_train = dataset.part(TRAIN)
-    mean, variance = model.scaler_statistics(x_train)
-    batch_size, epochs = int(trial.hyperparameters["batch_size"]), int(trial.hyperparameters["epochs"])
+    train = dataset.part(TRAIN)
+    x_train = train[0]
+    batch_size, epochs = packing.step_structure(trial)
     table, counts = fused.batch_table(epoch_order(len(x_train), parameters.seed, 0), batch_size)
     steps_per_trial = epochs * len(table)
     table, counts = table[:steps], counts[:steps]
-    train = (x_train, model.targets(y_train, n_classes), w_train.astype(np.float32))
     cost: dict[int, float] = {}
     for size in PROBE_SIZES:
         try:
-            nets = [model.build_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance)
-                    for _ in range(size)]  # fmt: skip
-            for net in nets:
-                model.compile_model(net, trial.hyperparameters, n_classes)
-                net.optimizer.build(net.trainable_variables)
-            engine = fused.make_engine(nets, [n.optimizer for n in nets], model.loss_name(n_classes), train, train)
+            _, engine = _build_pack([trial] * size, parameters, n_classes, train, train)
             active = np.ones(size, bool)
             started = time.perf_counter()
             engine.train_epoch(table, counts, active)
