@@ -45,8 +45,12 @@ def run_scan_trials(
     context: JobContext | None = None,
     on_trial_end: Callable[[TrialRecord], None] | None = None,
     dataset: Dataset | None = None,
+    on_epoch: training.EpochCallback | None = None,
 ) -> list[TrialRecord]:
-    """Run the given trials of ``scan`` (all missing ones when None), skipping those already done."""
+    """Run the given trials of ``scan`` (all missing ones when None), skipping those already done.
+
+    ``on_trial_end`` is called with each record as it is written, ``on_epoch`` after every epoch of a pack.
+    """
     context = context or JobContext()
     parameters, sample_list = scan.load_config()
     manifest = scan.manifest()
@@ -77,7 +81,7 @@ def run_scan_trials(
     ]
     packs = [pack for pack in packs if pack]
     for index, todo in enumerate(packs):
-        for record in run_pack(scan, todo, parameters, dataset, backend, context):
+        for record in run_pack(scan, todo, parameters, dataset, backend, context, on_epoch):
             results.append(record)
             if on_trial_end is not None:
                 on_trial_end(record)
@@ -129,6 +133,7 @@ def run_pack(
     dataset: Dataset,
     backend: str,
     context: JobContext,
+    on_epoch: training.EpochCallback | None = None,
 ) -> list[TrialRecord]:
     """Train a pack, save each trial's model and record; a failure becomes FAIL records and the scan goes on.
 
@@ -140,12 +145,12 @@ def run_pack(
     started = time.perf_counter()
     checkpoint = scan.checkpoint_dir(packing.pack_key(trials)) / "pack.npz"
     try:
-        trained = training.train_pack(trials, dataset, parameters, checkpoint)
+        trained = training.train_pack(trials, dataset, parameters, checkpoint, on_epoch=on_epoch)
     except Exception as error:
         keras.backend.clear_session()
         if len(trials) > 1:
             return [record for trial in trials for record in run_pack(scan, [trial], parameters, dataset, backend,
-                                                                       context)]  # fmt: skip
+                                                                       context, on_epoch)]  # fmt: skip
         seconds = time.perf_counter() - started
         return [_write(scan, _failed(_record(trials[0], parameters, dataset, backend, context, 1), error, seconds))]
     records = []

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hhscan import model, runner, trial
+from hhscan import model, runner, training, trial
 from hhscan.config import Parameters, SampleList
 from hhscan.dataset import Dataset
 from hhscan.records import TrialRecord
@@ -67,8 +67,11 @@ def run_local(
     prepared: PreparedScan,
     trial_ids: Sequence[str],
     on_trial_end: Callable[[TrialRecord], None] | None = None,
+    on_epoch: training.EpochCallback | None = None,
 ) -> list[TrialRecord]:
-    return runner.run_scan_trials(prepared.scan, trial_ids, on_trial_end=on_trial_end, dataset=prepared.dataset)
+    return runner.run_scan_trials(
+        prepared.scan, trial_ids, on_trial_end=on_trial_end, dataset=prepared.dataset, on_epoch=on_epoch
+    )
 
 
 def submit(prepared: PreparedScan, split: int, trials: Sequence[trial.Trial] | None = None, dry_run: bool = False):

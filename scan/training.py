@@ -13,8 +13,8 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,22 @@ from hhscan.dataset import Dataset
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
 from hhscan.split import TRAIN, VALIDATION
 from hhscan.trial import Trial
+
+
+@dataclass
+class EpochProgress:
+    """What a pack reports after each epoch: for live views and for ``hhscan status`` of a running job."""
+
+    trial_ids: list[str]
+    epoch: int  # epochs done, counting from 1
+    epochs: int  # epochs planned
+    active: list[bool]  # per trial: still training (False once it stopped early)
+    seconds_per_epoch: float
+    monitor: str  # the quantity ``best`` holds (the scan's eval criterion where it is logged per epoch)
+    best: list[float | None] = field(default_factory=list)  # per trial, best value of ``monitor`` so far
+
+
+EpochCallback = Callable[[EpochProgress], None]
 
 
 @dataclass
@@ -175,8 +191,12 @@ def train_pack(
     parameters: Parameters,
     checkpoint: Path | None = None,
     shuffle: bool = True,
+    on_epoch: EpochCallback | None = None,
 ) -> list[TrainedTrial]:
-    """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order."""
+    """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order.
+
+    ``on_epoch`` is called after every epoch with the pack's progress (it must be cheap: it runs in the loop).
+    """
     model.keep_tensorflow_out()
     started = time.perf_counter()
     structures = {packing.step_structure(t) for t in trials}
@@ -204,10 +224,13 @@ def train_pack(
         first_epoch = resumed = state["epoch"] + 1
     interval = parameters.training.checkpoint_interval_s
     last_saved = time.monotonic()
+    per_epoch = ("val_loss", "val_auc", "val_accuracy")
+    monitor = parameters.eval_criterion if parameters.eval_criterion in per_epoch else "val_loss"
     for epoch in range(first_epoch, epochs):
         active = np.array([b.active for b in branches])
         if not active.any():
             break
+        epoch_started = time.perf_counter()
         table, counts = fused.batch_table(epoch_order(len(x_train), parameters.seed, epoch, shuffle), batch_size)
         train_losses = engine.train_epoch(table, counts, active)
         val_losses, val_outputs = engine.validate()
@@ -228,6 +251,8 @@ def train_pack(
         if checkpoint is not None and interval is not None and time.monotonic() - last_saved >= interval:
             _save_checkpoint(checkpoint, epoch, branches, engine)
             last_saved = time.monotonic()
+        if on_epoch is not None:
+            on_epoch(_progress(branches, epoch, epochs, time.perf_counter() - epoch_started, monitor))
     for k, branch in enumerate(branches):
         if branch.early_stopping and branch.early_stopping.restore_best_weights and branch.best_weights is not None:
             engine.set_branch_weights(k, branch.best_weights)
@@ -250,6 +275,19 @@ def train_pack(
             )
         )
     return results
+
+
+def _progress(branches: list[_Branch], epoch: int, epochs: int, seconds: float, monitor: str) -> EpochProgress:
+    pick = min if monitor == "val_loss" else max
+    return EpochProgress(
+        trial_ids=[b.trial.id for b in branches],
+        epoch=epoch + 1,
+        epochs=epochs,
+        active=[b.active for b in branches],
+        seconds_per_epoch=seconds,
+        monitor=monitor,
+        best=[pick(b.history[monitor]) if b.history.get(monitor) else None for b in branches],
+    )
 
 
 def _end_of_epoch(branch: _Branch, k: int, epoch: int, logs: dict[str, float], engine) -> None:

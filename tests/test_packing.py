@@ -144,3 +144,16 @@ def test_worker_past_its_memory_bound_restarts_and_the_scan_completes(analysis):
     assert result.stderr.count("restarting the worker process") == 5, result.stderr[-2000:]
     found, _ = Workspace(analysis.root).scan("recycle").records()
     assert len(found) == 6 and all(r.done for r in found.values())
+
+
+def test_a_pack_reports_its_progress_after_every_epoch(analysis):
+    analysis.edit_parameters(hyperparameters={"neurons": [4, 8], "epochs": [3]},
+                             training={"early_stopping": {"enabled": False}})  # fmt: skip
+    parameters, data = _dataset(analysis)
+    trials = trial.expand(parameters)
+    seen = []
+    results = training.train_pack(trials, data, parameters, on_epoch=seen.append)
+    assert [p.epoch for p in seen] == [1, 2, 3] and all(p.epochs == 3 for p in seen)
+    assert seen[0].trial_ids == [t.id for t in trials] and seen[-1].monitor == "val_auc"
+    for k, result in enumerate(results):  # the best value so far is the running maximum of the history
+        assert [p.best[k] for p in seen] == list(np.maximum.accumulate(result.history["val_auc"]))
