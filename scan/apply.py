@@ -34,17 +34,20 @@ class ApplyResult:
     events: dict[str, int] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was not computed, and why
 
 
 class OutputFile:
     """Chunks appended to one ROOT TTree (uproot ``mktree``) or one HDF5 group of datasets."""
 
-    def __init__(self, path: Path, file_format: str):
+    def __init__(self, path: Path, file_format: str, annotations: dict[str, str] | None = None):
         self.path = path
         self.format = file_format
         self.temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
         self.handle = None
         self.tree = None
+        # Text beside the events: a TObjString per key (ROOT), an attribute of the Events group (HDF5).
+        self.annotations = annotations or {}
 
     def append(self, columns: dict[str, np.ndarray]) -> None:
         if self.format == "root":
@@ -72,6 +75,11 @@ class OutputFile:
     def close(self) -> None:
         if self.handle is None:
             return
+        for key, text in self.annotations.items():
+            if self.format == "root":
+                self.handle[key] = text
+            else:
+                self.handle[TREE].attrs[key] = text
         self.handle.close()
         self.temporary.replace(self.path)
 
@@ -79,6 +87,18 @@ class OutputFile:
         if self.handle is not None:
             self.handle.close()
         self.temporary.unlink(missing_ok=True)
+
+
+def label_classes(class_names: list[str]) -> str:
+    """What the integer ``label`` means: ``0:background;1:signal``."""
+    return ";".join(f"{index}:{name}" for index, name in enumerate(class_names))
+
+
+def _input_columns(features: np.ndarray, names: list[str], dtypes: list[str]) -> dict[str, np.ndarray]:
+    """The inputs as read: each column back in its own dtype (an integer branch stays an integer)."""
+    dtypes = dtypes or ["<f4"] * len(names)
+    return {name: features[:, i].astype(np.dtype(dtype)) for i, (name, dtype) in enumerate(zip(names, dtypes,
+                                                                                               strict=True))}
 
 
 def _score_columns(scores: np.ndarray, class_names: list[str]) -> dict[str, np.ndarray]:
@@ -142,12 +162,13 @@ def apply_model(
         raise ModelError(f"{path}: inputs {metadata['feature_names']} differ from the data's {dataset.feature_names}")
     scores = model.predict(keras_model, dataset.features)
     groups = _group_keys(dataset, sample_list, parameters.split_name)
+    test_yields = _test_yields(dataset)
     for key in sorted(set(groups)):
         selected = (dataset.partition == TEST) & (groups == key)
         target = out_dir / f"{key}{suffix}"
-        writer = OutputFile(target, file_format)
+        writer = OutputFile(target, file_format, {"label_classes": label_classes(dataset.class_names)})
         try:
-            writer.append(_test_columns(dataset, scores, selected))
+            writer.append(_test_columns(dataset, scores, selected, test_yields))
             writer.close()
         except BaseException:
             writer.abort()
@@ -155,6 +176,8 @@ def apply_model(
         result.outputs[key] = target
         result.events[key] = int(selected.sum())
     result.metrics = _test_metrics(dataset, scores)
+    if problem := dataset.yield_problem():
+        result.notes.append(f"significance not computed: {problem}")
     if plots:
         result.plots = evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir)
     return result
@@ -171,11 +194,23 @@ def _group_keys(dataset: Dataset, sample_list: SampleList, split_name: str) -> n
     return np.asarray(labels)[dataset.sample_index]
 
 
-def _test_columns(dataset: Dataset, scores: np.ndarray, selected: np.ndarray) -> dict[str, np.ndarray]:
-    columns = {name: dataset.features[selected, i] for i, name in enumerate(dataset.feature_names)}
+def _test_yields(dataset: Dataset) -> np.ndarray:
+    """Per event: its physical yield with the test split scaled to its whole sample (NaN where no xsec)."""
+    test = dataset.partition == TEST
+    result = np.full(len(test), np.nan)
+    result[test] = dataset.yields(test)
+    return result
+
+
+def _test_columns(
+    dataset: Dataset, scores: np.ndarray, selected: np.ndarray, test_yields: np.ndarray
+) -> dict[str, np.ndarray]:
+    columns = _input_columns(dataset.features[selected], dataset.feature_names, dataset.feature_dtypes)
     columns.update(_numeric({k: v[selected] for k, v in dataset.other.items() if k not in columns}))
     columns["event_weight"] = dataset.event_weight[selected]
     columns["learning_weight"] = dataset.learning_weight[selected]
+    if dataset.yield_problem() is None:
+        columns["yield_weight"] = test_yields[selected].astype(np.float32)
     columns["label"] = dataset.labels[selected]
     columns.update(_score_columns(scores[selected], dataset.class_names))
     return _numeric(columns)
@@ -209,7 +244,7 @@ def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_fo
             if not len(part.features):
                 continue
             scores = model.predict(keras_model, part.features)
-            columns = {name: part.features[:, i] for i, name in enumerate(metadata["feature_names"])}
+            columns = _input_columns(part.features, metadata["feature_names"], metadata.get("feature_dtypes", []))
             columns.update({k: v for k, v in part.other.items() if k not in columns})
             columns["event_weight"] = part.event_weight.astype(np.float32)
             columns.update(_score_columns(scores, metadata["class_names"]))
@@ -224,21 +259,31 @@ def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_fo
     return written
 
 
-def _signal_index(dataset: Dataset, sample_list: SampleList) -> int:
-    signal = [i for i, name in enumerate(dataset.class_names) if name in sample_list.signal_classes]
-    return signal[0] if signal else len(dataset.class_names) - 1
-
-
-def _signal_scores(scores: np.ndarray, index: int) -> np.ndarray:
-    return scores if scores.ndim == 1 else scores[:, index]
-
-
 def _test_metrics(dataset: Dataset, scores: np.ndarray) -> dict[str, float]:
+    """Weighted AUCs (learning weights) on train and test, and on test: signal vs each background class and sample.
+
+    A headline AUC against all backgrounds together can hide a poor one against the hardest background.
+    """
     result = {}
     for name, partition in (("train", TRAIN), ("test", TEST)):
         selected = dataset.partition == partition
         result[f"{name}_auc"] = metrics.multiclass_auc(dataset.labels[selected], scores[selected],
                                                        dataset.learning_weight[selected])  # fmt: skip
+    test = dataset.partition == TEST
+    signal = dataset.is_signal()
+    score = metrics.signal_scores(scores, dataset.signal_columns)
+    backgrounds = [(f"class {c}", dataset.labels == k) for k, c in enumerate(dataset.class_names)
+                   if c not in dataset.signal_classes]  # fmt: skip
+    samples = [(f"sample {n}", dataset.sample_index == i) for i, n in enumerate(dataset.sample_names)]
+    backgrounds += [(name, mask) for name, mask in samples if not (mask & signal).any()]
+    for name, mask in backgrounds:
+        chosen = test & (signal | mask)
+        if (chosen & mask).any() and (chosen & signal).any():
+            key = f"test_auc_signal_vs_{name.replace(' ', '_')}"
+            result[key] = metrics.weighted_auc(signal[chosen], score[chosen], dataset.learning_weight[chosen])
+    if dataset.yield_problem() is None:
+        _, z = metrics.significance_scan(signal[test], score[test], dataset.yields(test))
+        result["test_significance"] = float(z.max())
     return result
 
 
@@ -246,16 +291,16 @@ def evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir
     import pandas as pd
     from hhscan import plots as figures
 
-    index = _signal_index(dataset, sample_list)
-    signal_scores = _signal_scores(scores, index)
-    is_signal = dataset.labels == index
+    signal_name = " + ".join(dataset.signal_classes)
+    signal_scores = metrics.signal_scores(scores, dataset.signal_columns)
+    is_signal = dataset.is_signal()
     w = dataset.learning_weight
     parts = {name: dataset.partition == p for name, p in (("train", TRAIN), ("test", TEST))}
     paths = [
         figures.roc(
             {name: (is_signal[m], signal_scores[m], w[m]) for name, m in parts.items()},
             out_dir / "roc.png",
-            title=f"weighted ROC, {dataset.class_names[index]} vs rest",
+            title=f"weighted ROC, {signal_name} vs rest",
         )
     ]
     by_class = {
@@ -264,12 +309,15 @@ def evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir
         }
         for k, cls in enumerate(dataset.class_names)
     }
-    paths.append(figures.overtraining(by_class, out_dir / "overtraining.png", f"P({dataset.class_names[index]})"))
+    paths.append(figures.overtraining(by_class, out_dir / "overtraining.png", f"P({signal_name})"))
     test = parts["test"]
-    # Expected yields: the physics weights of the test events, scaled up by the test fraction.
-    yields = dataset.physics_weight[test] / parameters.split.test
-    thresholds, z = metrics.significance_scan(is_signal[test], signal_scores[test], yields)
-    paths.append(figures.significance(thresholds, z, out_dir / "significance.png"))
+    problem = dataset.yield_problem()
+    if problem is None:
+        # Physical yields of the test events, each sample scaled up to its whole (weights.partition_yields).
+        thresholds, z = metrics.significance_scan(is_signal[test], signal_scores[test], dataset.yields(test))
+    else:
+        thresholds, z = np.linspace(0, 1, 101), None
+    paths.append(figures.significance(thresholds, z, out_dir / "significance.png", reason=problem))
     if scores.ndim == 2:
         predicted = scores[test].argmax(axis=1)
         n = len(dataset.class_names)

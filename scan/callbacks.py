@@ -7,15 +7,20 @@ their state is a small dict that goes into checkpoints.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from hhscan.config import MONITOR_MODES
+from hhscan.criteria import metric
 
 
-def _improves(mode: str, value: float, reference: float | None, min_delta: float) -> bool:
+def _improves(monitor: str, value: float, reference: float | None, min_delta: float) -> bool:
+    """As Keras decides, from a best of ±inf: a NaN never improves (so its weights are never kept)."""
+    if not math.isfinite(value):
+        return False
     if reference is None:
         return True
+    mode = metric(monitor).direction
     if mode == "min":
         return value + abs(min_delta) < reference if min_delta else value < reference
     return value - abs(min_delta) > reference if min_delta else value > reference
@@ -35,7 +40,7 @@ class EarlyStopping:
     def update(self, epoch: int, value: float) -> tuple[bool, bool]:
         """Record one epoch's monitored value; returns (improved: keep these weights, stop now)."""
         self.wait += 1
-        if _improves(MONITOR_MODES[self.monitor], value, self.best, self.min_delta):
+        if _improves(self.monitor, value, self.best, self.min_delta):
             self.best, self.best_epoch, self.wait = float(value), epoch, 0
             return True, False
         if self.wait >= self.patience and epoch > 0:
@@ -64,7 +69,7 @@ class ReduceLROnPlateau:
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
-        if _improves(MONITOR_MODES[self.monitor], value, self.best, self.min_delta):
+        if _improves(self.monitor, value, self.best, self.min_delta):
             self.best, self.wait = float(value), 0
             return None
         if self.cooldown_counter > 0:

@@ -67,7 +67,7 @@ def run(
     console = _console()
     params, sample_list = _load(parameters, samples)
     prepared = session.prepare(params, sample_list, Path(workspace), name, kind="local")
-    console_views.print_summaries(console, prepared.dataset.summaries, prepared.backend)
+    _print_data(console, prepared)
     todo = prepared.scan.missing()[: max_trials if max_trials is not None else None]
     console.print(f"scan [bold]{name}[/]: {len(prepared.trials)} trials, {len(todo)} to run → {prepared.scan.root}")
     with console_views.TrialProgress(console, len(todo)) as progress:
@@ -86,7 +86,6 @@ def submit(
 ) -> None:
     """Submit a new scan to Slurm through submitit, N trials per job."""
     from hhscan import session, slurm
-    from hhscan import views as console_views
 
     console = _console()
     params, sample_list = _load(parameters, samples)
@@ -95,9 +94,17 @@ def submit(
     prepared = session.prepare(
         params, sample_list, Path(workspace), name, kind="slurm", must_be_new=not dry_run, create=not dry_run
     )
-    console_views.print_summaries(console, prepared.dataset.summaries, prepared.backend)
+    _print_data(console, prepared)
     groups, jobs = session.submit(prepared, split, prepared.trials, dry_run=dry_run)
     _print_submission(console, name, groups, jobs, dry_run)
+
+
+def _print_data(console, prepared) -> None:
+    from hhscan import views as console_views
+
+    units = prepared.sample_list.units
+    console_views.print_summaries(console, prepared.dataset.summaries, prepared.backend, (units.xsec, units.lumi))
+    console_views.print_input_warnings(console, prepared.probable_leaks, prepared.sample_list.leak_check.auc)
 
 
 def _print_submission(console, name: str, groups: list[list[str]], jobs: list[dict], dry_run: bool) -> None:
@@ -177,6 +184,9 @@ def report(
     name: Annotated[str | None, typer.Argument(help="Scan name (default: the latest scan).")] = None,
     top: Annotated[int, typer.Option("--top", help="Rows in the console table.")] = 10,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    criterion: Annotated[
+        str | None, typer.Option("--criterion", help="Rank by this metric (default: the scan's eval_criterion).")
+    ] = None,
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Rank all trials: top-N table, models/NAME.csv, plots under models/NAME/, best model models/NAME_best.zip."""
@@ -186,9 +196,14 @@ def report(
 
     console = _console()
     space = Workspace(Path(workspace))
-    result = make_report(space, name, plots=not no_plots)
+    if criterion is not None:
+        from hhscan import config
+
+        config.check_criterion(criterion, "--criterion")
+    result = make_report(space, name, plots=not no_plots, criterion=criterion)
     records = {r.trial_id: r for r in result.ranked + result.failed}
     console_views.print_leaderboard(console, result.scan, result.criterion, records, result.corrupt, top)
+    console_views.print_input_warnings(console, result.probable_leaks, result.leak_threshold)
     console.print(f"all trials ranked: {result.csv_path}")
     if result.plot_paths:
         console.print(f"plots: {result.plot_paths[0].parent}/ ({len(result.plot_paths)} files)")
@@ -217,6 +232,8 @@ def test_model(
         console.print(f"{key}: {result.events[key]} events → {path}")
     if result.metrics:
         console.print("  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    for note in result.notes:
+        console.print(note, markup=False)
     if result.plots:
         console.print(f"plots: {result.plots[0].parent}/ ({len(result.plots)} files)")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from hhscan import expr
+from hhscan import criteria, expr
 from hhscan.errors import ConfigError, did_you_mean
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -94,6 +94,33 @@ class Sample(_Strict):
     training: bool = True
 
 
+XSEC_UNITS = {"fb": 1e-3, "pb": 1.0, "nb": 1e3}  # in pb
+LUMI_UNITS = {"fb-1": 1e3, "pb-1": 1.0, "nb-1": 1e-3}  # in pb⁻¹
+
+
+class Units(_Strict):
+    """The units of cross-sections and luminosities in this sample list; yields are xsec × lumi."""
+
+    xsec: Literal["fb", "pb", "nb"] = "pb"
+    lumi: Literal["fb-1", "pb-1", "nb-1"] = "pb-1"
+
+    @property
+    def factor(self) -> float:
+        """xsec × lumi in these units → expected events."""
+        return XSEC_UNITS[self.xsec] * LUMI_UNITS[self.lumi]
+
+
+class LeakCheck(_Strict):
+    """Inputs that alone separate the classes almost perfectly are probable label leaks."""
+
+    auc: float = Field(0.99, gt=0.5, le=1.0)  # flagged when the single-input AUC is ≥ auc or ≤ 1 − auc
+    allow: list[str] = []  # input columns known to separate this well (acknowledged, not flagged)
+
+
+# Columns hhscan adds from the configuration: the class (and the sample or tag that determines it) is the truth.
+TRUTH_COLUMNS = ("$class", "$sample", "$tag")
+
+
 class SampleList(_Strict):
     base_dir: str = "."
     classes: list[str] | None = None
@@ -104,6 +131,8 @@ class SampleList(_Strict):
     inputs: list[InputVariable]
     other_variables: list[str] = []
     label_branch: str | None = None
+    units: Units = Units()
+    leak_check: LeakCheck = LeakCheck()
     eras: dict[str, Era] = {}
     groups: list[SampleGroup]
     # Resolved at load time, not read from YAML.
@@ -147,7 +176,8 @@ class SampleList(_Strict):
 
     def fingerprint_data(self) -> dict[str, Any]:
         """Everything in the sample list that shapes the training arrays (for the cache key)."""
-        return self.model_dump(mode="json", exclude={"source", "base_dir", "groups"})
+        # leak_check only decides what is warned about: changing it changes no trial's result.
+        return self.model_dump(mode="json", exclude={"source", "base_dir", "groups", "leak_check"})
 
 
 # ----------------------------------------------------------------------------------------------- parameters
@@ -164,12 +194,6 @@ HYPERPARAMETERS = {
     "epochs": int,
 }
 OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax")
-CRITERIA = {
-    "val_loss": "min",
-    "val_auc": "max",
-    "val_accuracy": "max",
-    "val_significance": "max",
-}
 
 
 class SplitSettings(_Strict):
@@ -199,10 +223,6 @@ class SplitSettings(_Strict):
         return self
 
 
-# What a trainer logs every epoch, and which way is better: the quantities callbacks may monitor.
-MONITOR_MODES = {"loss": "min", "val_loss": "min", "val_auc": "max", "val_accuracy": "max"}
-
-
 class _Monitored(_Strict):
     enabled: bool = True
     monitor: str = "val_loss"
@@ -211,8 +231,11 @@ class _Monitored(_Strict):
     @field_validator("monitor")
     @classmethod
     def _monitor(cls, value: str) -> str:
-        if value not in MONITOR_MODES:
-            raise ValueError(f"unknown monitor '{value}' ({did_you_mean(value, MONITOR_MODES, 'monitors')})")
+        if value not in criteria.MONITORS:
+            reason = " (computed once at the end, not every epoch)" if value in criteria.METRICS else ""
+            raise ValueError(
+                f"unknown monitor '{value}'{reason} ({did_you_mean(value, criteria.MONITORS, 'monitors')})"
+            )
         return value
 
     @field_validator("patience")
@@ -312,8 +335,7 @@ class Parameters(_Strict):
     @field_validator("eval_criterion")
     @classmethod
     def _criterion(cls, value: str) -> str:
-        if value not in CRITERIA:
-            raise ValueError(f"unknown eval_criterion '{value}' ({did_you_mean(value, CRITERIA, 'criteria')})")
+        check_criterion(value, "eval_criterion", ValueError)
         return value
 
     @field_validator("repetitions")
@@ -327,6 +349,12 @@ class Parameters(_Strict):
         """Hash of what defines the scan's trials: the dictionary and the repetitions."""
         payload = json.dumps({"hp": self.hyperparameters, "rep": self.repetitions}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def check_criterion(value: str, where: str, error: type[Exception] = ConfigError) -> None:
+    """A metric a scan may be ranked by (a validation metric of the registry), else one line listing them."""
+    if value not in criteria.CRITERIA:
+        raise error(f"{where}: unknown criterion '{value}' ({did_you_mean(value, criteria.CRITERIA, 'criteria')})")
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -434,6 +462,7 @@ def _lookup(table: dict[str, float], file: Path) -> float | None:
 
 def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sample]:
     samples: list[Sample] = []
+    backgrounds: list[tuple[str, Path, dict[str, float], str, bool]] = []
     tables: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
     for name, era in sample_list.eras.items():
         tables[name] = (
@@ -463,17 +492,12 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
             xsec = group.xsec if group.xsec is not None else _lookup(xsecs, file)
             weight_sum = group.event_weight_sum if group.event_weight_sum is not None else _lookup(sums, file)
             if not is_signal and group.training:
-                if xsec is None:
-                    raise ConfigError(
-                        f"{where}: no cross-section for background file '{file.name}' "
-                        f"(give xsec: in the group or a key '{file.name}' in the era's xsec JSON; "
-                        f"{did_you_mean(file.name, xsecs, 'keys')})"
-                    )
-                if weight_sum is None or weight_sum <= 0:
-                    raise ConfigError(
-                        f"{where}: no positive event_weight_sum for background file '{file.name}' "
-                        f"({did_you_mean(file.name, sums, 'keys')})"
-                    )
+                backgrounds.append((where, file, xsecs, group.class_name, xsec is None))
+            if xsec is not None and (weight_sum is None or weight_sum <= 0):
+                raise ConfigError(
+                    f"{where}: no positive event_weight_sum for '{file.name}', which has a cross-section "
+                    f"({did_you_mean(file.name, sums, 'keys')})"
+                )
             cuts = [c for c in (sample_list.cut, group.cut) if c]
             samples.append(
                 Sample(
@@ -491,6 +515,16 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
                     is_signal=is_signal,
                     training=group.training,
                 )
+            )
+    # A background without a cross-section is fine alone in its class (equalisation cancels the normalisation);
+    # next to other samples of its class its share of the class would be arbitrary.
+    per_class = {c: sum(1 for _, _, _, k, _ in backgrounds if k == c) for _, _, _, c, _ in backgrounds}
+    for where, file, xsecs, class_name, missing in backgrounds:
+        if missing and per_class[class_name] > 1:
+            raise ConfigError(
+                f"{where}: no cross-section for background file '{file.name}', one of {per_class[class_name]} "
+                f"samples of class '{class_name}' (give xsec: in the group or a key '{file.name}' in the era's xsec "
+                f"JSON; {did_you_mean(file.name, xsecs, 'keys')})"
             )
     return samples
 
@@ -525,6 +559,12 @@ def _cross_check(sample_list: SampleList, path: Path) -> None:
         raise ConfigError(f"{path}:inputs: two inputs share the column name '{_first_duplicate(columns)}'")
     for index, variable in enumerate(sample_list.inputs):
         parsed = expr.parse(variable.expr, where=f"{path}:inputs.{index}")
+        truth = [b for b in parsed.branches if b in TRUTH_COLUMNS]
+        if truth:
+            raise ConfigError(
+                f"{path}:inputs.{index}: '{variable.expr}' uses '{truth[0]}', which is derived from the truth "
+                f"(the class of each sample): it would leak the label into the inputs"
+            )
         if sample_list.label_branch and sample_list.label_branch in parsed.branches:
             raise ConfigError(
                 f"{path}:inputs.{index}: '{variable.expr}' uses the label branch '{sample_list.label_branch}': "

@@ -22,7 +22,7 @@ from hhscan.errors import DataError
 from hhscan.fileio import atomic_write_bytes
 from hhscan.readers import read_columns
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 ADDED_COLUMNS = ("$sample", "$era", "$tag", "$class")
 
 
@@ -41,7 +41,10 @@ class SampleSummary:
     selected: int
     dropped_non_positive: int
     used: int
+    selected_weight_sum: float = 0.0  # Σ event weights passing the cut, negative ones included
+    used_weight_sum: float = 0.0  # Σ event weights kept (> 0)
     learning_weight_sum: float = 0.0
+    expected_events: float | None = None  # the sample's yield in the luminosity (None: no xsec or Σweights)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class SampleArrays:
 
     sample: Sample
     features: np.ndarray
+    feature_dtypes: list[str]
     event_weight: np.ndarray
     other: dict[str, np.ndarray]
     fingerprint: split.SelectionFingerprint
@@ -63,7 +67,7 @@ class Dataset:
     features: np.ndarray
     labels: np.ndarray
     event_weight: np.ndarray
-    physics_weight: np.ndarray
+    yield_weight: np.ndarray  # expected events per event over its whole sample; NaN where the sample has no xsec
     learning_weight: np.ndarray
     sample_index: np.ndarray
     partition: np.ndarray
@@ -74,6 +78,29 @@ class Dataset:
     split_checksum: str
     data_fingerprint: str
     summaries: list[SampleSummary] = field(default_factory=list)
+    signal_classes: list[str] = field(default_factory=list)
+    feature_dtypes: list[str] = field(default_factory=list)  # each input column's dtype as read (int stays int)
+    input_separation: dict[str, float] = field(default_factory=dict)  # single-input AUC, folded to ≥ 0.5
+
+    @property
+    def signal_columns(self) -> list[int]:
+        """Indices of the signal classes among the outputs (binary: class 1, the one score)."""
+        return [i for i, name in enumerate(self.class_names) if name in self.signal_classes]
+
+    def is_signal(self) -> np.ndarray:
+        return np.isin(self.labels, self.signal_columns)
+
+    def yield_problem(self) -> str | None:
+        """Why physical yields (and so Z) cannot be computed, or None when every sample has them."""
+        missing = [s.name for s in self.summaries if s.expected_events is None]
+        if not missing:
+            return None
+        shown = ", ".join(missing[:4]) + (", …" if len(missing) > 4 else "")
+        return f"no cross-section or Σweights for {shown}: physical yields unknown"
+
+    def yields(self, selected: np.ndarray) -> np.ndarray:
+        """Physical yields of the selected events, each sample scaled to its whole (see weights.partition_yields)."""
+        return weights.partition_yields(self.yield_weight, self.sample_index, selected)
 
     def part(self, partition: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, labels and learning weights of one partition."""
@@ -136,6 +163,7 @@ def read_sample(
     except (TypeError, ValueError) as error:
         raise DataError(f"{where}: cannot evaluate cut or weight ({error})") from None
     n_cut = int(np.count_nonzero(selection))
+    cut_passing = selection
     if apply_selection and n_cut == 0:
         raise DataError(f"{where}: no event passes the cut '{sample.cut}' ({entries} entries)")
     positive = weights.positive_weight_mask(event_weight)
@@ -143,7 +171,7 @@ def read_sample(
         if not np.any(positive & selection):
             raise DataError(f"{where}: all {n_cut} selected events have weight ≤ 0 (weight '{sample.weight}')")
         selection = selection & positive
-    features = _features(sample_list, parsed, columns, selection, where)
+    features, dtypes = _features(sample_list, parsed, columns, selection, where)
     summary = SampleSummary(
         name=sample.name,
         file=str(sample.path),
@@ -156,11 +184,14 @@ def read_sample(
         selected=n_cut,
         dropped_non_positive=int(n_cut - np.count_nonzero(selection)) if apply_selection else 0,
         used=int(np.count_nonzero(selection)),
+        selected_weight_sum=float(event_weight[cut_passing].sum()),
+        used_weight_sum=float(event_weight[selection].sum()),
     )
     other = {name: np.asarray(columns[name])[selection] for name in sample_list.other_variables}
     return SampleArrays(
         sample=sample,
         features=features,
+        feature_dtypes=dtypes,
         event_weight=event_weight[selection],
         other=other,
         fingerprint=split.SelectionFingerprint.of(sample.path.stat().st_size, selection),
@@ -174,8 +205,10 @@ def _features(
     columns: Mapping[str, np.ndarray],
     selection: np.ndarray,
     where: str,
-) -> np.ndarray:
+) -> tuple[np.ndarray, list[str]]:
+    """The input columns (float32, column-major) and each column's dtype as read (one-hot columns: uint8)."""
     blocks = []
+    dtypes: list[str] = []
     for variable, expression in zip(sample_list.inputs, parsed, strict=True):
         try:
             values = np.broadcast_to(expression.evaluate(columns, where), selection.shape)[selection]
@@ -185,11 +218,13 @@ def _features(
             if values.dtype.kind not in "biuf":
                 raise DataError(f"{where}: input '{variable.expr}' is not numeric: one-hot encode it")
             blocks.append(values.astype(np.float32))
+            dtypes.append("bool" if values.dtype.kind == "b" else values.dtype.str)
         else:
             numeric = values.dtype.kind in "biuf"
             for value in variable.one_hot:
                 hot = np.isclose(values, float(value)) if numeric else values.astype(str) == str(value)
                 blocks.append(hot.astype(np.float32))
+                dtypes.append(np.dtype(np.uint8).str)
     # Column-major (events × inputs, Fortran order): each input is one contiguous copy, not a strided one.
     features = np.stack(blocks).T if blocks else np.empty((int(selection.sum()), 0), np.float32)
     finite = np.isfinite(features)
@@ -198,7 +233,7 @@ def _features(
         count = int((~finite[:, bad_column]).sum())
         name = sample_list.feature_names[bad_column]
         raise DataError(f"{where}: input '{name}' is NaN or infinite in {count} selected events; cut them away")
-    return features
+    return features, dtypes
 
 
 def cache_key(sample_list: SampleList, split_settings: SplitSettings) -> str:
@@ -261,24 +296,32 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
             for p in parts
         ]
     )
-    learning = weights.equalise_classes(physics, labels, class_names, sample_list.class_weight_factors)
+    partition = np.concatenate([assignments[p.sample.name] for p in parts])
+    learning = weights.equalise_classes(
+        physics, labels, class_names, sample_list.class_weight_factors, reference=partition == split.TRAIN
+    )
+    yields = np.concatenate([_yield_weights(p, sample_list.units.factor) for p in parts])
     sample_index = np.concatenate([np.full(len(p.event_weight), i, np.int32) for i, p in enumerate(parts)])
     for i, p in enumerate(parts):
         p.summary.learning_weight_sum = float(learning[sample_index == i].sum())
+        sample_yields = yields[sample_index == i]
+        p.summary.expected_events = None if np.isnan(sample_yields).any() else float(sample_yields.sum())
     fingerprint = hashlib.sha256(
         json.dumps(
             [sample_list.fingerprint_data(), [[p.sample.name, asdict(p.fingerprint)] for p in parts]],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
+    features = np.concatenate([p.features.T for p in parts], axis=1).T  # stays column-major
+    learning = learning.astype(np.float32)
     return Dataset(
-        features=np.concatenate([p.features.T for p in parts], axis=1).T,  # stays column-major
+        features=features,
         labels=labels,
         event_weight=np.concatenate([p.event_weight for p in parts]).astype(np.float32),
-        physics_weight=physics.astype(np.float32),
-        learning_weight=learning.astype(np.float32),
+        yield_weight=yields,
+        learning_weight=learning,
         sample_index=sample_index,
-        partition=np.concatenate([assignments[p.sample.name] for p in parts]),
+        partition=partition,
         other={n: np.concatenate([p.other[n] for p in parts]) for n in sample_list.other_variables},
         feature_names=sample_list.feature_names,
         class_names=class_names,
@@ -286,14 +329,74 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
         split_checksum=split.checksum(assignments),
         data_fingerprint=fingerprint,
         summaries=[p.summary for p in parts],
+        signal_classes=[c for c in class_names if c in sample_list.signal_classes],
+        feature_dtypes=_common_dtypes([p.feature_dtypes for p in parts]),
+        input_separation=input_separation(
+            features, labels, learning, partition == split.TRAIN, sample_list.feature_names
+        ),
     )
+
+
+def _yield_weights(part: SampleArrays, unit_factor: float) -> np.ndarray:
+    """Yield weights of a sample's kept events; NaN when it has no cross-section or Σweights.
+
+    Negative-weight events are dropped for training; the kept events are scaled by Σw(selected) / Σw(kept) so that
+    the sample's total yield after the cut is the signed one, as the full simulation predicts.
+    """
+    sample = part.sample
+    if sample.xsec is None or not sample.event_weight_sum:
+        return np.full(len(part.event_weight), np.nan)
+    summary = part.summary
+    correction = summary.selected_weight_sum / summary.used_weight_sum if summary.selected_weight_sum > 0 else 1.0
+    return correction * weights.yield_weight(
+        part.event_weight,
+        xsec=sample.xsec,
+        lumi=sample.lumi,
+        event_weight_sum=sample.event_weight_sum,
+        unit_factor=unit_factor,
+    )
+
+
+def _common_dtypes(per_sample: list[list[str]]) -> list[str]:
+    """One dtype per input column: the samples' dtypes promoted together (an int in one file, float in another)."""
+    return [np.result_type(*map(np.dtype, column)).str for column in zip(*per_sample, strict=True)]
+
+
+LEAK_CHECK_EVENTS = 200_000
+
+
+def input_separation(
+    features: np.ndarray, labels: np.ndarray, weight: np.ndarray, training: np.ndarray, names: list[str]
+) -> dict[str, float]:
+    """Each input's weighted AUC alone on the training split (one-vs-rest, the most separated class), ≥ 0.5.
+
+    An input that alone separates the classes almost perfectly is a probable label leak. At most
+    ``LEAK_CHECK_EVENTS`` training events are used (every k-th), which is plenty for an AUC near 1.
+    """
+    from hhscan import metrics
+
+    index = np.flatnonzero(training)
+    index = index[:: max(1, len(index) // LEAK_CHECK_EVENTS)]
+    y, w = labels[index], weight[index]
+    classes = np.unique(y)
+    result = {}
+    for column, name in enumerate(names):
+        x = features[index, column]
+        aucs = [metrics.weighted_auc(y == k, x, w) for k in (classes[-1:] if len(classes) == 2 else classes)]
+        result[name] = round(max(max(a, 1 - a) for a in aucs), 6)
+    return result
+
+
+def probable_leaks(dataset: Dataset, threshold: float, allowed: list[str]) -> dict[str, float]:
+    """Inputs whose single-input AUC is ≥ ``threshold`` (or ≤ 1 − threshold), not acknowledged in ``allowed``."""
+    return {n: a for n, a in dataset.input_separation.items() if a >= threshold and n not in allowed}
 
 
 _ARRAYS = (
     "features",
     "labels",
     "event_weight",
-    "physics_weight",
+    "yield_weight",
     "learning_weight",
     "sample_index",
     "partition",
@@ -309,6 +412,9 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
         "data_fingerprint": dataset.data_fingerprint,
         "summaries": [asdict(s) for s in dataset.summaries],
         "other": list(dataset.other),
+        "signal_classes": dataset.signal_classes,
+        "feature_dtypes": dataset.feature_dtypes,
+        "input_separation": dataset.input_separation,
     }
     arrays = {name: getattr(dataset, name) for name in _ARRAYS}
     arrays.update({f"other/{name}": values for name, values in dataset.other.items()})
@@ -331,6 +437,9 @@ def _read_cache(path: Path) -> Dataset:
         split_checksum=meta["split_checksum"],
         data_fingerprint=meta["data_fingerprint"],
         summaries=[SampleSummary(**s) for s in meta["summaries"]],
+        signal_classes=meta["signal_classes"],
+        feature_dtypes=meta["feature_dtypes"],
+        input_separation=meta["input_separation"],
     )
 
 

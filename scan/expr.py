@@ -1,6 +1,8 @@
 """ROOT-style cut and input expressions, parsed and evaluated safely on numpy arrays.
 
-Physicists write ``jet1_pt > 30 && (abs(lep1_eta) < 2.4 || !is_fwd)``. The text is tokenised here, rewritten
+Physicists write ``jet1_pt > 30 && (abs(lep1_eta) < 2.4 || !is_fwd)``, meaning what ROOT means: ``!`` binds
+tighter than comparisons (``!pt > 20`` is ``(!pt) > 20``) and chained comparisons (``20 < pt < 40``, always true
+in C) are refused. The text is tokenised here, rewritten
 into Python's expression grammar (``&&`` → ``and``, quoted branch names → placeholders) and parsed with
 :func:`ast.parse`; the tree is then walked by a small interpreter that only knows arithmetic, comparisons,
 boolean logic, numbers, branch names and a fixed table of functions. Nothing is ever passed to ``eval``.
@@ -136,7 +138,9 @@ def parse(text: str, where: str = "") -> Expression:
         elif token == "||":
             pieces.append(" or ")
         elif token == "!":
-            pieces.append(" not ")
+            # C's `!` is a unary operator: it binds tighter than any binary one, `!pt > 20` is `(!pt) > 20`.
+            # Python's `~` has that precedence (`not` binds looser than comparisons); it evaluates as logical not.
+            pieces.append(" ~")
         elif token == "^":
             raise ExpressionError(f"{prefix}'^' in '{text}': write powers as pow(x, n) or x**n")
         else:
@@ -152,12 +156,18 @@ def parse(text: str, where: str = "") -> Expression:
 
 def _check(tree: ast.expr, text: str, prefix: str, placeholders: Mapping[str, str]) -> None:
     allowed = (
-        ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.BinOp, ast.Compare,
+        ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Invert, ast.USub, ast.UAdd, ast.BinOp, ast.Compare,
         ast.Name, ast.Load, ast.Constant, ast.Call, *_BINARY, *_COMPARE,
     )  # fmt: skip
     for node in ast.walk(tree):
         if not isinstance(node, allowed):
             raise ExpressionError(f"{prefix}'{text}' uses a construct hhscan does not evaluate")
+        if isinstance(node, ast.Compare) and len(node.ops) > 1:
+            # In C and ROOT `20 < pt < 40` is `(20 < pt) < 40`, always true: almost never what was meant.
+            raise ExpressionError(
+                f"{prefix}chained comparison in '{text}': C and ROOT compare the first result (0 or 1) with the "
+                f"next value; write it with && (e.g. 20 < pt && pt < 40)"
+            )
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float)):
             raise ExpressionError(f"{prefix}'{text}': only numbers are allowed as constants")
         if isinstance(node, ast.Call):
@@ -186,7 +196,7 @@ class _Evaluator(ast.NodeVisitor):
 
     def visit_UnaryOp(self, node: ast.UnaryOp):
         operand = self.visit(node.operand)
-        if isinstance(node.op, ast.Not):
+        if isinstance(node.op, ast.Invert):  # the rewritten `!`
             return np.logical_not(operand)
         return np.negative(operand) if isinstance(node.op, ast.USub) else operand
 

@@ -9,10 +9,33 @@ from __future__ import annotations
 import numpy as np
 
 
+class NonFiniteScores(ValueError):
+    """Scores with NaN or infinity: a diverged model has no AUC, accuracy or significance."""
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise NonFiniteScores(f"{bad} of {scores.size} scores are NaN or infinite")
+    return scores
+
+
+def signal_scores(scores: np.ndarray, signal_columns: list[int]) -> np.ndarray:
+    """The score a cut is made on: P(signal) for binary (the one score), Σ P(signal classes) for multi-class.
+
+    The one rule for which outputs are signal: ``signal_classes`` of the sample list, never "the last class".
+    """
+    scores = np.asarray(scores)
+    if scores.ndim == 1:
+        return scores
+    return scores[:, signal_columns].sum(axis=1)
+
+
 def weighted_roc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None):
     """False- and true-positive rates at every distinct score threshold (descending), ties grouped."""
     labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     weights = np.ones_like(scores) if weights is None else np.asarray(weights, dtype=np.float64)
     order = np.argsort(-scores, kind="mergesort")
     scores, labels, weights = scores[order], labels[order], weights[order]
@@ -51,13 +74,14 @@ def predicted_class(probabilities: np.ndarray) -> np.ndarray:
 
 
 def weighted_accuracy(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:
+    _finite(probabilities)
     correct = predicted_class(probabilities) == np.asarray(labels)
     return float(np.average(correct, weights=weights))
 
 
 def cross_entropy(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Weighted mean binary or categorical cross-entropy."""
-    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    probabilities = np.clip(_finite(probabilities), 1e-7, 1 - 1e-7)
     labels = np.asarray(labels).astype(int)
     if probabilities.ndim == 1 or probabilities.shape[1] == 1:
         p = probabilities.reshape(-1)
@@ -83,8 +107,10 @@ def significance_scan(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Asimov Z of the events with score ≥ cut, for each cut; weights are the expected yields."""
     labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     weights = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(weights).all():
+        raise ValueError("yields are NaN or infinite: a sample has no cross-section")
     thresholds = np.linspace(0, 1, 101) if thresholds is None else np.asarray(thresholds)
     order = np.argsort(scores)
     sorted_scores = scores[order]

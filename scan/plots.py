@@ -112,15 +112,21 @@ def overtraining(
     return _save(figure, path)
 
 
-def significance(thresholds: np.ndarray, z: np.ndarray, path: Path) -> Path:
+def significance(thresholds: np.ndarray, z: np.ndarray | None, path: Path, reason: str | None = None) -> Path:
+    """Asimov Z against the score cut; without physical yields (``z`` None) the plot says why instead."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 3.5))
-    axis.plot(thresholds, z)
-    best = int(np.argmax(z))
-    axis.axvline(thresholds[best], color="grey", linestyle=":")
-    axis.set_title(f"Asimov Z_max = {z[best]:.3g} at score > {thresholds[best]:.2f}")
+    if z is None:
+        axis.text(0.5, 0.5, f"Z not computed:\n{reason}", ha="center", va="center", wrap=True, fontsize=8,
+                  transform=axis.transAxes)  # fmt: skip
+        axis.set_title("Asimov significance: not computed")
+    else:
+        axis.plot(thresholds, z)
+        best = int(np.argmax(z))
+        axis.axvline(thresholds[best], color="grey", linestyle=":")
+        axis.set_title(f"Asimov Z_max = {z[best]:.3g} at score > {thresholds[best]:.2f}")
     axis.set_xlabel("score cut")
-    axis.set_ylabel("Z")
+    axis.set_ylabel("Z (physical yields of the test split)")
     return _save(figure, path)
 
 

@@ -1,19 +1,34 @@
-"""Ranking trial records by the scan's criterion, in its own direction: pure functions on records."""
+"""Ranking trial records by a criterion, in its own direction: pure functions on records.
+
+A trial is ranked by the value of the criterion in its recorded metrics, whatever criterion the scan had when the
+trial ran, so changing ``eval_criterion`` re-ranks every trial consistently. A trial without a finite value is not
+ranked (it is listed apart, never first).
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from hhscan.config import CRITERIA
+from hhscan.criteria import is_valid_value, metric
 from hhscan.records import TrialRecord
 
 
+def criterion_value(record: TrialRecord, criterion: str) -> float | None:
+    """The trial's recorded value of ``criterion``: a finite number, or None."""
+    value = record.metrics.get(criterion)
+    return float(value) if is_valid_value(value) else None
+
+
 def ranked(records: Sequence[TrialRecord], criterion: str) -> list[TrialRecord]:
-    """DONE records best first: losses ascending; AUC, accuracy, significance descending. Ties by trial id."""
-    sign = 1 if CRITERIA[criterion] == "min" else -1
-    done = [r for r in records if r.done and r.value is not None and not math.isnan(r.value)]
-    return sorted(done, key=lambda r: (sign * r.value, r.trial_id))
+    """DONE records with a finite value, best first (losses ascending, the rest descending); ties by trial id."""
+    sign = 1 if metric(criterion).direction == "min" else -1
+    done = [r for r in records if r.done and criterion_value(r, criterion) is not None]
+    return sorted(done, key=lambda r: (sign * criterion_value(r, criterion), r.trial_id))
+
+
+def unranked(records: Sequence[TrialRecord], criterion: str) -> list[TrialRecord]:
+    """DONE records without a finite value of ``criterion`` (e.g. recorded before it existed), by trial id."""
+    return sorted((r for r in records if r.done and criterion_value(r, criterion) is None), key=lambda r: r.trial_id)
 
 
 def varying(records: Sequence[TrialRecord]) -> list[str]:

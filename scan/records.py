@@ -39,6 +39,7 @@ class TrialRecord:
     split_name: str = ""
     split_checksum: str = ""
     fold: int | None = None
+    training_settings: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str = ""
     dictionary_hash: str = ""
     code_version: str = ""
@@ -55,7 +56,7 @@ class TrialRecord:
         return self.status == DONE
 
 
-_JSON_FIELDS = {"hyperparameters", "metrics", "history"}
+_JSON_FIELDS = {"hyperparameters", "metrics", "history", "training_settings"}
 _COLUMNS = list(TrialRecord.__dataclass_fields__)
 
 
@@ -83,17 +84,21 @@ class CorruptRecord(ValueError):
 
 
 def from_csv(text: str) -> TrialRecord:
+    """A record from its CSV text; records written by an older hhscan (fewer columns) read with defaults."""
     # A long training's history is one large cell (2500 epochs > the csv module's default 128 KiB per field).
     csv.field_size_limit(2**31 - 1)
     rows = list(csv.reader(io.StringIO(text)))
-    if len(rows) != 2 or rows[0] != [*_COLUMNS, "checksum"] or len(rows[1]) != len(_COLUMNS) + 1:
+    if len(rows) != 2 or not rows[0] or rows[0][-1] != "checksum" or len(rows[1]) != len(rows[0]):
         raise CorruptRecord("not a complete trial record")
+    header = rows[0][:-1]
+    if not set(header) <= set(_COLUMNS) or "trial_id" not in header or "status" not in header:
+        raise CorruptRecord("not a trial record (unknown columns)")
     cells, checksum = rows[1][:-1], rows[1][-1]
     if _checksum(cells) != checksum:
         raise CorruptRecord("checksum mismatch (truncated or edited)")
     values: dict[str, Any] = {}
     types = {name: f.type for name, f in TrialRecord.__dataclass_fields__.items()}
-    for column, cell in zip(_COLUMNS, cells, strict=True):
+    for column, cell in zip(header, cells, strict=True):
         if column in _JSON_FIELDS or cell == "null":
             values[column] = json.loads(cell)
         elif types[column] in ("int", "int | None"):

@@ -15,7 +15,7 @@ from pathlib import Path
 from hhscan import artifacts
 from hhscan.errors import ModelError, ScanError, did_you_mean
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
-from hhscan.ranking import ranked, varying
+from hhscan.ranking import criterion_value, ranked, unranked, varying
 from hhscan.records import TrialRecord
 from hhscan.scandir import ScanDirectory, Workspace
 
@@ -27,25 +27,31 @@ class Report:
     scan: str
     criterion: str
     ranked: list[TrialRecord]
-    failed: list[TrialRecord]
+    failed: list[TrialRecord]  # FAIL records, and DONE records without a finite value of the criterion
     corrupt: dict[str, str]
     varying: list[str]
     csv_path: Path
     plot_paths: list[Path] = field(default_factory=list)
     best_zip: Path | None = None
+    probable_leaks: dict[str, float] = field(default_factory=dict)
+    leak_threshold: float = 0.99
 
 
-def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: ScanDirectory):
-    """One row per trial, ranked ones first: rank, hyperparameters (hp_*), criterion, metrics, bookkeeping."""
+def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: ScanDirectory, criterion: str):
+    """One row per trial, ranked ones first: rank, hyperparameters (hp_*), criterion, metrics, bookkeeping.
+
+    Unranked rows (failed, or no finite value of the criterion) follow, with an empty rank: never dropped.
+    """
     import pandas as pd
 
     rows = []
     for rank, record in enumerate(records + failed, start=1):
-        row: dict = {"rank": rank if record.done else None, "trial_id": record.trial_id, "status": record.status}
+        is_ranked = rank <= len(records)
+        row: dict = {"rank": rank if is_ranked else None, "trial_id": record.trial_id, "status": record.status}
         row.update({f"hp_{k}": v for k, v in sorted(record.hyperparameters.items())})
         row["repetition"] = record.repetition
-        row[record.criterion] = record.value
-        row.update({k: v for k, v in sorted(record.metrics.items()) if k != record.criterion})
+        row[criterion] = criterion_value(record, criterion)
+        row.update({k: v for k, v in sorted(record.metrics.items()) if k != criterion})
         row.update(
             {
                 "epochs_run": record.epochs_run,
@@ -56,7 +62,7 @@ def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: S
                 "job_id": record.job_id,
                 "log_path": record.log_path,
                 "model": str(scan.model_path(record.trial_id)) if record.done else "",
-                "error": record.error,
+                "error": record.error or ("" if is_ranked else f"no finite {criterion} recorded"),
             }
         )
         rows.append(row)
@@ -66,11 +72,17 @@ def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: S
 
 
 def make_report(
-    workspace: Workspace, name: str | None, plots: bool = True, top_curves: int = 5, export: bool = True
+    workspace: Workspace,
+    name: str | None,
+    plots: bool = True,
+    top_curves: int = 5,
+    export: bool = True,
+    criterion: str | None = None,
 ) -> Report:
+    """Rank by ``criterion``, default the scan's current ``eval_criterion`` (its latest configuration)."""
     scan = workspace.scan(name)
     manifest = scan.manifest()
-    criterion = manifest["eval_criterion"]
+    criterion = criterion or scan.load_config()[0].eval_criterion
     found, corrupt = scan.records()
     records = list(found.values())
     if not records:
@@ -81,19 +93,22 @@ def make_report(
             f"scan '{scan.name}': records made with another split ({', '.join(sorted(mixed))}) are mixed in"
         )
     best = ranked(records, criterion)
-    failed = sorted((r for r in records if not r.done), key=lambda r: r.trial_id)
+    failed = unranked(records, criterion) + sorted((r for r in records if not r.done), key=lambda r: r.trial_id)
     names = varying(records)
-    frame = records_frame(best, failed, scan)
+    frame = records_frame(best, failed, scan, criterion)
     workspace.models.mkdir(parents=True, exist_ok=True)
     csv_path = workspace.models / f"{scan.name}.csv"
     atomic_write_text(csv_path, frame.to_csv(index=False))
     report = Report(scan.name, criterion, best, failed, corrupt, names, csv_path)
+    checks = scan.input_checks()
+    report.probable_leaks = checks.get("probable_leaks", {})
+    report.leak_threshold = checks.get("auc_threshold", report.leak_threshold)
     if plots and best:
         from hhscan import plots as figures
 
         directory = workspace.models / scan.name
         directory.mkdir(parents=True, exist_ok=True)
-        done = frame[frame["status"] == "DONE"]
+        done = frame[frame["rank"].notna()]
         report.plot_paths += figures.hyperparameter_effects(done, names, criterion, directory)
         curves = {f"#{i + 1} {r.trial_id}": r.history for i, r in enumerate(best[:top_curves])}
         report.plot_paths.append(figures.learning_curves(curves, directory / "learning_curves.png"))

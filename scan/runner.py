@@ -156,16 +156,20 @@ def run_pack(
     records = []
     for trial, result in zip(trials, trained, strict=True):
         record = _record(trial, parameters, dataset, backend, context, len(trials))
+        record.history = result.history
+        record.epochs_run = result.epochs_run
+        record.resumed_from_epoch = result.resumed_from_epoch
+        record.seconds = result.seconds
+        if result.diverged:  # a failure with its history, never a model to rank
+            record.error = result.diverged
+            records.append(_write(scan, record))
+            continue
         try:
             model_path = scan.model_path(trial.id)
             record.status = DONE
-            record.value = result.metrics[parameters.eval_criterion]
+            record.value = result.metrics.get(parameters.eval_criterion)
             record.metrics = result.metrics
-            record.history = result.history
-            record.epochs_run = result.epochs_run
             record.best_epoch = result.best_epoch
-            record.resumed_from_epoch = result.resumed_from_epoch
-            record.seconds = result.seconds
             record.model_file = model_path.name
             artifacts.write_model_zip(
                 model_path, result.model, model_metadata(record, dataset, scan.name), extra=scan.config_files()
@@ -212,7 +216,19 @@ def _record(
         log_path=context.log_path,
         host=socket.gethostname(),
         pack_size=pack_size,
+        training_settings=training_settings(parameters),
     )
+
+
+def training_settings(parameters: Parameters) -> dict:
+    """What may change between submissions without changing the trial set: recorded per trial."""
+    settings = parameters.training
+    return {
+        "early_stopping": settings.early_stopping.model_dump(mode="json"),
+        "reduce_lr": settings.reduce_lr.model_dump(mode="json"),
+        "checkpoint_interval_s": settings.checkpoint_interval_s,
+        "slurm_resources": parameters.slurm.resources,
+    }
 
 
 def model_metadata(record: TrialRecord, dataset: Dataset, scan_name: str) -> dict:
@@ -230,7 +246,9 @@ def model_metadata(record: TrialRecord, dataset: Dataset, scan_name: str) -> dic
         "split_checksum": record.split_checksum,
         "data_fingerprint": record.data_fingerprint,
         "feature_names": dataset.feature_names,
+        "feature_dtypes": dataset.feature_dtypes,
         "class_names": dataset.class_names,
+        "signal_classes": dataset.signal_classes,
         "backend": record.backend,
         "code_version": record.code_version,
     }

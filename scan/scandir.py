@@ -118,6 +118,7 @@ class ScanDirectory:
             "dictionary_hash": parameters.dictionary_hash(),
             "hyperparameters": parameters.hyperparameters,
             "repetitions": parameters.repetitions,
+            "seed": parameters.seed,
             "eval_criterion": parameters.eval_criterion,
             "split_name": parameters.split.name,
             "split_checksum": split_checksum,
@@ -151,8 +152,11 @@ class ScanDirectory:
         self, parameters: Parameters, split_checksum: str | None = None, data_fingerprint: str | None = None
     ) -> None:
         """Refuse to add trials to this scan if its trials or split would change, naming what changed."""
+        from hhscan.trial import expand
+
         manifest = self.manifest()
-        if parameters.dictionary_hash() != manifest["dictionary_hash"]:
+        same_trials = sorted(t.id for t in expand(parameters)) == sorted(t["id"] for t in manifest["trials"])
+        if not same_trials:  # 0 vs 0.0 or a reordered list give the same trials: not a change
             before, now = manifest["hyperparameters"], parameters.hyperparameters
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             detail = ", ".join(f"{k}: {before.get(k)} → {now.get(k)}" for k in changed)
@@ -163,6 +167,11 @@ class ScanDirectory:
             raise ScanError(
                 f"scan '{self.name}': the hyperparameter dictionary changed since it was created ({detail}); "
                 f"restore it or start a new scan with another --name"
+            )
+        if "seed" in manifest and parameters.seed != manifest["seed"]:
+            raise ScanError(
+                f"scan '{self.name}': seed {manifest['seed']} → {parameters.seed} would change every trial's initial "
+                f"weights and batch order, mixing results; restore it or start a new scan with another --name"
             )
         if parameters.split.name != manifest["split_name"]:
             raise ScanError(
@@ -179,6 +188,17 @@ class ScanDirectory:
                 f"scan '{self.name}': the sample list or its files changed since it was created (inputs, cuts, "
                 f"weights or events): results would mix; start a new scan with another --name"
             )
+
+    @property
+    def input_checks_path(self) -> Path:
+        return self.root / "input_checks.json"
+
+    def write_input_checks(self, leaks: dict[str, float], threshold: float) -> None:
+        """Inputs that alone separate the classes (probable label leaks), for ``report`` to show."""
+        atomic_write_text(self.input_checks_path, json.dumps({"auc_threshold": threshold, "probable_leaks": leaks}))
+
+    def input_checks(self) -> dict[str, Any]:
+        return json.loads(self.input_checks_path.read_text()) if self.input_checks_path.exists() else {}
 
     def trials(self) -> list[Trial]:
         return [Trial(t["id"], t["hyperparameters"], t["repetition"]) for t in self.manifest()["trials"]]

@@ -26,6 +26,7 @@ class PreparedScan:
     dataset: Dataset
     backend: str
     created: bool
+    probable_leaks: dict[str, float]  # input → single-input AUC (folded ≥ 0.5), not acknowledged in leak_check
 
 
 def prepare(
@@ -39,7 +40,8 @@ def prepare(
     create: bool = True,
 ) -> PreparedScan:
     """Load the data once, then create the scan directory or check the existing one is compatible."""
-    from hhscan.errors import ScanError
+    from hhscan.dataset import probable_leaks
+    from hhscan.errors import ConfigError, ScanError
 
     workspace = Workspace(Path(workspace_root))
     scan = ScanDirectory(workspace.scans / name)
@@ -52,6 +54,9 @@ def prepare(
         workspace.scan(name)  # raises, listing the existing scans
     backend = model.choose_backend(parameters.training.backend)
     dataset = runner.prepare_dataset(parameters, sample_list, workspace)
+    if parameters.eval_criterion == "val_significance" and (problem := dataset.yield_problem()):
+        raise ConfigError(f"{parameters.source}:eval_criterion: val_significance needs physical yields ({problem})")
+    leaks = probable_leaks(dataset, sample_list.leak_check.auc, sample_list.leak_check.allow)
     trials = trial.expand(parameters)
     created = not scan.exists and create
     if created:
@@ -60,7 +65,9 @@ def prepare(
     elif scan.exists:
         scan.check_compatible(parameters, dataset.split_checksum, dataset.data_fingerprint)
         scan.write_config(parameters, sample_list)
-    return PreparedScan(parameters, sample_list, workspace, scan, trials, dataset, backend, created)
+    if scan.exists:
+        scan.write_input_checks(leaks, sample_list.leak_check.auc)
+    return PreparedScan(parameters, sample_list, workspace, scan, trials, dataset, backend, created, leaks)
 
 
 def run_local(

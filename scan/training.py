@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hhscan import callbacks, fused, metrics, model, packing
+from hhscan import callbacks, criteria, fused, metrics, model, packing
 from hhscan.config import Parameters
 from hhscan.dataset import Dataset
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
@@ -48,15 +48,20 @@ class TrainedTrial:
     model: Any
     history: dict[str, list[float]]
     epochs_run: int
-    best_epoch: int | None
+    best_epoch: int | None  # counting from 1, of the monitored quantity (see ``best_epoch_monitor``)
     resumed_from_epoch: int | None
     seconds: float
     metrics: dict[str, float]
+    diverged: str = ""  # why the trial diverged ("epoch 3: loss is nan"): it is a failure, never ranked
 
 
 def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> dict[str, float]:
-    """Weighted loss, AUC, accuracy and Asimov Z_max on the training and validation partitions."""
+    """Weighted loss, AUC and accuracy (learning weights) and Asimov Z_max (physical yields) per partition.
+
+    ``*_significance`` is absent when the samples have no cross-sections (``Dataset.yield_problem`` says why).
+    """
     result: dict[str, float] = {}
+    signal_columns = dataset.signal_columns
     for prefix, partition in (("train", TRAIN), ("val", VALIDATION)):
         selected = dataset.partition == partition
         y, w = dataset.labels[selected], dataset.learning_weight[selected]
@@ -64,10 +69,11 @@ def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> di
         result[f"{prefix}_loss"] = metrics.cross_entropy(y, scores, w)
         result[f"{prefix}_auc"] = metrics.multiclass_auc(y, scores, w)
         result[f"{prefix}_accuracy"] = metrics.weighted_accuracy(y, scores, w)
-        signal_score = scores if scores.ndim == 1 else scores[:, -1]
-        is_signal = y == (len(dataset.class_names) - 1)
-        _, z = metrics.significance_scan(is_signal, signal_score, dataset.physics_weight[selected])
-        result[f"{prefix}_significance"] = float(z.max())
+        if dataset.yield_problem() is None:
+            is_signal = np.isin(y, signal_columns)
+            signal_score = metrics.signal_scores(scores, signal_columns)
+            _, z = metrics.significance_scan(is_signal, signal_score, dataset.yields(selected))
+            result[f"{prefix}_significance"] = float(z.max())
     return result
 
 
@@ -116,12 +122,14 @@ class _Branch:
     reduce_lr: callbacks.ReduceLROnPlateau | None
     active: bool = True
     best_weights: list[np.ndarray] | None = None
+    diverged: str = ""
 
     def state(self) -> dict[str, Any]:
         return {
             "trial_id": self.trial.id,
             "history": self.history,
             "active": self.active,
+            "diverged": self.diverged,
             "early_stopping": self.early_stopping.state() if self.early_stopping else None,
             "reduce_lr": self.reduce_lr.state() if self.reduce_lr else None,
         }
@@ -215,6 +223,7 @@ def train_pack(
         engine.import_state(arrays)
         for k, (branch, saved) in enumerate(zip(branches, state["branches"], strict=True)):
             branch.history, branch.active = saved["history"], saved["active"]
+            branch.diverged = saved.get("diverged", "")
             if branch.early_stopping and saved["early_stopping"]:
                 branch.early_stopping = callbacks.EarlyStopping(**saved["early_stopping"])
             if branch.reduce_lr and saved["reduce_lr"]:
@@ -238,6 +247,10 @@ def train_pack(
             if not branch.active:
                 continue
             scores = _scores(val_outputs[k])
+            branch.diverged = _divergence(epoch, train_losses[k], val_losses[k], scores)
+            if branch.diverged:  # frozen as it is; it becomes a FAIL record, its weights are never used
+                branch.active = False
+                continue
             logs = {
                 "loss": float(train_losses[k]),
                 "val_loss": float(val_losses[k]),
@@ -260,25 +273,48 @@ def train_pack(
     both = engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
     outputs = {TRAIN: both[:, : len(x_train)], VALIDATION: both[:, len(x_train) :]}
     seconds = (time.perf_counter() - started) / len(trials)
+    monitor = best_epoch_monitor(parameters)
     results = []
     for k, branch in enumerate(branches):
-        val_history = branch.history.get("val_loss", [])
+        history = branch.history.get(monitor, [])
+        best = criteria.metric(monitor).best(history) if history else None
         results.append(
             TrainedTrial(
                 model=nets[k],
                 history=branch.history,
-                epochs_run=len(branch.history.get("loss", [])),
-                best_epoch=int(np.argmin(val_history)) if val_history else None,
+                epochs_run=len(branch.history.get("loss", [])) + (1 if branch.diverged else 0),
+                best_epoch=history.index(best) + 1 if history else None,
                 resumed_from_epoch=resumed,
                 seconds=seconds,
-                metrics=evaluate(dataset, {p: _scores(o[k]) for p, o in outputs.items()}),
+                metrics={} if branch.diverged else evaluate(dataset, {p: _scores(o[k]) for p, o in outputs.items()}),
+                diverged=branch.diverged,
             )
         )
     return results
 
 
+def best_epoch_monitor(parameters: Parameters) -> str:
+    """The quantity whose best epoch a record reports: early stopping's monitor when it is on (its weights are
+    the ones kept), else the eval criterion when it is logged every epoch, else the validation loss."""
+    stopping = parameters.training.early_stopping
+    if stopping.enabled:
+        return stopping.monitor
+    criterion = criteria.metric(parameters.eval_criterion)
+    return criterion.name if criterion.per_epoch else "val_loss"
+
+
+def _divergence(epoch: int, train_loss: float, val_loss: float, scores: np.ndarray) -> str:
+    """Why a branch diverged in this epoch, or "" when its losses and validation scores are finite."""
+    for name, value in (("training loss", train_loss), ("validation loss", val_loss)):
+        if not np.isfinite(value):
+            return f"diverged at epoch {epoch + 1}: the {name} is {value}"
+    if not np.isfinite(scores).all():
+        return f"diverged at epoch {epoch + 1}: {int((~np.isfinite(scores)).sum())} validation scores are not finite"
+    return ""
+
+
 def _progress(branches: list[_Branch], epoch: int, epochs: int, seconds: float, monitor: str) -> EpochProgress:
-    pick = min if monitor == "val_loss" else max
+    pick = criteria.metric(monitor).best
     return EpochProgress(
         trial_ids=[b.trial.id for b in branches],
         epoch=epoch + 1,

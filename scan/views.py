@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from hhscan.dataset import SampleSummary
-from hhscan.ranking import ranked, varying
+from hhscan.ranking import criterion_value, ranked, varying
 from hhscan.records import TrialRecord
 from hhscan.scandir import ScanDirectory
 from rich.console import Console
@@ -20,17 +20,32 @@ def _number(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def print_summaries(console: Console, summaries: Sequence[SampleSummary], backend: str) -> None:
+def print_summaries(
+    console: Console, summaries: Sequence[SampleSummary], backend: str, units: tuple[str, str] = ("pb", "pb-1")
+) -> None:
+    """Per sample: what was read, cut and dropped, its learning weight total and its physical yield."""
+    xsec_unit, lumi_unit = units
     table = Table(title=f"samples (Keras backend: {backend})", title_justify="left")
-    for column in ("sample", "class", "era", "xsec", "Σweights", "lumi", "entries", "pass cut", "w≤0 dropped",
-                   "used", "Σ learning w"):  # fmt: skip
+    for column in ("sample", "class", "era", f"xsec [{xsec_unit}]", "Σweights", f"lumi [{lumi_unit}]", "entries",
+                   "pass cut", "w≤0 dropped", "used", "Σ learning w", "expected events"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("sample", "class", "era") else "right")
     for s in summaries:
         table.add_row(
             s.name, s.class_name, s.era or "–", _number(s.xsec), _number(s.event_weight_sum), _number(s.lumi),
             str(s.entries), str(s.selected), str(s.dropped_non_positive), str(s.used), _number(s.learning_weight_sum),
+            _number(s.expected_events) if s.expected_events is not None else "no xsec",
         )  # fmt: skip
     console.print(table)
+
+
+def print_input_warnings(console: Console, leaks: dict[str, float], threshold: float) -> None:
+    """One line per input that alone separates the classes: a probable label leak."""
+    for name, auc in sorted(leaks.items(), key=lambda item: -item[1]):
+        console.print(
+            f"[yellow]warning:[/] input '{name}' alone separates the classes (weighted AUC {auc:.4f} ≥ {threshold} on "
+            f"the training split): a probable label leak; if intended, list it in leak_check.allow",
+            markup=True,
+        )
 
 
 class TrialProgress:
@@ -53,7 +68,7 @@ class TrialProgress:
     def advance(self, record: TrialRecord) -> None:
         if record.done:
             message = (
-                f"{record.trial_id} {record.criterion}={_number(record.value)} "
+                f"{record.trial_id} {record.criterion}={_number(criterion_value(record, record.criterion))} "
                 f"({record.epochs_run} epochs, {record.seconds:.1f} s"
                 + (f" as 1/{record.pack_size} of a pack)" if record.pack_size > 1 else ")")
             )
@@ -65,7 +80,7 @@ class TrialProgress:
 
 def print_scan_leaderboard(console: Console, scan: ScanDirectory, top: int = 10) -> None:
     records, corrupt = scan.records()
-    print_leaderboard(console, scan.name, scan.manifest()["eval_criterion"], records, corrupt, top)
+    print_leaderboard(console, scan.name, scan.load_config()[0].eval_criterion, records, corrupt, top)
 
 
 def print_leaderboard(
@@ -93,10 +108,13 @@ def print_leaderboard(
     for rank, record in enumerate(best[:top], start=1):
         table.add_row(
             str(rank), record.trial_id, *(str(record.hyperparameters.get(c)) for c in columns),
-            _number(record.value), _number(record.metrics.get(train_key)), str(record.epochs_run),
+            _number(criterion_value(record, criterion)), _number(record.metrics.get(train_key)), str(record.epochs_run),
         )  # fmt: skip
     console.print(table)
     failed = [r for r in records.values() if not r.done]
+    no_value = [r for r in records.values() if r.done and criterion_value(r, criterion) is None]
+    if no_value:
+        console.print(f"[yellow]{len(no_value)} finished trial(s) without a finite {criterion}[/] (not ranked)")
     if failed:
         console.print(f"[red]{len(failed)} failed trial(s)[/]:")
         for record in failed[:20]:

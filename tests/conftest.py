@@ -84,8 +84,10 @@ def _merge(target: dict, changes: dict) -> None:
             target[key] = value
 
 
-XSEC = {"2016": {"tt_2016.root": 800.0, "dy_2016.h5": 6000.0}, "2017": {"tt_2017.root": 820.0}}
-SUMW = {"2016": {"tt_2016.root": 1.5e6, "dy_2016.h5": 2.0e7}, "2017": {"tt_2017.root": 1.6e6}}
+XSEC = {"2016": {"tt_2016.root": 800.0, "dy_2016.h5": 6000.0, "hh_2016.root": 0.031},
+        "2017": {"tt_2017.root": 820.0, "hh_2017.root": 0.033}}  # fmt: skip
+SUMW = {"2016": {"tt_2016.root": 1.5e6, "dy_2016.h5": 2.0e7, "hh_2016.root": 350.0},
+        "2017": {"tt_2017.root": 1.6e6, "hh_2017.root": 180.0}}  # fmt: skip
 LUMI = {"2016": 36.3, "2017": 41.5}
 
 
@@ -119,10 +121,11 @@ def build_analysis(root: Path, classes: int = 2, n: int = 400) -> Analysis:
             for era in ("2016", "2017")
         },
         "groups": [
-            {"name": "hh", "files": "hh_*.root", "tree": "Events", "class": "signal"},
+            {"name": "hh", "files": "hh_2016.root", "tree": "Events", "class": "signal", "era": "2016"},
             {"name": "tt", "files": "tt_2016.root", "tree": "Events", "class": background_tt, "era": "2016"},
             {"name": "tt", "files": "tt_2017.root", "tree": "Events", "class": background_tt, "era": "2017"},
             {"name": "dy", "files": "dy_2016.h5", "tree": "events", "class": background_dy, "era": "2016"},
+            {"name": "hh", "files": "hh_2017.root", "tree": "Events", "class": "signal", "era": "2017"},
         ],
         "inputs": [
             "x1",

@@ -45,29 +45,91 @@ def test_samples_resolved_with_eras_globs_and_json_tables(analysis):
 
 def test_learning_weights_follow_the_physics(analysis):
     data, sample_list = load(analysis)
-    independent = {}
+    stored_split = np.load(analysis.root / "splits" / "unit.npz")
+    independent, training = {}, {}
     for sample in sample_list.samples:
         columns = raw(analysis, sample.path.name)
         keep = expected_selection(columns)
         w = columns["weight"][keep]
+        training[sample.name] = stored_split[sample.name] == split.TRAIN
         if sample.is_signal:
             independent[sample.name] = w
         else:
             era = sample.era
             independent[sample.name] = w * XSEC[era][sample.path.name] * LUMI[era] / SUMW[era][sample.path.name]
-    # Equalise: each class sums to N/2, computed here from scratch.
-    n_total = sum(len(v) for v in independent.values())
+    # Equalise on the training split: each class sums to N_train/2 there, computed here from scratch.
+    n_train = sum(t.sum() for t in training.values())
     for cls in ("signal", "background"):
         names = [s.name for s in sample_list.samples if s.class_name == cls]
-        total = sum(independent[n].sum() for n in names)
+        total = sum(independent[n][training[n]].sum() for n in names)
         for n in names:
-            independent[n] = independent[n] * (n_total / 2) / total
+            independent[n] = independent[n] * (n_train / 2) / total
     for index, name in enumerate(data.sample_names):
         got = data.learning_weight[data.sample_index == index]
         np.testing.assert_allclose(got, independent[name], rtol=1e-6)
-    sums = [data.learning_weight[data.labels == k].sum() for k in range(2)]
-    np.testing.assert_allclose(sums, [n_total / 2] * 2, rtol=1e-5)
+    train = data.partition == split.TRAIN
+    sums = [data.learning_weight[(data.labels == k) & train].sum() for k in range(2)]
+    np.testing.assert_allclose(sums, [n_train / 2] * 2, rtol=1e-5)
     assert (data.learning_weight > 0).all()
+
+
+def test_physical_yields_for_every_process_signal_included(analysis):
+    """Yield = w × xsec × lumi / Σw (× Σw passing the cut / Σw kept: the dropped negative weights' share)."""
+    data, sample_list = load(analysis)
+    for index, sample in enumerate(sample_list.samples):
+        columns = raw(analysis, sample.path.name)
+        passing = (columns["x2"] > -6) & ~(columns["njet"] > 4)
+        keep = passing & (columns["weight"] > 0)
+        era, file = sample.era, sample.path.name
+        correction = columns["weight"][passing].sum() / columns["weight"][keep].sum()
+        expected = columns["weight"][keep] * XSEC[era][file] * LUMI[era] / SUMW[era][file] * correction
+        got = data.yield_weight[data.sample_index == data.sample_names.index(sample.name)]
+        np.testing.assert_allclose(got, expected, rtol=1e-9)
+        # The sample's total is the signed yield after the cut, what the full simulation predicts.
+        signed = columns["weight"][passing].sum() * XSEC[era][file] * LUMI[era] / SUMW[era][file]
+        assert got.sum() == pytest.approx(signed, rel=1e-9)
+        summary = next(s for s in data.summaries if s.name == sample.name)
+        assert summary.expected_events == pytest.approx(signed, rel=1e-9)
+    # A partition's yields, each sample scaled by 1 / its fraction in the partition, sum to the whole yield.
+    for partition in (split.TRAIN, split.VALIDATION, split.TEST):
+        selected = data.partition == partition
+        scaled = data.yields(selected)
+        for index in range(len(data.sample_names)):
+            mine = data.sample_index[selected] == index
+            fraction = mine.sum() / (data.sample_index == index).sum()
+            np.testing.assert_allclose(scaled[mine], data.yield_weight[selected][mine] / fraction, rtol=1e-12)
+    assert data.yield_problem() is None
+
+
+def test_units_scale_the_yields(analysis):
+    base, _ = load(analysis)
+    analysis.edit_samples(units={"xsec": "fb", "lumi": "pb-1"})  # the same numbers read as fb: 1000× smaller
+    (analysis.root / "cache").mkdir(exist_ok=True)
+    scaled, _ = load(analysis)
+    np.testing.assert_allclose(scaled.yield_weight, base.yield_weight * 1e-3, rtol=1e-12)
+    np.testing.assert_array_equal(scaled.learning_weight, base.learning_weight)  # learning weights do not care
+
+
+def test_a_signal_without_cross_section_has_no_yields_and_says_why(analysis):
+    (analysis.data / "xsec_2017.json").write_text('{"tt_2017.root": 820.0}')  # hh_2017 has none now
+    data, _ = load(analysis)
+    assert np.isnan(data.yield_weight[data.sample_index == data.sample_names.index("hh_2017")]).all()
+    assert "hh_2017" in data.yield_problem() and "no cross-section" in data.yield_problem()
+
+
+def test_a_background_alone_in_its_class_needs_no_cross_section(analysis3):
+    """DY is alone in class DY: its normalisation cancels in equalisation. TT has two samples: it needs one."""
+    (analysis3.data / "xsec_2016.json").write_text('{"tt_2016.root": 800.0}')
+    data, sample_list = load(analysis3)
+    dy = data.sample_index == data.sample_names.index("dy_2016")
+    columns = raw(analysis3, "dy_2016.h5")
+    w = columns["weight"][expected_selection(columns)]
+    train = data.partition[dy] == split.TRAIN
+    n_train = (data.partition == split.TRAIN).sum()
+    np.testing.assert_allclose(data.learning_weight[dy], w * (n_train / 3) / w[train].sum(), rtol=1e-6)
+    (analysis3.data / "xsec_2017.json").write_text("{}")
+    with pytest.raises(Exception, match=r"no cross-section for background file 'tt_2017.root', one of 2 samples"):
+        load(analysis3)
 
 
 def test_negative_weights_dropped_and_counted_per_file(analysis):
@@ -84,7 +146,8 @@ def test_three_classes_are_equalised_with_factors(analysis3):
     analysis3.edit_samples(class_weight_factors={"DY": 2.0})
     data, _ = load(analysis3)
     assert data.class_names == ["TT", "DY", "signal"]
-    sums = np.array([data.learning_weight[data.labels == k].sum() for k in range(3)])
+    train = data.partition == split.TRAIN
+    sums = np.array([data.learning_weight[(data.labels == k) & train].sum() for k in range(3)])
     np.testing.assert_allclose(sums / sums[0], [1.0, 2.0, 1.0], rtol=1e-5)
 
 

@@ -19,12 +19,20 @@ COLUMNS = {
         ("pt > 50 || !is_fwd", [False, True, True, False]),
         ('"jet1_b-tag" > 0.8', [False, True, False, True]),
         ("`jet1_b-tag` >= 0.5 && pt < 100", [False, True, True, True]),
-        ("20 < pt <= 40", [False, True, False, True]),
+        ("20 < pt && pt <= 40", [False, True, False, True]),
         ("sqrt(pt) * 2 - 1", 2 * np.sqrt(COLUMNS["pt"]) - 1),
         ("pow(eta, 2) + pt / 10 % 3", COLUMNS["eta"] ** 2 + (COLUMNS["pt"] / 10) % 3),
         ("TMath::Abs(eta) > 1.5", [True, False, False, True]),
         ("-pt + 1e1", 10 - COLUMNS["pt"]),
         ("!(pt > 20) == 0", [False, True, True, True]),
+        # C/ROOT precedence, computed by hand: `!` applies to pt first (pt is never 0, so !pt is 0), then > 20.
+        ("!pt > 20", [False, False, False, False]),
+        ("!pt == 0", [True, True, True, True]),
+        ("!is_fwd + 1", [1.0, 2.0, 2.0, 1.0]),  # (!is_fwd) + 1
+        ("!(is_fwd + 1)", [False, False, False, False]),
+        ("!!is_fwd", [True, False, False, True]),
+        ("-pt > -30 && !is_fwd", [False, False, False, False]),
+        ("pt > 20 && !is_fwd || eta > 1.5", [False, True, True, True]),
     ],
 )
 def test_evaluates_root_style_expressions(text, expected):
@@ -54,6 +62,8 @@ def test_unknown_branch_lists_the_closest_names():
         ("lambda: 1", "cannot read|construct"),
         ("[pt]", "cannot read"),
         ("", "empty"),
+        ("20 < pt < 40", "chained comparison.*20 < pt && pt < 40"),
+        ("pt == eta == 1", "chained comparison"),
     ],
 )
 def test_rejects_anything_but_the_expression_language(text, message):

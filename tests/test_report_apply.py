@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import uproot
 from conftest import make_events, run_cli, write_root
+from sklearn.metrics import roc_auc_score
 from hhscan import config, dataset
 from hhscan.split import TEST
 
@@ -66,7 +67,8 @@ def test_loss_criterion_ranks_ascending(analysis, capsys, monkeypatch):
 def test_report_of_a_single_trial(analysis, capsys, monkeypatch):
     run_cli(["run", "--local", "--name", "one", "--max-trials", "1"], analysis.root, capsys, monkeypatch)
     code, out, err = run_cli(["report", "one"], analysis.root, capsys, monkeypatch)
-    assert code == 0, err and "top 1 of 1" in out
+    assert code == 0, err
+    assert "top 1 of 1" in out
     assert (analysis.root / "models" / "one_best.zip").exists()
 
 
@@ -83,7 +85,8 @@ def test_scored_root_outputs_hold_each_test_event_once_with_plain_keras_scores(r
         archive.extract("model.keras", analysis.root)
     plain = keras.saving.load_model(analysis.root / "model.keras")
     directory = analysis.root / "models" / "rep_best"
-    for index, name in enumerate(data.sample_names):
+    scores = {}
+    for name in data.sample_names:
         with uproot.open(directory / f"{name}.root") as handle:
             tree = handle["Events"]
             arrays = tree.arrays(library="np")
@@ -97,7 +100,22 @@ def test_scored_root_outputs_hold_each_test_event_once_with_plain_keras_scores(r
         np.testing.assert_allclose(arrays["x1"], data.features[selected, 0])  # unscaled inputs
         reference = plain.predict(data.features[selected], verbose=0)[:, 0]
         np.testing.assert_allclose(arrays["score"], reference, rtol=1e-5, atol=1e-6)
-        assert index >= 0
+        assert arrays["njet_2"].dtype == np.uint8 and arrays["x1"].dtype == np.float32  # inputs keep their dtype
+        scores[name] = (arrays["score"], arrays["label"], arrays["learning_weight"], arrays["yield_weight"])
+        with uproot.open(directory / f"{name}.root") as handle:
+            assert str(handle["label_classes"]) == "0:background;1:signal"
+    assert {p.stem for p in directory.glob("*.root")} == set(data.sample_names)
+    # Per-background AUCs: signal vs each background sample, on the test split, against scikit-learn.
+    signal = [scores[n] for n in data.sample_names if n.startswith("hh")]
+    for name in ("tt_2016", "tt_2017", "dy_2016"):
+        parts = [*signal, scores[name]]
+        y = np.concatenate([p[1] for p in parts])
+        expected = roc_auc_score(y == 1, np.concatenate([p[0] for p in parts]),
+                                 sample_weight=np.concatenate([p[2] for p in parts]))  # fmt: skip
+        assert f"test_auc_signal_vs_sample_{name} {expected:.4f}" in out
+    # The test files' yield weights sum to each sample's whole expected yield (the test split scaled up).
+    for summary in data.summaries:
+        assert scores[summary.name][3].sum() == pytest.approx(summary.expected_events, rel=1e-5)
     plots = {p.name for p in directory.glob("*.png")}
     assert {"roc.png", "overtraining.png", "significance.png", "training.png", "inputs.png"} <= plots
     assert "test_auc" in out

@@ -154,8 +154,10 @@ def test_shipped_example_runs_end_to_end(example, capsys, monkeypatch):
     assert code == 0, err
     found, _ = Workspace(example.root).scan("local").records()
     assert len(found) == 2 and all(r.done for r in found.values())
-    # The label branch never reaches the inputs.
-    assert "Type" not in next(iter(found.values())).hyperparameters
+    # The label branch never reaches the inputs: not among the model's features, and the scaler has 17 of them.
+    record = next(iter(found.values()))
+    metadata = artifacts.read_metadata(Workspace(example.root).scan("local").model_path(record.trial_id))
+    assert "Type" not in metadata["feature_names"] and len(metadata["feature_names"]) == 17
     assert all(0.55 < r.value < 0.9 for r in found.values())
 
 
@@ -201,3 +203,23 @@ def test_a_trial_resumes_from_its_epoch_checkpoint(analysis, tmp_path):
     # Resuming is continuing: the same four epochs as one uninterrupted run.
     uninterrupted = training.train(longer, data, parameters)
     np.testing.assert_allclose(resumed.history["val_loss"], uninterrupted.history["val_loss"], rtol=1e-5)
+
+
+def test_a_record_from_an_older_hhscan_still_reads():
+    """Columns added later default; the checksum still guards the cells that are there."""
+    import csv
+    import io
+
+    record = records.TrialRecord(trial_id="abc", status="DONE", repetition=0, hyperparameters={"a": 1},
+                                 criterion="val_auc", value=0.7, metrics={"val_auc": 0.7})  # fmt: skip
+    rows = list(csv.reader(io.StringIO(records.to_csv(record))))
+    keep = [i for i, name in enumerate(rows[0][:-1]) if name not in ("training_settings", "fold")]
+    cells = [rows[1][i] for i in keep]
+    old = io.StringIO()
+    writer = csv.writer(old, lineterminator="\n")
+    writer.writerow([rows[0][i] for i in keep] + ["checksum"])
+    writer.writerow([*cells, records._checksum(cells)])
+    assert records.from_csv(old.getvalue()) == record
+    tampered = old.getvalue().replace("0.7", "0.9")
+    with pytest.raises(records.CorruptRecord, match="checksum"):
+        records.from_csv(tampered)
