@@ -76,7 +76,7 @@ def test_learning_weights_follow_the_physics(analysis):
 def test_physical_yields_for_every_process_signal_included(analysis):
     """Yield = w × xsec × lumi / Σw (× Σw passing the cut / Σw kept: the dropped negative weights' share)."""
     data, sample_list = load(analysis)
-    for index, sample in enumerate(sample_list.samples):
+    for sample in sample_list.samples:
         columns = raw(analysis, sample.path.name)
         passing = (columns["x2"] > -6) & ~(columns["njet"] > 4)
         keep = passing & (columns["weight"] > 0)
@@ -120,7 +120,7 @@ def test_a_signal_without_cross_section_has_no_yields_and_says_why(analysis):
 def test_a_background_alone_in_its_class_needs_no_cross_section(analysis3):
     """DY is alone in class DY: its normalisation cancels in equalisation. TT has two samples: it needs one."""
     (analysis3.data / "xsec_2016.json").write_text('{"tt_2016.root": 800.0}')
-    data, sample_list = load(analysis3)
+    data, _ = load(analysis3)
     dy = data.sample_index == data.sample_names.index("dy_2016")
     columns = raw(analysis3, "dy_2016.h5")
     w = columns["weight"][expected_selection(columns)]

@@ -90,7 +90,7 @@ def test_significance_criterion_without_signal_cross_section_is_refused(analysis
 def test_a_diverged_trial_fails_and_is_never_ranked_or_exported(analysis, capsys, monkeypatch):
     analysis.edit_parameters(hyperparameters={"learning_rate": [0.01, 1.0e30], "layers": [3], "neurons": [16]},
                              training={"early_stopping": {"monitor": "val_auc"}})  # fmt: skip
-    scan, _, out = _scan(analysis, "nan", capsys, monkeypatch)
+    scan, _, _ = _scan(analysis, "nan", capsys, monkeypatch)
     found = scan.records()[0]
     by_rate = {r.hyperparameters["learning_rate"]: r for r in found.values()}
     diverged = by_rate[1.0e30]
@@ -138,7 +138,7 @@ def test_report_ranks_every_trial_by_the_current_criterion(analysis, capsys, mon
 
 
 def test_what_changes_a_trials_result_is_refused_and_what_does_not_is_accepted(analysis, capsys, monkeypatch):
-    scan, _, _ = _scan(analysis, "same", capsys, monkeypatch)
+    _scan(analysis, "same", capsys, monkeypatch)
     # 0 vs 0.0 and a reordered list: the same trials, accepted with nothing to run.
     analysis.edit_parameters(hyperparameters={"l2": [0], "dropout": [0], "learning_rate": [0.003, 0.01]},
                              training={"reduce_lr": {"patience": 4}})  # fmt: skip
@@ -169,7 +169,7 @@ def test_truth_derived_columns_are_refused_as_inputs(analysis, capsys, monkeypat
 def test_an_input_that_alone_separates_the_classes_is_named(analysis, capsys, monkeypatch):
     # The event number: signal files were generated with lower numbers than every background file.
     analysis.edit_samples(inputs=["x1", "abs(x2)", "event"])
-    scan, data, out = _scan(analysis, "leaky", capsys, monkeypatch, "--max-trials", "1")
+    _, data, out = _scan(analysis, "leaky", capsys, monkeypatch, "--max-trials", "1")
     train = data.partition == TRAIN
     column = data.feature_names.index("event")
     auc = roc_auc_score(data.labels[train] == 1, data.features[train, column],

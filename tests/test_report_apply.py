@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import uproot
 from conftest import make_events, run_cli, write_root
-from sklearn.metrics import roc_auc_score
 from hhscan import config, dataset
 from hhscan.split import TEST
+from sklearn.metrics import roc_auc_score
 
 
 @pytest.fixture
