@@ -97,7 +97,7 @@ def test_a_diverged_trial_fails_and_is_never_ranked_or_exported(analysis, capsys
     assert diverged.status == "FAIL" and "diverged at epoch 1" in diverged.error
     assert diverged.epochs_run == 1 and not scan.model_path(diverged.trial_id).exists()
     assert by_rate[0.01].done
-    code, out, err = run_cli(["report", "nan", "--no-plots"], analysis.root, capsys, monkeypatch)
+    code, _, err = run_cli(["report", "nan", "--no-plots"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     with open(analysis.root / "models" / "nan.csv") as handle:
         rows = list(csv.DictReader(handle))
