@@ -113,9 +113,12 @@ def test_scored_root_outputs_hold_each_test_event_once_with_plain_keras_scores(r
         expected = roc_auc_score(y == 1, np.concatenate([p[0] for p in parts]),
                                  sample_weight=np.concatenate([p[2] for p in parts]))  # fmt: skip
         assert f"test_auc_signal_vs_sample_{name} {expected:.4f}" in out
-    # The test files' yield weights sum to each sample's whole expected yield (the test split scaled up).
-    for summary in data.summaries:
-        assert scores[summary.name][3].sum() == pytest.approx(summary.expected_events, rel=1e-5)
+    # The test files' yield weights: each event's yield / its sample's test fraction (the whole yield, estimated).
+    for index, name in enumerate(data.sample_names):
+        mine = data.sample_index == index
+        test = mine & (data.partition == TEST)
+        expected = data.yield_weight[test].sum() * mine.sum() / test.sum()
+        assert scores[name][3].sum() == pytest.approx(expected, rel=1e-5)
     plots = {p.name for p in directory.glob("*.png")}
     assert {"roc.png", "overtraining.png", "significance.png", "training.png", "inputs.png"} <= plots
     assert "test_auc" in out
