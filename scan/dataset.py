@@ -362,7 +362,7 @@ def _common_dtypes(per_sample: list[list[str]]) -> list[str]:
     return [np.result_type(*map(np.dtype, column)).str for column in zip(*per_sample, strict=True)]
 
 
-LEAK_CHECK_EVENTS = 200_000
+LEAK_CHECK_EVENTS = 20_000  # an AUC near 0.99 is known to ±0.0005 from 20k events: plenty for a warning
 
 
 def input_separation(
@@ -371,7 +371,7 @@ def input_separation(
     """Each input's weighted AUC alone on the training split (one-vs-rest, the most separated class), ≥ 0.5.
 
     An input that alone separates the classes almost perfectly is a probable label leak. At most
-    ``LEAK_CHECK_EVENTS`` training events are used (every k-th), which is plenty for an AUC near 1.
+    ``LEAK_CHECK_EVENTS`` training events are used (every k-th): the check costs ~0.2 s whatever the data size.
     """
     from hhscan import metrics
 
