@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from hhscan import expr
+from hhscan import expr, hyperparameters
 from hhscan.errors import ConfigError, did_you_mean
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -152,18 +152,6 @@ class SampleList(_Strict):
 
 # ----------------------------------------------------------------------------------------------- parameters
 
-HYPERPARAMETERS = {
-    "layers": int,
-    "neurons": int,
-    "activation": str,
-    "dropout": float,
-    "l2": float,
-    "optimizer": str,
-    "learning_rate": float,
-    "batch_size": int,
-    "epochs": int,
-}
-OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax")
 CRITERIA = {
     "val_loss": "min",
     "val_auc": "max",
@@ -276,38 +264,8 @@ class Parameters(_Strict):
 
     @field_validator("hyperparameters", mode="before")
     @classmethod
-    def _lists(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        for key, values in value.items():
-            if not isinstance(values, list):
-                raise ValueError(
-                    f"hyperparameters.{key}: every value must be a list (write [{values!r}] for one value)"
-                )
-            if not values:
-                raise ValueError(f"hyperparameters.{key}: empty list")
-        unknown = [key for key in value if key not in HYPERPARAMETERS]
-        if unknown:
-            raise ValueError(
-                f"hyperparameters.{unknown[0]}: unknown hyperparameter "
-                f"({did_you_mean(unknown[0], HYPERPARAMETERS, 'hyperparameters')})"
-            )
-        missing = [key for key in HYPERPARAMETERS if key not in value]
-        if missing:
-            raise ValueError(f"hyperparameters: missing {', '.join(missing)}")
-        for key, values in value.items():
-            kind = HYPERPARAMETERS[key]
-            for item in values:
-                ok = isinstance(item, kind) or (kind is float and isinstance(item, int))
-                if not ok or isinstance(item, bool):
-                    raise ValueError(f"hyperparameters.{key}: {item!r} is not a {kind.__name__}")
-        for optimizer in value["optimizer"]:
-            if optimizer.lower() not in OPTIMIZERS:
-                raise ValueError(
-                    f"hyperparameters.optimizer: unknown optimizer '{optimizer}' "
-                    f"({did_you_mean(optimizer.lower(), OPTIMIZERS, 'optimizers')})"
-                )
-        return value
+    def _dictionary(cls, value: Any) -> Any:
+        return hyperparameters.check_dictionary(value)
 
     @field_validator("eval_criterion")
     @classmethod
@@ -361,6 +319,9 @@ def _validate(model: type[BaseModel], content: dict[str, Any], path: Path) -> An
             key = str(first["loc"][-1])
             raise ConfigError(f"{path}: unknown key '{location}' ({did_you_mean(key, valid, 'keys')})") from None
         message = first["msg"].removeprefix("Value error, ")
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, hyperparameters.InvalidHyperparameter):  # name the entry: hyperparameters.dropout
+            location, message = f"{location}.{cause.key}", cause.message
         if first["type"] == "missing":
             message = "required key is missing"
         where = f"{path}:{location}" if location else str(path)
