@@ -119,7 +119,7 @@ def run(
     if finished and not any(record.done for record in finished):
         raise HhscanError(
             f"all {len(finished)} trial(s) of scan '{name}' failed: their errors are in the FAIL records under "
-            f"{prepared.scan.output_dir} ('hhscan status {name}' lists them)"
+            f"{prepared.scan.output_dir.absolute()} ('hhscan status {name}' lists them)"
         )
 
 

@@ -84,7 +84,7 @@ def read_assignments(path: Path, meta_path: Path | None = None) -> dict[str, np.
     """The persisted assignments of ``splits/NAME.npz``; a damaged file is a :class:`SplitError` naming it."""
     meta_path = meta_path or path.with_suffix(".json")
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:  # closed on any error
             assignments = {name: arrays[name] for name in arrays.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise SplitError(_unreadable(path, error, path, meta_path)) from None
