@@ -137,6 +137,8 @@ def apply_model(
     path = resolve_model(workspace, model_name)
     metadata = artifacts.read_metadata(path)
     parameters, sample_list = load_model_config(path)
+    # Refuse unknown or training samples before loading the model (seconds), not after.
+    selected = _selected_samples(sample_list, output_keys, force) if output_keys else []
     model.choose_backend("auto")  # a .keras model loads on any backend
     keras_model, _ = artifacts.load_model_zip(path)
     model.keep_tensorflow_out()
@@ -145,7 +147,7 @@ def apply_model(
     result = ApplyResult(model=path)
     suffix = ".root" if file_format == "root" else ".h5"
     if output_keys:
-        for sample in _selected_samples(sample_list, output_keys, force):
+        for sample in selected:
             target = out_dir / f"{sample.name}{suffix}"
             result.events[sample.name] = _apply_streaming(keras_model, metadata, sample_list, sample, target,
                                                           file_format, chunk_size)  # fmt: skip

@@ -6,6 +6,7 @@ Errors a user can fix print one line and exit 1; ``--debug`` shows the traceback
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +42,43 @@ def _console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
 
+def _text(value: object) -> str:
+    """A name, path or message printed literally: '[/' in it is not rich markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
+# A scan name becomes a directory (slurm/NAME) and a Slurm job name: no path separators, no leading dot or dash.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check_name(name: str | None) -> None:
+    if name is not None and not _NAME.fullmatch(name):
+        raise HhscanError(
+            f"--name {name!r}: a scan name may contain only letters, digits, '_', '.', '-' and must not start "
+            f"with '.' or '-' (it names a directory under slurm/ and the Slurm jobs)"
+        )
+
+
+def _check_count(option: str, value: int | None, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise HhscanError(f"{option} {value}: must be {minimum} or more")
+
+
+def _check_writable(workspace: Path, name: str | None) -> None:
+    """Every directory a run writes to, checked before any data is read or trial run."""
+    from hhscan.fileio import require_writable
+    from hhscan.scandir import ScanDirectory, Workspace
+
+    space = Workspace(workspace)
+    directories = [space.scans, space.splits, space.cache]
+    if name is not None:
+        scan = ScanDirectory(space.scans / name)
+        directories += [scan.root, scan.output_dir, scan.logs_dir, scan.root / "config", scan.root / "checkpoints"]
+    require_writable(directories)
+
+
 def _load(parameters_path: Path, samples: Path | None):
     from hhscan import config
 
@@ -61,18 +99,28 @@ def run(
     """Run a scan's missing trials locally (a rerun skips trials already done)."""
     if not local:
         raise HhscanError("'hhscan run' runs on this machine: add --local (use 'hhscan submit' for Slurm)")
+    _check_name(name)
+    _check_count("--max-trials", max_trials, 0)
     from hhscan import session
     from hhscan import views as console_views
 
     console = _console()
     params, sample_list = _load(parameters, samples)
+    _check_writable(Path(workspace), name)
     prepared = session.prepare(params, sample_list, Path(workspace), name, kind="local")
     _print_data(console, prepared)
     todo = prepared.scan.missing()[: max_trials if max_trials is not None else None]
-    console.print(f"scan [bold]{name}[/]: {len(prepared.trials)} trials, {len(todo)} to run → {prepared.scan.root}")
+    console.print(
+        f"scan [bold]{name}[/]: {len(prepared.trials)} trials, {len(todo)} to run → {_text(prepared.scan.root)}"
+    )
     with console_views.TrialProgress(console, len(todo)) as progress:
-        session.run_local(prepared, [t.id for t in todo], on_trial_end=progress.advance)
+        finished = session.run_local(prepared, [t.id for t in todo], on_trial_end=progress.advance)
     console_views.print_scan_leaderboard(console, prepared.scan)
+    if finished and not any(record.done for record in finished):
+        raise HhscanError(
+            f"all {len(finished)} trial(s) of scan '{name}' failed: their errors are in the FAIL records under "
+            f"{prepared.scan.output_dir.absolute()} ('hhscan status {name}' lists them)"
+        )
 
 
 @app.command()
@@ -85,10 +133,14 @@ def submit(
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Submit a new scan to Slurm through submitit, N trials per job."""
+    _check_name(name)
+    _check_count("--split", split, 1)
     from hhscan import session, slurm
 
     console = _console()
     params, sample_list = _load(parameters, samples)
+    if not dry_run:
+        _check_writable(Path(workspace), name)
     slurm.resource_parameters(params.slurm)  # unknown resources fail before any data is read
     slurm.check_reachable()
     prepared = session.prepare(
@@ -110,7 +162,7 @@ def _print_data(console, prepared) -> None:
 def _print_submission(console, name: str, groups: list[list[str]], jobs: list[dict], dry_run: bool) -> None:
     trials = sum(len(g) for g in groups)
     if dry_run:
-        console.print(f"scan [bold]{name}[/]: would submit {trials} trial(s) in {len(groups)} job(s):")
+        console.print(f"scan [bold]{_text(name)}[/]: would submit {trials} trial(s) in {len(groups)} job(s):")
         for group in groups:
             console.print("  " + " ".join(group))
         return
@@ -119,8 +171,8 @@ def _print_submission(console, name: str, groups: list[list[str]], jobs: list[di
         return
     arrays = sorted({str(j["job_id"]).split("_")[0] for j in jobs})
     console.print(
-        f"scan [bold]{name}[/]: submitted {trials} trial(s) in {len(jobs)} job(s) (arrays {', '.join(arrays)}); "
-        f"logs under {Path(jobs[0]['stdout']).parent.parent}"
+        f"scan [bold]{_text(name)}[/]: submitted {trials} trial(s) in {len(jobs)} job(s) (arrays {', '.join(arrays)}); "
+        f"logs under {_text(Path(jobs[0]['stdout']).parent.parent)}"
     )
 
 
@@ -136,9 +188,13 @@ def resubmit(
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Submit only the missing (failed, timed out, cancelled, never run) trials into the same scan."""
+    _check_name(name)
+    _check_count("--split", split, 1)
     from hhscan import session
 
     console = _console()
+    if not dry_run:
+        _check_writable(Path(workspace), name)
     prepared, status, groups, jobs = session.resubmit(Path(workspace), name, split, skip_failed, dry_run, parameters)
     counts = ", ".join(f"{s} {status.count(s)}" for s in ("done", "failed", "running", "pending", "missing"))
     console.print(f"scan [bold]{prepared.scan.name}[/]: {counts}")
@@ -190,12 +246,16 @@ def report(
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Rank all trials: top-N table, models/NAME.csv, plots under models/NAME/, best model models/NAME_best.zip."""
+    _check_name(name)
+    _check_count("--top", top, 0)
     from hhscan import views as console_views
+    from hhscan.fileio import require_writable
     from hhscan.report import make_report
     from hhscan.scandir import Workspace
 
     console = _console()
     space = Workspace(Path(workspace))
+    require_writable([space.models])
     if criterion is not None:
         from hhscan import config
 
@@ -204,11 +264,11 @@ def report(
     records = {r.trial_id: r for r in result.ranked + result.failed}
     console_views.print_leaderboard(console, result.scan, result.criterion, records, result.corrupt, top)
     console_views.print_input_warnings(console, result.probable_leaks, result.leak_threshold)
-    console.print(f"all trials ranked: {result.csv_path}")
+    console.print(f"all trials ranked: {_text(result.csv_path)}")
     if result.plot_paths:
-        console.print(f"plots: {result.plot_paths[0].parent}/ ({len(result.plot_paths)} files)")
+        console.print(f"plots: {_text(result.plot_paths[0].parent)}/ ({len(result.plot_paths)} files)")
     if result.best_zip:
-        console.print(f"best model: {result.best_zip} (also 'hhscan test --model best')")
+        console.print(f"best model: {_text(result.best_zip)} (also 'hhscan test --model best')")
 
 
 @app.command("test")
@@ -224,24 +284,30 @@ def test_model(
 ) -> None:
     """Apply a model to the test split (or to other samples): scored ROOT/HDF5 files and evaluation plots."""
     from hhscan.apply import apply_model
+    from hhscan.fileio import require_writable
     from hhscan.scandir import Workspace
 
     console = _console()
+    require_writable([directory if directory is not None else Path(workspace) / "models"])
     result = apply_model(Workspace(Path(workspace)), model, output or None, file_format, directory, force)
     for key, path in result.outputs.items():
-        console.print(f"{key}: {result.events[key]} events → {path}")
+        console.print(f"{_text(key)}: {result.events[key]} events → {_text(path)}")
     if result.metrics:
         console.print("  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     for note in result.notes:
         console.print(note, markup=False)
     if result.plots:
-        console.print(f"plots: {result.plots[0].parent}/ ({len(result.plots)} files)")
+        console.print(f"plots: {_text(result.plots[0].parent)}/ ({len(result.plots)} files)")
 
 
 def main() -> None:
-    debug = "--debug" in sys.argv
+    # Every error says "rerun with --debug": accept it anywhere on the command line, not only before the command.
+    arguments = sys.argv[1:]
+    debug = "--debug" in arguments
+    if debug:
+        arguments = ["--debug", *(a for a in arguments if a != "--debug")]
     try:
-        app()
+        app(args=arguments)
     except HhscanError as error:
         if debug:
             raise

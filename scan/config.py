@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from hhscan import criteria, expr
+from hhscan import criteria, expr, hyperparameters
 from hhscan.errors import ConfigError, did_you_mean
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -47,12 +47,20 @@ def _column_name(text: str) -> str:
     return name or "var"
 
 
+def _positive(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"must be a positive number, got {value:g}")
+    return value
+
+
 class Era(_Strict):
-    """Per era: luminosity and where cross-sections and Σweights come from (JSON files keyed by file name)."""
+    """Per era: luminosity and where cross-sections and Σweights come from (JSON, see ``XSEC_LAYOUTS``)."""
 
     lumi: float = 1.0
-    xsec: str | dict[str, float] | None = None
-    event_weight_sum: str | dict[str, float] | None = None
+    xsec: str | dict[str, Any] | None = None
+    event_weight_sum: str | dict[str, Any] | None = None
+
+    _lumi = field_validator("lumi")(_positive)
 
 
 class SampleGroup(_Strict):
@@ -69,6 +77,8 @@ class SampleGroup(_Strict):
     xsec: float | None = None
     event_weight_sum: float | None = None
     training: bool = True
+
+    _numbers = field_validator("xsec", "event_weight_sum")(_positive)
 
     @field_validator("files", mode="before")
     @classmethod
@@ -139,6 +149,14 @@ class SampleList(_Strict):
     source: Path = Path("sample_list.yaml")
     samples: list[Sample] = []
 
+    @field_validator("class_weight_factors")
+    @classmethod
+    def _factors(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, factor in value.items():
+            if not (math.isfinite(factor) and factor > 0):
+                raise ValueError(f"the factor of class '{name}' must be a positive number, got {factor:g}")
+        return value
+
     @field_validator("inputs", mode="before")
     @classmethod
     def _inputs(cls, value: Any) -> Any:
@@ -182,18 +200,6 @@ class SampleList(_Strict):
 
 # ----------------------------------------------------------------------------------------------- parameters
 
-HYPERPARAMETERS = {
-    "layers": int,
-    "neurons": int,
-    "activation": str,
-    "dropout": float,
-    "l2": float,
-    "optimizer": str,
-    "learning_rate": float,
-    "batch_size": int,
-    "epochs": int,
-}
-OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax")
 
 
 class SplitSettings(_Strict):
@@ -216,8 +222,13 @@ class SplitSettings(_Strict):
                 f"split ratios train+validation+test must sum to 1, got "
                 f"{self.train}+{self.validation}+{self.test}={sum(ratios):g}"
             )
-        if self.train <= 0 or self.validation <= 0:
-            raise ValueError("train and validation ratios must be positive")
+        for partition, ratio, why in (
+            ("train", self.train, "the trials train on it"),
+            ("validation", self.validation, "trials are ranked and stopped on it"),
+            ("test", self.test, "'hhscan test' scores it"),
+        ):
+            if ratio <= 0:
+                raise ValueError(f"{partition} is {ratio:g}: every partition needs events ({why})")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ValueError(f"split name '{self.name}' may contain only letters, digits, '_', '.', '-'")
         return self
@@ -299,38 +310,8 @@ class Parameters(_Strict):
 
     @field_validator("hyperparameters", mode="before")
     @classmethod
-    def _lists(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        for key, values in value.items():
-            if not isinstance(values, list):
-                raise ValueError(
-                    f"hyperparameters.{key}: every value must be a list (write [{values!r}] for one value)"
-                )
-            if not values:
-                raise ValueError(f"hyperparameters.{key}: empty list")
-        unknown = [key for key in value if key not in HYPERPARAMETERS]
-        if unknown:
-            raise ValueError(
-                f"hyperparameters.{unknown[0]}: unknown hyperparameter "
-                f"({did_you_mean(unknown[0], HYPERPARAMETERS, 'hyperparameters')})"
-            )
-        missing = [key for key in HYPERPARAMETERS if key not in value]
-        if missing:
-            raise ValueError(f"hyperparameters: missing {', '.join(missing)}")
-        for key, values in value.items():
-            kind = HYPERPARAMETERS[key]
-            for item in values:
-                ok = isinstance(item, kind) or (kind is float and isinstance(item, int))
-                if not ok or isinstance(item, bool):
-                    raise ValueError(f"hyperparameters.{key}: {item!r} is not a {kind.__name__}")
-        for optimizer in value["optimizer"]:
-            if optimizer.lower() not in OPTIMIZERS:
-                raise ValueError(
-                    f"hyperparameters.optimizer: unknown optimizer '{optimizer}' "
-                    f"({did_you_mean(optimizer.lower(), OPTIMIZERS, 'optimizers')})"
-                )
-        return value
+    def _dictionary(cls, value: Any) -> Any:
+        return hyperparameters.check_dictionary(value)
 
     @field_validator("eval_criterion")
     @classmethod
@@ -389,6 +370,9 @@ def _validate(model: type[BaseModel], content: dict[str, Any], path: Path) -> An
             key = str(first["loc"][-1])
             raise ConfigError(f"{path}: unknown key '{location}' ({did_you_mean(key, valid, 'keys')})") from None
         message = first["msg"].removeprefix("Value error, ")
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, hyperparameters.InvalidHyperparameter):  # name the entry: hyperparameters.dropout
+            location, message = f"{location}.{cause.key}", cause.message
         if first["type"] == "missing":
             message = "required key is missing"
         where = f"{path}:{location}" if location else str(path)
@@ -436,27 +420,59 @@ def samples_path(parameters: Parameters) -> Path:
     return (parameters.source.parent / parameters.samples).resolve()
 
 
-def _json_table(value: str | dict[str, float] | None, base: Path, where: str) -> dict[str, float]:
+XSEC_LAYOUTS = (
+    '{"<file name, file stem or group name>": number, ...} or '
+    '{"<file name, file stem or group name>": {"xsec": number, "event_weight_sum": number}, ...}'
+)
+
+
+def _json_table(value: str | dict[str, Any] | None, base: Path, where: str, quantity: str) -> dict[str, float]:
+    """One quantity (``xsec`` or ``event_weight_sum``) by name, from a JSON file or an inline mapping.
+
+    Two layouts are read: flat (name → number) or one object per process (name → {xsec, event_weight_sum}), so
+    one file may hold both quantities. Anything else is refused naming the file and the key.
+    """
     if value is None:
         return {}
+    source = where
     if isinstance(value, dict):
-        return value
-    path = (base / value).resolve()
-    if not path.is_file():
-        raise ConfigError(f"{where}: file '{path}' not found")
-    try:
-        table = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        table: Any = value
+    else:
+        path = (base / value).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{where}: file '{path}' not found")
+        try:
+            table = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        source = str(path)
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: expected an object keyed by file name")
-    return table
+        raise ConfigError(f"{source}: expected an object, laid out as {XSEC_LAYOUTS}")
+    result = {}
+    for key, entry in table.items():
+        label = key
+        if isinstance(entry, dict):
+            if quantity not in entry:
+                if {"xsec", "event_weight_sum"} & set(entry):
+                    continue  # this process gives the other quantity only
+                raise ConfigError(
+                    f"{source}: key '{key}' holds neither 'xsec' nor 'event_weight_sum' "
+                    f"({did_you_mean(quantity, entry, 'keys')}); expected {XSEC_LAYOUTS}"
+                )
+            entry, label = entry[quantity], f"{key}.{quantity}"
+        if isinstance(entry, bool) or not isinstance(entry, (int, float)):
+            raise ConfigError(f"{source}: '{label}' is {json.dumps(entry)}, not a number; expected {XSEC_LAYOUTS}")
+        if not (math.isfinite(entry) and entry > 0):
+            raise ConfigError(f"{source}: '{label}' is {entry:g}: {quantity} must be positive")
+        result[key] = float(entry)
+    return result
 
 
-def _lookup(table: dict[str, float], file: Path) -> float | None:
-    for key in (file.name, file.stem):
-        if key in table:
-            return float(table[key])
+def _lookup(table: dict[str, float], file: Path, group: str | None) -> float | None:
+    """A file's value: by file name, file stem, or its group's name (then the same for every file of the group)."""
+    for key in (file.name, file.stem, group):
+        if key is not None and key in table:
+            return table[key]
     return None
 
 
@@ -466,8 +482,8 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
     tables: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
     for name, era in sample_list.eras.items():
         tables[name] = (
-            _json_table(era.xsec, path.parent, f"{path}:eras.{name}.xsec"),
-            _json_table(era.event_weight_sum, path.parent, f"{path}:eras.{name}.event_weight_sum"),
+            _json_table(era.xsec, path.parent, f"{path}:eras.{name}.xsec", "xsec"),
+            _json_table(era.event_weight_sum, path.parent, f"{path}:eras.{name}.event_weight_sum", "event_weight_sum"),
         )
     for index, group in enumerate(sample_list.groups):
         where = f"{path}:groups.{index}"
@@ -489,8 +505,10 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
             name = group.name if group.name and len(files) == 1 else file.stem
             if group.era and group.era not in name:
                 name = f"{name}_{group.era}"
-            xsec = group.xsec if group.xsec is not None else _lookup(xsecs, file)
-            weight_sum = group.event_weight_sum if group.event_weight_sum is not None else _lookup(sums, file)
+            xsec = group.xsec if group.xsec is not None else _lookup(xsecs, file, group.name)
+            weight_sum = (
+                group.event_weight_sum if group.event_weight_sum is not None else _lookup(sums, file, group.name)
+            )
             if not is_signal and group.training:
                 backgrounds.append((where, file, xsecs, group.class_name, xsec is None))
             if xsec is not None and (weight_sum is None or weight_sum <= 0):
@@ -523,8 +541,8 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
         if missing and per_class[class_name] > 1:
             raise ConfigError(
                 f"{where}: no cross-section for background file '{file.name}', one of {per_class[class_name]} "
-                f"samples of class '{class_name}' (give xsec: in the group or a key '{file.name}' in the era's xsec "
-                f"JSON; {did_you_mean(file.name, xsecs, 'keys')})"
+                f"samples of class '{class_name}' (give xsec: in the group, or a key '{file.name}', '{file.stem}' or "
+                f"the group's name in the era's xsec JSON; {did_you_mean(file.name, xsecs, 'keys')})"
             )
     return samples
 
@@ -565,18 +583,29 @@ def _cross_check(sample_list: SampleList, path: Path) -> None:
                 f"{path}:inputs.{index}: '{variable.expr}' uses '{truth[0]}', which is derived from the truth "
                 f"(the class of each sample): it would leak the label into the inputs"
             )
+        numbers = [v for v in variable.one_hot or [] if not isinstance(v, str)]
+        if numbers and parsed.branches == (variable.expr.strip(),) and variable.expr.strip().startswith("$"):
+            raise ConfigError(
+                f"{path}:inputs.{index}: '{variable.expr}' is text but its one_hot lists the number {numbers[0]}: "
+                f"quote it (one_hot: [\"{numbers[0]}\"])"
+            )
         if sample_list.label_branch and sample_list.label_branch in parsed.branches:
             raise ConfigError(
                 f"{path}:inputs.{index}: '{variable.expr}' uses the label branch '{sample_list.label_branch}': "
                 f"the truth label must never be an input"
             )
-    for key, text in [("cut", sample_list.cut), ("weight", sample_list.weight)]:
-        if text:
-            expr.parse(text, where=f"{path}:{key}")
+    expressions = [(key, text) for key, text in [("cut", sample_list.cut), ("weight", sample_list.weight)] if text]
     for index, group in enumerate(sample_list.groups):
-        for key in ("cut", "weight"):
-            if getattr(group, key):
-                expr.parse(getattr(group, key), where=f"{path}:groups.{index}.{key}")
+        expressions += [(f"groups.{index}.{k}", getattr(group, k)) for k in ("cut", "weight") if getattr(group, k)]
+    for key, text in expressions:
+        parsed = expr.parse(text, where=f"{path}:{key}")
+        text_columns = [b for b in parsed.branches if b.startswith("$")]
+        if text_columns:
+            # $sample, $era, $tag and $class are text; expressions compute on numbers only.
+            raise ConfigError(
+                f"{path}:{key}: '{text}' uses '{text_columns[0]}', a text column that can only be a one-hot input; "
+                f"select by sample with the groups' own cut: instead"
+            )
 
 
 def _first_duplicate(items: list[str]) -> str:

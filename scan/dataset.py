@@ -58,6 +58,8 @@ class SampleArrays:
     other: dict[str, np.ndarray]
     fingerprint: split.SelectionFingerprint
     summary: SampleSummary
+    # Per one-hot input, the distinct values of its expression among the selected events.
+    categories: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +164,12 @@ def read_sample(
         )
     except (TypeError, ValueError) as error:
         raise DataError(f"{where}: cannot evaluate cut or weight ({error})") from None
+    not_finite = int(np.count_nonzero(~np.isfinite(event_weight) & selection))
+    if not_finite:  # an error in the expression, never an event to drop as "weight ≤ 0"
+        raise DataError(
+            f"{where}: weight '{sample.weight}' is NaN or infinite in {not_finite} of the {int(selection.sum())} "
+            f"events passing the cut: fix the expression or cut those events away"
+        )
     n_cut = int(np.count_nonzero(selection))
     cut_passing = selection
     if apply_selection and n_cut == 0:
@@ -171,7 +179,7 @@ def read_sample(
         if not np.any(positive & selection):
             raise DataError(f"{where}: all {n_cut} selected events have weight ≤ 0 (weight '{sample.weight}')")
         selection = selection & positive
-    features, dtypes = _features(sample_list, parsed, columns, selection, where)
+    features, dtypes, categories = _features(sample_list, parsed, columns, selection, where)
     summary = SampleSummary(
         name=sample.name,
         file=str(sample.path),
@@ -196,6 +204,7 @@ def read_sample(
         other=other,
         fingerprint=split.SelectionFingerprint.of(sample.path.stat().st_size, selection),
         summary=summary,
+        categories=categories,
     )
 
 
@@ -205,10 +214,12 @@ def _features(
     columns: Mapping[str, np.ndarray],
     selection: np.ndarray,
     where: str,
-) -> tuple[np.ndarray, list[str]]:
-    """The input columns (float32, column-major) and each column's dtype as read (one-hot columns: uint8)."""
+) -> tuple[np.ndarray, list[str], dict[str, list[Any]]]:
+    """The input columns (float32, column-major), each column's dtype as read (one-hot columns: uint8), and per
+    one-hot input the distinct values it took."""
     blocks = []
     dtypes: list[str] = []
+    categories: dict[str, list[Any]] = {}
     for variable, expression in zip(sample_list.inputs, parsed, strict=True):
         try:
             values = np.broadcast_to(expression.evaluate(columns, where), selection.shape)[selection]
@@ -221,6 +232,8 @@ def _features(
             dtypes.append("bool" if values.dtype.kind == "b" else values.dtype.str)
         else:
             numeric = values.dtype.kind in "biuf"
+            _check_one_hot_values(variable.name, variable.one_hot, numeric, where)
+            categories[variable.name] = np.unique(values).tolist()
             for value in variable.one_hot:
                 hot = np.isclose(values, float(value)) if numeric else values.astype(str) == str(value)
                 blocks.append(hot.astype(np.float32))
@@ -233,7 +246,43 @@ def _features(
         count = int((~finite[:, bad_column]).sum())
         name = sample_list.feature_names[bad_column]
         raise DataError(f"{where}: input '{name}' is NaN or infinite in {count} selected events; cut them away")
-    return features, dtypes
+    return features, dtypes, categories
+
+
+def _check_one_hot_values(name: str, listed: list[Any], numeric: bool, where: str) -> None:
+    """Text categories on a numeric input (or numbers on a text one) would silently match nothing."""
+    if numeric:
+        text = [v for v in listed if isinstance(v, str)]
+        if text:
+            raise DataError(
+                f"{where}: one-hot input '{name}' is numeric but its one_hot lists the text {text[0]!r}: "
+                f"list numbers (one_hot: [2, 3, 4])"
+            )
+    else:
+        numbers = [v for v in listed if not isinstance(v, str)]
+        if numbers:
+            raise DataError(
+                f"{where}: one-hot input '{name}' is text but its one_hot lists the number {numbers[0]}: "
+                f"quote it (one_hot: [\"{numbers[0]}\"])"
+            )
+
+
+def check_categories(sample_list: SampleList, parts: list[SampleArrays]) -> None:
+    """Every listed one-hot category must occur in the training samples: an all-zero column learns nothing."""
+    for variable in sample_list.inputs:
+        if variable.one_hot is None:
+            continue
+        present = sorted({value for part in parts for value in part.categories.get(variable.name, [])}, key=str)
+        shown = ", ".join(repr(p) if isinstance(p, str) else str(p) for p in present[:12])
+        shown += ", …" if len(present) > 12 else ""
+        for value in variable.one_hot:
+            numbers = np.asarray([p for p in present if not isinstance(p, str)], dtype=np.float64)
+            found = value in present if isinstance(value, str) else bool(np.isclose(numbers, float(value)).any())
+            if not found:
+                raise DataError(
+                    f"{sample_list.source}:inputs: one-hot input '{variable.name}' lists the category {value!r}, "
+                    f"which no training event has (values present: {shown})"
+                )
 
 
 def cache_key(sample_list: SampleList, split_settings: SplitSettings) -> str:
@@ -280,6 +329,7 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
         split_settings.seed,
     )
     parts = [read_sample(sample_list, sample) for sample in sample_list.training_samples]
+    check_categories(sample_list, parts)
     assignments = {p.sample.name: store.assignment(p.sample.name, p.fingerprint) for p in parts}
     store.save()
     labels = np.concatenate([np.full(len(p.event_weight), class_names.index(p.sample.class_name), np.int32)
@@ -448,6 +498,6 @@ def _split_file_unchanged(splits_dir: Path, settings: SplitSettings, dataset: Da
     npz_path = splits_dir / f"{settings.name}.npz"
     if not npz_path.exists() or not (splits_dir / f"{settings.name}.json").exists():
         return False
-    with np.load(npz_path) as stored:
-        actual = split.checksum({n: stored[n] for n in dataset.sample_names if n in stored.files})
+    stored = split.read_assignments(npz_path)
+    actual = split.checksum({n: stored[n] for n in dataset.sample_names if n in stored})
     return actual == dataset.split_checksum

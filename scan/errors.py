@@ -33,6 +33,10 @@ class ScanError(HhscanError):
     """A scan directory is missing, inconsistent or refuses the requested action."""
 
 
+class WorkspaceError(HhscanError):
+    """A directory hhscan must write to is not writable."""
+
+
 class BackendError(HhscanError):
     """Slurm (or another executor) is unreachable or refused a submission."""
 

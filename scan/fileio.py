@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+from hhscan.errors import WorkspaceError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -38,3 +41,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def require_writable(directories: Iterable[Path]) -> None:
+    """Refuse before any work when a directory (or, if it does not exist yet, the nearest existing parent that
+    would hold it) cannot be written: a read-only ``models/`` must not surface after minutes of training."""
+    for directory in directories:
+        existing = Path(directory).absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise WorkspaceError(f"{existing}: not a directory, but hhscan needs to write under {directory}")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise WorkspaceError(f"{existing}: not writable (hhscan writes under {directory}): fix its permissions")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from hhscan import hyperparameters
 from hhscan.trial import Trial
 
 # Up to this many trials are packed whole without probing: on 2 CPU cores the cost per trial of the example
@@ -16,9 +17,9 @@ from hhscan.trial import Trial
 DEFAULT_PACK_SIZE = 16
 
 
-def step_structure(trial: Trial) -> tuple[int, int]:
-    """What trials of one pack must share: batch size and number of epochs."""
-    return int(trial.hyperparameters["batch_size"]), int(trial.hyperparameters["epochs"])
+def step_structure(trial: Trial) -> tuple[int, ...]:
+    """What trials of one pack must share: batch size and number of epochs (the registry's step-structure keys)."""
+    return hyperparameters.step_structure(trial.hyperparameters)
 
 
 def form_packs(trials: Sequence[Trial], pack_size: int) -> list[list[Trial]]:

@@ -92,7 +92,14 @@ def _read_hdf5(
         if isinstance(node, h5py.Group):  # a group of one dataset per variable
             available = [k for k in node if isinstance(node[k], h5py.Dataset)]
             _check_branches(path, dataset_name, branches, available, used_by)
-            total = len(node[available[0]]) if available else 0
+            lengths = {name: len(node[name]) for name in (branches or available[:1])}
+            if len(set(lengths.values())) > 1:  # one event per row: columns must line up
+                shortest, longest = min(lengths, key=lengths.get), max(lengths, key=lengths.get)
+                raise DataError(
+                    f"{path}:{dataset_name}: datasets of unequal length: '{longest}' has {lengths[longest]} entries, "
+                    f"'{shortest}' {lengths[shortest]}"
+                )
+            total = next(iter(lengths.values()), 0)
             start, stop = entries or (0, total)
             columns = {name: node[name][start:stop] for name in branches}
         elif node.dtype.names:  # one structured (compound) dataset
@@ -116,4 +123,7 @@ def _check_branches(
     for name in wanted:
         if name not in available:
             user = f"{used_by[name]} uses unknown branch" if name in used_by else "no branch"
-            raise DataError(f"{path}:{tree}: {user} '{name}' ({did_you_mean(name, available, 'branches')})")
+            hint = ""
+            if used_by.get(name, "").startswith("weight "):
+                hint = "; for files without event weights give their group weight: \"1\""
+            raise DataError(f"{path}:{tree}: {user} '{name}' ({did_you_mean(name, available, 'branches')}){hint}")

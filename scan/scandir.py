@@ -93,7 +93,7 @@ class ScanDirectory:
     def manifest(self) -> dict[str, Any]:
         if not self.exists:
             raise ScanError(f"{self.root}: not a scan directory (no scan.json)")
-        return json.loads(self.manifest_path.read_text())
+        return _read_json(self.manifest_path)
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
@@ -146,7 +146,7 @@ class ScanDirectory:
         return {f"config/{p.name}": p.read_text() for p in sorted(directory.iterdir()) if p.is_file()}
 
     def load_config(self) -> tuple[Parameters, SampleList]:
-        return config.from_snapshot(json.loads((self.root / "config" / "resolved.json").read_text()))
+        return config.from_snapshot(_read_json(self.root / "config" / "resolved.json"))
 
     def check_compatible(
         self, parameters: Parameters, split_checksum: str | None = None, data_fingerprint: str | None = None
@@ -220,3 +220,17 @@ class ScanDirectory:
         manifest = self.manifest()
         manifest["jobs"].extend(jobs)
         self._write_manifest(manifest)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A scan's own JSON file; a truncated or hand-damaged one is a :class:`ScanError` naming it."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ScanError(
+            f"{path}: unreadable ({' '.join(str(error).split())}): restore it from a backup, or start the scan "
+            f"again under another --name (its trial records under output/ stay valid)"
+        ) from None
+    if not isinstance(content, dict):
+        raise ScanError(f"{path}: not a scan file (expected a JSON object)")
+    return content

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,28 @@ def checksum(assignments: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _unreadable(path: Path, error: Exception, npz_path: Path, meta_path: Path) -> str:
+    return (
+        f"{path}: unreadable split file ({type(error).__name__}: {' '.join(str(error).split())}): delete "
+        f"{npz_path} and {meta_path} to make the split again (it is deterministic: the same settings and data give "
+        f"the same split, which the scans' split checksum then confirms)"
+    )
+
+
+def read_assignments(path: Path, meta_path: Path | None = None) -> dict[str, np.ndarray]:
+    """The persisted assignments of ``splits/NAME.npz``; a damaged file is a :class:`SplitError` naming it."""
+    meta_path = meta_path or path.with_suffix(".json")
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:  # closed on any error
+            assignments = {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise SplitError(_unreadable(path, error, path, meta_path)) from None
+    for name, values in assignments.items():
+        if values.ndim != 1 or values.dtype.kind not in "iu":
+            raise SplitError(_unreadable(path, ValueError(f"'{name}' is not an assignment"), path, meta_path))
+    return assignments
+
+
 class SplitStore:
     """The persisted split ``splits/<name>.npz`` (assignments) with ``<name>.json`` (settings, fingerprints)."""
 
@@ -92,16 +115,26 @@ class SplitStore:
                 f"split '{self.name}': {self.path} is missing but {self.meta_path} is there: restore it, or delete "
                 f"both to make the split again (it is deterministic: the same settings give the same split)"
             )
-        meta = json.loads(self.meta_path.read_text())
+        meta = self._read_meta()
         if tuple(meta["ratios"]) != tuple(self.ratios) or meta["seed"] != self.seed:
             raise SplitError(
                 f"split '{self.name}' ({self.meta_path}) was made with ratios {meta['ratios']} and seed "
                 f"{meta['seed']}, the parameters now ask for {list(self.ratios)} and seed {self.seed}: "
                 f"use a new split name or restore the settings"
             )
-        with np.load(self.path) as arrays:
-            self._assignments = {name: arrays[name] for name in arrays.files}
+        self._assignments = read_assignments(self.path, self.meta_path)
         self._fingerprints = meta["samples"]
+
+    def _read_meta(self) -> dict:
+        try:
+            meta = json.loads(self.meta_path.read_text())
+            if not isinstance(meta, dict) or not {"ratios", "seed", "samples"} <= set(meta):
+                raise ValueError("keys ratios, seed and samples expected")
+            for known in meta["samples"].values():
+                SelectionFingerprint(**known)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise SplitError(_unreadable(self.meta_path, error, self.path, self.meta_path)) from None
+        return meta
 
     def assignment(self, sample: str, fingerprint: SelectionFingerprint) -> np.ndarray:
         """The sample's assignment; made and remembered if new, checked against the data if known."""

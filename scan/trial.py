@@ -8,7 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from hhscan.config import HYPERPARAMETERS, Parameters
+from hhscan import hyperparameters as registry
+from hhscan.config import Parameters
 
 
 @dataclass(frozen=True)
@@ -23,19 +24,9 @@ class Trial:
 
 
 def canonical(hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters with canonical types, so 1 and 1.0 (or 'Adam' and 'adam') give the same id."""
-    result = {}
-    for key in sorted(hyperparameters):
-        value = hyperparameters[key]
-        kind = HYPERPARAMETERS.get(key)
-        if kind is float:
-            value = float(value)
-        elif kind is int:
-            value = int(value)
-        elif key == "optimizer":
-            value = str(value).lower()
-        result[key] = value
-    return result
+    """Hyperparameters with canonical types and defaults, so 1 and 1.0, 'Adam' and 'adam', or an omitted key and
+    its default, give the same id."""
+    return registry.canonical(hyperparameters)
 
 
 def trial_id(hyperparameters: dict[str, Any], repetition: int) -> str:

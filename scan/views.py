@@ -10,6 +10,7 @@ from hhscan.ranking import criterion_value, ranked, varying
 from hhscan.records import TrialRecord
 from hhscan.scandir import ScanDirectory
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -31,7 +32,8 @@ def print_summaries(
         table.add_column(column, justify="left" if column in ("sample", "class", "era") else "right")
     for s in summaries:
         table.add_row(
-            s.name, s.class_name, s.era or "–", _number(s.xsec), _number(s.event_weight_sum), _number(s.lumi),
+            escape(s.name), escape(s.class_name), escape(s.era or "–"), _number(s.xsec), _number(s.event_weight_sum),
+            _number(s.lumi),
             str(s.entries), str(s.selected), str(s.dropped_non_positive), str(s.used), _number(s.learning_weight_sum),
             _number(s.expected_events) if s.expected_events is not None else "no xsec",
         )  # fmt: skip
@@ -73,7 +75,7 @@ class TrialProgress:
                 + (f" as 1/{record.pack_size} of a pack)" if record.pack_size > 1 else ")")
             )
         else:
-            message = f"[red]{record.trial_id} FAIL[/] {record.error}"
+            message = f"[red]{record.trial_id} FAIL[/] {escape(record.error)}"  # '[/' in an error is text
         self.progress.console.print(message)
         self.progress.advance(self.task)
 
@@ -120,8 +122,9 @@ def print_leaderboard(
         for record in failed[:20]:
             where = f" job {record.job_id}" if record.job_id else ""
             log = f" log {record.log_path}" if record.log_path else ""
-            console.print(f"  {record.trial_id}{where}: {record.error}{log}")
+            console.print(escape(f"  {record.trial_id}{where}: {record.error}{log}"))
     if corrupt:
         console.print(
-            f"[yellow]{len(corrupt)} unreadable record file(s) counted as missing[/]: {', '.join(sorted(corrupt)[:5])}"
+            f"[yellow]{len(corrupt)} unreadable record file(s) counted as missing[/]: "
+            + escape(", ".join(sorted(corrupt)[:5]))
         )

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import make_events, run_cli, write_root
+from conftest import Analysis, build_analysis, make_events, run_cli, write_root
+from hhscan import artifacts, config, dataset, packing, trial
+from hhscan.scandir import ScanDirectory
 
 
 def _nan_inputs(analysis):
@@ -17,6 +28,21 @@ def _all_negative(analysis):
     events = make_events(50, -0.5, 4)
     events["weight"] = -np.abs(events["weight"])
     write_root(analysis.data / "tt_2017.root", {"Events": events})
+
+
+def _hp(**values):
+    return lambda analysis: analysis.edit_parameters(hyperparameters=values)
+
+
+def _unequal_h5(analysis):
+    import h5py
+
+    events = make_events(400, -0.2, 5)
+    (analysis.data / "dy_2016.h5").unlink()
+    with h5py.File(analysis.data / "dy_2016.h5", "w") as handle:
+        group = handle.create_group("events")
+        for name, values in events.items():
+            group.create_dataset(name, data=values[:-1] if name == "x1" else values)
 
 
 def _groups(analysis, index, **changes):
@@ -108,6 +134,108 @@ CASES = {
         lambda a: a.edit_samples(**_groups(a, 0, files="zz_*.root")),
         ["groups.0.files", "matches no file"],
     ),
+    # Hyperparameter values (every range of the registry is in tests/test_hyperparameters.py).
+    "epochs 0": (_hp(epochs=[0]), ["scan.yaml:hyperparameters.epochs: 0 is not in [1, ∞)"]),
+    "negative epochs": (_hp(epochs=[-5]), ["scan.yaml:hyperparameters.epochs: -5 is not in [1, ∞)"]),
+    "learning rate 0": (_hp(learning_rate=[0]), ["scan.yaml:hyperparameters.learning_rate: 0 is not in (0, ∞)"]),
+    "negative learning rate": (_hp(learning_rate=[-1e-3]), ["hyperparameters.learning_rate: -0.001 is not in (0"]),
+    "negative l2": (_hp(l2=[-0.5]), ["scan.yaml:hyperparameters.l2: -0.5 is not in [0, ∞)"]),
+    "batch size 0": (_hp(batch_size=[0]), ["scan.yaml:hyperparameters.batch_size: 0 is not in [1, ∞)"]),
+    "negative batch size": (_hp(batch_size=[-8]), ["hyperparameters.batch_size: -8 is not in [1, ∞)"]),
+    "neurons 0": (_hp(neurons=[8, 0]), ["scan.yaml:hyperparameters.neurons: 0 is not in [1, ∞)"]),
+    "dropout 1.5": (_hp(dropout=[1.5]), ["scan.yaml:hyperparameters.dropout: 1.5 is not in [0, 1)"]),
+    "misspelt activation": (
+        _hp(activation=["rellu"]),
+        ["hyperparameters.activation: unknown activation 'rellu'", "closest: relu"],
+    ),
+    "boolean for a number": (_hp(neurons=[True]), ["hyperparameters.neurons: True is not an integer"]),
+    # Values of the configuration files.
+    "no test events": (
+        lambda a: a.edit_parameters(split={"train": 0.8, "validation": 0.2, "test": 0}),
+        ["scan.yaml:split: test is 0", "'hhscan test' scores it"],
+    ),
+    "no validation events": (
+        lambda a: a.edit_parameters(split={"train": 1.0, "validation": 0, "test": 0}),
+        ["scan.yaml:split: validation is 0", "ranked"],
+    ),
+    "zero class factor": (
+        lambda a: a.edit_samples(class_weight_factors={"signal": 0}),
+        ["analysis.yaml:class_weight_factors: the factor of class 'signal' must be a positive number, got 0"],
+    ),
+    "negative class factor": (
+        lambda a: a.edit_samples(class_weight_factors={"background": -2}),
+        ["analysis.yaml:class_weight_factors", "'background'", "got -2"],
+    ),
+    "zero lumi": (
+        lambda a: a.edit_samples(eras={"2017": {"lumi": 0}}),
+        ["analysis.yaml:eras.2017.lumi: must be a positive number, got 0"],
+    ),
+    "negative group xsec": (
+        lambda a: a.edit_samples(**_groups(a, 3, xsec=-6000.0, event_weight_sum=2e7)),
+        ["analysis.yaml:groups.3.xsec: must be a positive number, got -6000"],
+    ),
+    "zero xsec in JSON": (
+        lambda a: (a.data / "xsec_2017.json").write_text('{"tt_2017.root": 0}'),
+        ["xsec_2017.json: 'tt_2017.root' is 0: xsec must be positive"],
+    ),
+    "nested xsec JSON": (
+        lambda a: (a.data / "xsec_2017.json").write_text('{"2017": {"tt_2017.root": 820}}'),
+        [
+            "xsec_2017.json: key '2017' holds neither 'xsec' nor 'event_weight_sum'",
+            '{"<file name, file stem or group name>": number, ...} or',
+            '{"xsec": number, "event_weight_sum": number}',
+        ],
+    ),
+    "xsec JSON with text": (
+        lambda a: (a.data / "xsec_2017.json").write_text('{"tt_2017.root": "820 pb"}'),
+        ["xsec_2017.json: 'tt_2017.root' is \"820 pb\", not a number; expected {"],
+    ),
+    "process object without a number": (
+        lambda a: (a.data / "xsec_2017.json").write_text('{"tt": {"xsec": null, "event_weight_sum": 1.6e6}}'),
+        ["xsec_2017.json: 'tt.xsec' is null, not a number"],
+    ),
+    "xsec JSON as a list": (
+        lambda a: (a.data / "xsec_2017.json").write_text("[820]"),
+        ["xsec_2017.json: expected an object, laid out as {"],
+    ),
+    "text one-hot values on a number": (
+        lambda a: a.edit_samples(inputs=["x1", {"name": "njet", "expr": "njet", "one_hot": ["two", "three"]}]),
+        ["hh_2016.root:Events: one-hot input 'njet' is numeric but its one_hot lists the text 'two'"],
+    ),
+    "numbers as one-hot values of $era": (
+        lambda a: a.edit_samples(inputs=["x1", {"name": "era", "expr": "$era", "one_hot": [2016, 2017]}]),
+        ["analysis.yaml:inputs.1: '$era' is text but its one_hot lists the number 2016", 'one_hot: ["2016"]'],
+    ),
+    "one-hot category absent": (
+        lambda a: a.edit_samples(inputs=["x1", {"name": "njet", "expr": "njet", "one_hot": [2, 3, 4, 7]}]),
+        [
+            "analysis.yaml:inputs: one-hot input 'njet' lists the category 7, which no training event has",
+            "(values present: 2, 3, 4)",
+        ],
+    ),
+    "$era category absent": (
+        lambda a: a.edit_samples(inputs=["x1", {"name": "era", "expr": "$era", "one_hot": ["2016", "2018"]}]),
+        ["one-hot input 'era' lists the category '2018'", "(values present: '', '2016', '2017')"],
+    ),
+    "$class in a cut": (
+        lambda a: a.edit_samples(cut="$class == 1"),
+        ["analysis.yaml:cut: '$class == 1' uses '$class', a text column that can only be a one-hot input"],
+    ),
+    "$sample in a group weight": (
+        lambda a: a.edit_samples(**_groups(a, 1, weight="weight * ($sample > 0)")),
+        ["analysis.yaml:groups.1.weight", "uses '$sample'"],
+    ),
+    "missing weight branch": (
+        lambda a: a.edit_samples(weight="genWeight"),
+        [
+            "hh_2016.root:Events: weight 'genWeight' uses unknown branch 'genWeight'",
+            'for files without event weights give their group weight: "1"',
+        ],
+    ),
+    "HDF5 datasets of unequal length": (
+        lambda a: _unequal_h5(a),
+        ["dy_2016.h5:events: datasets of unequal length: 'x2' has 400 entries, 'x1' 399"],
+    ),
 }
 
 
@@ -140,3 +268,208 @@ def test_a_bad_rerun_damages_nothing_already_written(analysis, capsys, monkeypat
     assert code == 1 and "NaN" in err
     after = {p: p.read_bytes() for p in analysis.root.rglob("*") if p.is_file() and "data" not in p.parts}
     assert after == before
+
+
+# ------------------------------------------------------------------ a finished scan, reset before each test
+
+
+def _cli_quietly(args: list[str], cwd: Path) -> int:
+    from hhscan import cli
+
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", ["hhscan", *args])
+        try:
+            cli.main()
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def _pristine(tmp_path_factory) -> tuple[Path, Path]:
+    """A scan 'keep' run and reported once per module; tests get a copy at the same path (caches stay valid)."""
+    base = tmp_path_factory.mktemp("finished")
+    analysis = build_analysis(base / "project")
+    assert _cli_quietly(["run", "--local", "--name", "keep"], analysis.root) == 0
+    assert _cli_quietly(["report", "keep", "--no-plots"], analysis.root) == 0
+    shutil.copytree(analysis.root, base / "pristine", symlinks=True)
+    return analysis.root, base / "pristine"
+
+
+@pytest.fixture
+def finished(_pristine) -> Analysis:
+    root, pristine = _pristine
+    if root.exists():
+        for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+            directory.chmod(0o755)
+        shutil.rmtree(root)
+    shutil.copytree(pristine, root, symlinks=True)
+    return Analysis(root, root / "parameters" / "scan.yaml", root / "sample_lists" / "analysis.yaml", root / "data")
+
+
+def _files(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _one_error_line(code: int, err: str, *fragments: str) -> str:
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hhscan: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    assert "Traceback" not in err
+    return lines[0]
+
+
+OPTIONS = {
+    "negative --max-trials": (["run", "--local", "--name", "keep", "--max-trials", "-1"],
+                              ["--max-trials -1: must be 0 or more"]),
+    "name escaping slurm/": (["run", "--local", "--name", "../escape"],
+                             ["--name '../escape': a scan name may contain only letters, digits"]),
+    "hidden name": (["run", "--local", "--name", ".keep"], ["--name '.keep'", "must not start with '.' or '-'"]),
+    "name with a slash": (["submit", "--name", "a/b", "--dry-run"], ["--name 'a/b'"]),
+    "resubmit outside slurm/": (["resubmit", "../keep", "--dry-run"], ["--name '../keep'"]),
+    "negative --top": (["report", "keep", "--top", "-3"], ["--top -3: must be 0 or more"]),
+    "zero --split": (["submit", "--name", "new", "--split", "0"], ["--split 0: must be 1 or more"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OPTIONS))
+def test_bad_options_are_refused_and_nothing_is_written(case, finished, capsys, monkeypatch):
+    args, fragments = OPTIONS[case]
+    before = _files(finished.root.parent)
+    code, _, err = run_cli(args, finished.root, capsys, monkeypatch)
+    _one_error_line(code, err, *fragments)
+    assert _files(finished.root.parent) == before
+    assert not (finished.root / "escape").exists() and not (finished.root / "slurm" / "a").exists()
+
+
+def test_debug_is_accepted_after_the_command(analysis, capsys, monkeypatch):
+    analysis.edit_samples(cut="x3 > 0")
+    code, _, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
+    assert "rerun with --debug" in _one_error_line(code, err) or code == 1
+    with pytest.raises(Exception, match="uses unknown branch 'x3'"):
+        run_cli(["run", "--local", "--debug"], analysis.root, capsys, monkeypatch)
+
+
+def test_every_trial_failing_exits_1_and_error_text_prints_literally(tmp_path, capsys, monkeypatch):
+    # A workspace named "proj[" puts "[/" into paths and errors: rich must print them, not parse them as markup.
+    analysis = build_analysis(tmp_path / "proj[")
+    trials = trial.expand(config.load_parameters(analysis.parameters))
+    scan = ScanDirectory(analysis.root / "slurm" / "bad")
+    for pack in [trials, *([t] for t in trials)]:  # the pack, then each trial alone: a directory, not a checkpoint
+        (scan.checkpoint_dir(packing.pack_key(pack)) / "pack.npz").mkdir(parents=True)
+    args = ["run", "--local", "--name", "bad", "--workspace", str(analysis.root)]  # absolute paths in errors
+    code, out, err = run_cli(args, analysis.root, capsys, monkeypatch)
+    _one_error_line(code, err, "all 2 trial(s) of scan 'bad' failed", f"under {scan.output_dir}", "hhscan status bad")
+    printed = " ".join(out.split())  # rich wraps long lines
+    assert f"IsADirectoryError: [Errno 21] Is a directory: '{scan.root}/checkpoints/" in printed
+    assert f"to run → {scan.root}" in printed
+    records, corrupt = scan.records()
+    assert sorted(records) == sorted(t.id for t in trials) and not corrupt
+    assert all(r.status == "FAIL" and "[/" in r.error for r in records.values())
+
+
+def _as_unprivileged(args: list[str], cwd: Path) -> tuple[int, str]:
+    """The CLI in a subprocess that file permissions bind: root keeps no right to write into read-only dirs."""
+    command = [sys.executable, "-m", "hhscan.cli", *args]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *command]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stderr
+
+
+READ_ONLY = {
+    "slurm/ for a new scan": ("slurm", ["run", "--local", "--name", "new"]),
+    "the scan's output/ with a trial to run": ("slurm/keep/output", ["run", "--local", "--name", "keep"]),
+    "splits/": ("splits", ["run", "--local", "--name", "new"]),
+    "cache/": ("cache", ["run", "--local", "--name", "new"]),
+    "slurm/ on submit": ("slurm", ["submit", "--name", "new"]),
+    "models/ on report": ("models", ["report", "keep"]),
+    "models/ on test": ("models", ["test", "--model", "best"]),
+    "test --dir": ("scored", ["test", "--model", "best", "--dir", "scored"]),
+}
+
+
+@pytest.mark.parametrize("case", list(READ_ONLY))
+def test_read_only_directories_are_refused_before_any_work(case, finished):
+    relative, args = READ_ONLY[case]
+    directory = finished.root / relative
+    directory.mkdir(exist_ok=True)
+    if relative == "slurm/keep/output":  # one trial left to run: its record could never be written
+        next(directory.glob("*.csv")).unlink()
+    before = _files(finished.root)
+    directory.chmod(0o555)
+    try:
+        code, err = _as_unprivileged(args, finished.root)
+    finally:
+        directory.chmod(0o755)
+    _one_error_line(code, err, f"{directory}: not writable")
+    assert _files(finished.root) == before
+
+
+CORRUPT = {
+    "truncated scan.json": ("slurm/keep/scan.json", "slurm/keep/scan.json: unreadable ("),
+    "corrupt split .npz": ("splits/unit.npz", "splits/unit.npz: unreadable split file ("),
+    "corrupt split .json": ("splits/unit.json", "splits/unit.json: unreadable split file ("),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_damaged_files_of_a_scan_are_one_line_naming_them(case, finished, capsys, monkeypatch):
+    relative, fragment = CORRUPT[case]
+    damaged = finished.root / relative
+    damaged.write_bytes(damaged.read_bytes()[: len(damaged.read_bytes()) // 2])
+    if relative == "splits/unit.json":
+        shutil.rmtree(finished.root / "cache")  # the cached arrays would not need the split's settings
+    before = _files(finished.root)
+    code, _, err = run_cli(["run", "--local", "--name", "keep"], finished.root, capsys, monkeypatch)
+    _one_error_line(code, err, fragment)
+    if relative.startswith("splits"):
+        assert "delete" in err and "unit.npz and" in err
+    assert _files(finished.root) == before
+
+
+def test_unknown_output_key_is_refused_before_the_model_loads(finished, capsys, monkeypatch):
+    best = next((finished.root / "slurm" / "keep" / "output").glob("*.zip"))
+    broken = finished.root / "broken.zip"
+    with zipfile.ZipFile(best) as source, zipfile.ZipFile(broken, "w") as target:
+        for item in source.infolist():
+            target.writestr(item, b"not a keras file" if item.filename == "model.keras" else source.read(item))
+    with pytest.raises(Exception):  # noqa: B017 - loading it fails somewhere inside Keras: it is never reached
+        artifacts.load_model_zip(broken)
+    before = _files(finished.root)
+    code, _, err = run_cli(["test", "--model", str(broken), "--output", "hh_2O16"], finished.root, capsys, monkeypatch)
+    _one_error_line(code, err, "--output hh_2O16: no such sample in analysis.yaml", "closest: hh_2016")
+    code, _, err = run_cli(["test", "--model", str(broken), "--output", "hh_2016"], finished.root, capsys, monkeypatch)
+    _one_error_line(code, err, "--output hh_2016: this sample was used in training")
+    assert _files(finished.root) == before
+
+
+def test_nan_weight_is_an_error_naming_the_expression(analysis, capsys, monkeypatch):
+    import uproot
+
+    analysis.edit_samples(weight="sqrt(weight)")  # the 10% negative weights give NaN
+    events = uproot.open(analysis.data / "hh_2016.root")["Events"].arrays(library="np")
+    passing = (events["x2"] > -6) & ~(events["njet"] > 4)
+    nan = int(np.count_nonzero(passing & (events["weight"] < 0)))
+    assert nan > 0
+    code, _, err = run_cli(["run", "--local", "--name", "bad"], analysis.root, capsys, monkeypatch)
+    _one_error_line(code, err, "hh_2016.root:Events: weight 'sqrt(weight)' is NaN or infinite in "
+                    f"{nan} of the {int(passing.sum())} events passing the cut")  # fmt: skip
+    assert not (analysis.root / "slurm").exists()
+
+
+def test_a_file_without_weights_takes_weight_1(analysis):
+    """The fix the missing-weight error suggests: the group's weight "1" weighs every event 1."""
+    events = make_events(60, -0.5, 4)
+    del events["weight"]
+    write_root(analysis.data / "tt_2017.root", {"Events": events})
+    analysis.edit_samples(**_groups(analysis, 2, weight="1"))
+    sample_list = config.load_sample_list(analysis.sample_list)
+    sample = next(s for s in sample_list.samples if s.path.name == "tt_2017.root")
+    arrays = dataset.read_sample(sample_list, sample)
+    passing = (events["x2"] > -6) & ~(events["njet"] > 4)
+    assert arrays.summary.used == int(passing.sum()) and arrays.summary.dropped_non_positive == 0
+    np.testing.assert_array_equal(arrays.event_weight, np.ones(int(passing.sum())))

@@ -1,0 +1,173 @@
+"""The hyperparameters a scan may vary: one typed entry each, with its default and its valid values.
+
+This table is the only place that knows them: the configuration checks values against it (before any data is
+read), trial ids hash the canonical values it gives (defaults filled in, so omitting a key is the same as writing
+its default), and packing asks it which ones shape a pack's training steps. It imports nothing heavy, so the
+configuration stays instant to load; a test compares ``ACTIVATIONS`` with ``keras.activations`` so it cannot rot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hhscan.errors import did_you_mean
+
+OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax")
+# keras.activations usable as a Dense layer's activation (a function of x alone that keeps the width); Keras also
+# has "threshold" (needs extra arguments) and "glu" (halves the width), which a hidden layer cannot take here.
+ACTIVATIONS = (
+    "celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh",
+    "leaky_relu", "linear", "log_sigmoid", "log_softmax", "mish", "relu", "relu6", "selu", "sigmoid", "silu",
+    "soft_shrink", "softmax", "softplus", "softsign", "sparse_plus", "sparse_sigmoid", "sparsemax", "squareplus",
+    "swish", "tanh", "tanh_shrink",
+)  # fmt: skip
+KERAS_ACTIVATIONS_LEFT_OUT = ("glu", "threshold")
+
+
+class InvalidHyperparameter(ValueError):
+    """A value the registry refuses; ``key`` is the hyperparameter, so the message can name ``file:key``."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One entry: its type, default and valid values; ``step_structure`` if a pack's trials must share it."""
+
+    name: str
+    kind: type
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | None = None
+    case_insensitive: bool = False
+    step_structure: bool = False
+
+    @property
+    def domain(self) -> str:
+        """The valid values in words: an interval ``[0, 1)`` or the list of choices."""
+        if self.choices is not None:
+            return ", ".join(self.choices)
+        low = "-∞" if self.low is None else _number(self.low)
+        high = "∞" if self.high is None else _number(self.high)
+        opening = "(" if self.low_open or self.low is None else "["
+        closing = ")" if self.high_open or self.high is None else "]"
+        return f"{opening}{low}, {high}{closing}"
+
+    def canonical(self, value: Any) -> Any:
+        """The value with the entry's type (1 → 1.0 for a float, 'Adam' → 'adam'): what trial ids hash."""
+        if self.kind is float:
+            return float(value)
+        if self.kind is int:
+            return int(value)
+        if self.kind is bool:
+            return bool(value)
+        text = str(value)
+        return text.lower() if self.case_insensitive else text
+
+    def check(self, value: Any) -> Any:
+        """The value as written if valid (a numeric string for a float becomes a number), else InvalidHyperparameter."""
+        value = self._typed(value)
+        if self.choices is not None:
+            name = value.lower() if self.case_insensitive else value
+            if name not in self.choices:
+                raise InvalidHyperparameter(
+                    self.name, f"unknown {self.name} '{value}' ({did_you_mean(name, self.choices, self.name + 's')})"
+                )
+        if self.kind in (int, float):
+            inside = math.isfinite(value)
+            if self.low is not None:
+                inside = inside and (value > self.low if self.low_open else value >= self.low)
+            if self.high is not None:
+                inside = inside and (value < self.high if self.high_open else value <= self.high)
+            if not inside:
+                raise InvalidHyperparameter(self.name, f"{_number(value)} is not in {self.domain}")
+        return value
+
+    def _typed(self, value: Any) -> Any:
+        wrong = InvalidHyperparameter(self.name, f"{value!r} is not {_ARTICLE[self.kind]}")
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise wrong
+            return value
+        if isinstance(value, bool):  # True is an int to Python, never a number to a physicist
+            raise wrong
+        if self.kind is int:
+            if not isinstance(value, int):
+                raise wrong
+            return value
+        if self.kind is float:
+            if isinstance(value, str):  # YAML reads 1e-3 (no dot) as text
+                try:
+                    return float(value)
+                except ValueError:
+                    raise wrong from None
+            if not isinstance(value, (int, float)):
+                raise wrong
+            return value
+        if not isinstance(value, str):
+            raise wrong
+        return value
+
+
+_ARTICLE = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+REGISTRY: dict[str, Hyperparameter] = {
+    entry.name: entry
+    for entry in (
+        # 0 hidden layers is a logistic (or softmax) regression on the scaled inputs: it builds and trains.
+        Hyperparameter("layers", int, 2, low=0),
+        Hyperparameter("neurons", int, 64, low=1),
+        Hyperparameter("activation", str, "relu", choices=ACTIVATIONS),
+        Hyperparameter("dropout", float, 0.0, low=0, high=1, high_open=True),
+        Hyperparameter("l2", float, 0.0, low=0),
+        Hyperparameter("optimizer", str, "adam", choices=OPTIMIZERS, case_insensitive=True),
+        Hyperparameter("learning_rate", float, 0.001, low=0, low_open=True),
+        Hyperparameter("batch_size", int, 256, low=1, step_structure=True),
+        Hyperparameter("epochs", int, 20, low=1, step_structure=True),
+    )
+}
+# What the trials of one pack must share, in this order (batch size, epochs).
+STEP_STRUCTURE = tuple(name for name, entry in REGISTRY.items() if entry.step_structure)
+
+
+def check_dictionary(dictionary: Any) -> Any:
+    """A scan's dictionary, checked value by value, with every omitted key filled with ``[default]``."""
+    if not isinstance(dictionary, Mapping):
+        return dictionary  # the model's own type check says it is not a mapping
+    for key, values in dictionary.items():
+        if key not in REGISTRY:
+            raise InvalidHyperparameter(
+                str(key), f"unknown hyperparameter ({did_you_mean(str(key), REGISTRY, 'hyperparameters')})"
+            )
+        if not isinstance(values, list):
+            raise InvalidHyperparameter(key, f"every value must be a list (write [{values!r}] for one value)")
+        if not values:
+            raise InvalidHyperparameter(key, "empty list")
+    checked = {key: [REGISTRY[key].check(value) for value in values] for key, values in dictionary.items()}
+    checked.update({name: [entry.default] for name, entry in REGISTRY.items() if name not in checked})
+    return checked
+
+
+def canonical(point: Mapping[str, Any]) -> dict[str, Any]:
+    """One grid point with canonical types and defaults filled in, keys sorted (unknown keys kept as they are)."""
+    full = {**{name: entry.default for name, entry in REGISTRY.items()}, **point}
+    return {key: REGISTRY[key].canonical(full[key]) if key in REGISTRY else full[key] for key in sorted(full)}
+
+
+def step_structure(point: Mapping[str, Any]) -> tuple[int, ...]:
+    """The values that shape a pack's training steps (batch size, epochs)."""
+    return tuple(int(point.get(name, REGISTRY[name].default)) for name in STEP_STRUCTURE)

@@ -1,0 +1,123 @@
+"""The hyperparameter registry: types, defaults, ranges, activations against Keras, trial ids and packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hhscan import config, hyperparameters, packing, trial
+from hhscan.errors import ConfigError
+from hhscan.hyperparameters import REGISTRY
+
+FULL = {"layers": 2, "neurons": 64, "activation": "relu", "dropout": 0.0, "l2": 0.0, "optimizer": "adam",
+        "learning_rate": 0.001, "batch_size": 256, "epochs": 20}  # fmt: skip
+
+
+def _load(analysis, **hp):
+    analysis.edit_parameters(hyperparameters=hp)
+    return config.load_parameters(analysis.parameters)
+
+
+def test_registry_names_the_hyperparameters_the_model_reads():
+    assert list(REGISTRY) == list(FULL)
+    assert {name: entry.default for name, entry in REGISTRY.items()} == FULL
+    assert hyperparameters.STEP_STRUCTURE == ("batch_size", "epochs")  # training unpacks them in this order
+
+
+def test_omitted_keys_take_their_default_and_the_same_trial_id(analysis):
+    analysis.edit_parameters(hyperparameters=None)
+    analysis.edit_parameters(hyperparameters={"learning_rate": [0.001]})
+    short = config.load_parameters(analysis.parameters)
+    analysis.edit_parameters(hyperparameters={k: [v] for k, v in FULL.items()})
+    full = config.load_parameters(analysis.parameters)
+    assert short.hyperparameters == full.hyperparameters == {k: [v] for k, v in FULL.items()}
+    assert short.dictionary_hash() == full.dictionary_hash()
+    assert [t.id for t in trial.expand(short)] == [t.id for t in trial.expand(full)]
+    # An omitted key hashes as its default, also for a point built by hand (the golden id is in test_scan_local).
+    assert trial.trial_id({"learning_rate": 0.001}, 0) == trial.trial_id(FULL, 0)
+
+
+def test_values_keep_their_spelling_but_hash_canonically(analysis):
+    parameters = _load(analysis, l2=[0], optimizer=["Adam"], learning_rate=["1e-3"])
+    # As written (the dictionary hash of an existing scan must not move), except YAML's 1e-3, read as text.
+    assert parameters.hyperparameters["l2"] == [0] and parameters.hyperparameters["optimizer"] == ["Adam"]
+    assert parameters.hyperparameters["learning_rate"] == [0.001]
+    (only,) = trial.expand(parameters)
+    assert only.hyperparameters["l2"] == 0.0 and isinstance(only.hyperparameters["l2"], float)
+    assert only.hyperparameters["optimizer"] == "adam" and only.hyperparameters["learning_rate"] == 0.001
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epochs", 0, "0 is not in [1, ∞)"),
+        ("epochs", -5, "-5 is not in [1, ∞)"),
+        ("learning_rate", 0, "0 is not in (0, ∞)"),
+        ("learning_rate", -0.01, "-0.01 is not in (0, ∞)"),
+        ("learning_rate", ".nan", "nan is not in (0, ∞)"),
+        ("l2", -0.1, "-0.1 is not in [0, ∞)"),
+        ("batch_size", 0, "0 is not in [1, ∞)"),
+        ("batch_size", -256, "-256 is not in [1, ∞)"),
+        ("neurons", 0, "0 is not in [1, ∞)"),
+        ("layers", -1, "-1 is not in [0, ∞)"),
+        ("dropout", 1.5, "1.5 is not in [0, 1)"),
+        ("dropout", 1.0, "1 is not in [0, 1)"),
+        ("dropout", -0.1, "-0.1 is not in [0, 1)"),
+        ("neurons", True, "True is not an integer"),
+        ("neurons", 64.5, "64.5 is not an integer"),
+        ("learning_rate", False, "False is not a number"),
+        ("learning_rate", "fast", "'fast' is not a number"),
+        ("activation", "relux", "unknown activation 'relux' (closest: relu"),
+        ("activation", 3, "3 is not a string"),
+        ("optimizer", "adamm", "unknown optimizer 'adamm' (closest: adam"),
+    ],
+)
+def test_out_of_range_values_are_one_line_naming_the_key(analysis, key, value, message):
+    analysis.edit_parameters(hyperparameters={key: [FULL[key], value]})
+    if value == ".nan":
+        analysis.parameters.write_text(analysis.parameters.read_text().replace("'.nan'", ".nan"))
+    with pytest.raises(ConfigError) as caught:
+        config.load_parameters(analysis.parameters)
+    assert str(caught.value).startswith(f"{analysis.parameters}:hyperparameters.{key}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_boundary_values_are_accepted(analysis):
+    parameters = _load(analysis, layers=[0], dropout=[0.0, 0.99], l2=[0.0], epochs=[1], batch_size=[1], neurons=[1],
+                       learning_rate=[1e-12])  # fmt: skip
+    assert parameters.hyperparameters["layers"] == [0]
+
+
+def test_activations_are_exactly_the_usable_keras_ones():
+    import keras
+    from keras.src.activations import ALL_OBJECTS_DICT
+
+    public = {name for name in dir(keras.activations) if not name.startswith("_")} - {"get", "serialize", "deserialize"}
+    assert set(ALL_OBJECTS_DICT) == public
+    assert set(hyperparameters.ACTIVATIONS) | set(hyperparameters.KERAS_ACTIVATIONS_LEFT_OUT) == public
+    assert not set(hyperparameters.ACTIVATIONS) & set(hyperparameters.KERAS_ACTIVATIONS_LEFT_OUT)
+    x = np.linspace(-2, 2, 15, dtype=np.float32).reshape(3, 5)
+    for name in hyperparameters.ACTIVATIONS:  # each works as a hidden layer of odd width
+        layer = keras.layers.Dense(5, activation=name)
+        out = keras.ops.convert_to_numpy(layer(x))
+        assert out.shape == (3, 5) and np.isfinite(out).all(), name
+    for name in hyperparameters.KERAS_ACTIVATIONS_LEFT_OUT:
+        with pytest.raises(Exception):  # noqa: B017 - what each raises is Keras's business: it must not build
+            out = keras.layers.Dense(5, activation=name)(x)
+            assert keras.ops.convert_to_numpy(out).shape == (3, 5)
+
+
+def test_zero_hidden_layers_builds_a_regression_on_the_scaled_inputs():
+    from hhscan import model
+
+    net = model.build_model({**FULL, "layers": 0}, 3, 2, np.zeros(3), np.ones(3))
+    assert [layer.name for layer in net.layers] == ["inputs", "scaler", "score"]
+    assert net.predict(np.ones((4, 3), np.float32), verbose=0).shape == (4, 1)
+
+
+def test_packing_groups_by_the_registrys_step_structure():
+    points = [{**FULL, "batch_size": b, "epochs": e, "neurons": n} for b in (64, 128) for e in (1, 2) for n in (4, 8)]
+    trials = [trial.Trial(trial.trial_id(p, 0), trial.canonical(p), 0) for p in points]
+    packs = packing.form_packs(trials, 16)
+    assert len(packs) == 4 and all(len(p) == 2 for p in packs)
+    assert {packing.step_structure(p[0]) for p in packs} == {(64, 1), (64, 2), (128, 1), (128, 2)}
+    assert packing.step_structure(trial.Trial("x", {"neurons": 4}, 0)) == (256, 20)  # defaults
