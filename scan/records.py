@@ -49,6 +49,7 @@ class TrialRecord:
     log_path: str = ""
     host: str = ""
     finished_at: str = ""
+    attempt: str = ""  # the lease attempt that wrote it (see leases.py)
 
     @property
     def done(self) -> bool:
@@ -86,14 +87,16 @@ def from_csv(text: str) -> TrialRecord:
     # A long training's history is one large cell (2500 epochs > the csv module's default 128 KiB per field).
     csv.field_size_limit(2**31 - 1)
     rows = list(csv.reader(io.StringIO(text)))
-    if len(rows) != 2 or rows[0] != [*_COLUMNS, "checksum"] or len(rows[1]) != len(_COLUMNS) + 1:
+    # Records from before a column was added lack it: any in-order subset of the columns is read, with defaults.
+    header = rows[0][:-1] if len(rows) == 2 and rows[0] and rows[0][-1] == "checksum" else []
+    if not header or header != [c for c in _COLUMNS if c in header] or len(rows[1]) != len(header) + 1:
         raise CorruptRecord("not a complete trial record")
     cells, checksum = rows[1][:-1], rows[1][-1]
     if _checksum(cells) != checksum:
         raise CorruptRecord("checksum mismatch (truncated or edited)")
     values: dict[str, Any] = {}
     types = {name: f.type for name, f in TrialRecord.__dataclass_fields__.items()}
-    for column, cell in zip(_COLUMNS, cells, strict=True):
+    for column, cell in zip(header, cells, strict=True):
         if column in _JSON_FIELDS or cell == "null":
             values[column] = json.loads(cell)
         elif types[column] in ("int", "int | None"):

@@ -8,6 +8,7 @@ fingerprint, code version) and only ever appended to (job ids). Local and Slurm 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,30 @@ class ScanDirectory:
             if record is None or not (record.done or (skip_failed and record.status == "FAIL")):
                 result.append(trial)
         return result
+
+    def litter(self, min_age_s: float = 600.0) -> list[Path]:
+        """What an unfinished write or a finished trial left behind: checkpoints of DONE trials, and temporary
+        files (``.*.tmp``, staged ``.*.zip``, lease ``.*.claim``) untouched for ``min_age_s``."""
+        records, _ = self.records()
+        found = [p for p in sorted((self.root / "checkpoints").glob("*/*")) if p.parent.name in records
+                 and records[p.parent.name].done]  # fmt: skip
+        now = time.time()
+        for pattern in (".*.tmp", "output/.*.zip", "leases/.*.claim"):
+            for path in self.root.rglob(pattern) if pattern.startswith(".") else self.root.glob(pattern):
+                try:
+                    if now - path.stat().st_mtime >= min_age_s:
+                        found.append(path)
+                except FileNotFoundError:  # finished meanwhile
+                    continue
+        return found
+
+    def clean_litter(self) -> None:
+        """A finished scan keeps records, models, logs and configuration: checkpoints, leases and temporary
+        files go."""
+        for directory in ("checkpoints", "leases"):
+            shutil.rmtree(self.root / directory, ignore_errors=True)
+        for path in self.litter(min_age_s=0.0):
+            path.unlink(missing_ok=True)
 
     def add_jobs(self, jobs: list[dict[str, Any]]) -> None:
         manifest = self.manifest()
