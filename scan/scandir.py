@@ -7,9 +7,12 @@ fingerprint, code version) and only ever appended to (job ids). Local and Slurm 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +199,18 @@ class ScanDirectory:
             if record is None or not (record.done or (skip_failed and record.status == "FAIL")):
                 result.append(trial)
         return result
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the scan (``flock``; on NFS the client maps it to a POSIX lock, held by lockd
+        or the NFSv4 server) for checks that must be atomic with what follows: creation, submission."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".submit.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def litter(self, min_age_s: float = 600.0) -> list[Path]:
         """What an unfinished write or a finished trial left behind: checkpoints of DONE trials, and temporary

@@ -43,21 +43,29 @@ def prepare(
 
     workspace = Workspace(Path(workspace_root))
     scan = ScanDirectory(workspace.scans / name)
-    if must_be_new and scan.exists:
-        raise ScanError(
-            f"scan '{name}' already exists in {workspace.scans}: use 'hhscan resubmit {name}' to complete it, "
-            f"or another --name"
-        )
+
+    def refuse_existing() -> None:
+        if must_be_new and scan.exists:
+            raise ScanError(
+                f"scan '{name}' already exists in {workspace.scans}: use 'hhscan resubmit {name}' to complete it, "
+                f"or another --name"
+            )
+
+    refuse_existing()  # at once, before any data is read; again under the lock, where it is atomic with creating
     if must_exist and not scan.exists:
         workspace.scan(name)  # raises, listing the existing scans
     backend = model.choose_backend(parameters.training.backend)
     dataset = runner.prepare_dataset(parameters, sample_list, workspace)
     trials = trial.expand(parameters)
-    created = not scan.exists and create
-    if created:
-        scan.create(parameters, sample_list, trials, dataset.split_checksum, dataset.data_fingerprint,
-                    workspace, backend, kind)  # fmt: skip
-    elif scan.exists:
+    created = False
+    if create and (must_be_new or not scan.exists):
+        with scan.lock():
+            refuse_existing()
+            if not scan.exists:
+                scan.create(parameters, sample_list, trials, dataset.split_checksum, dataset.data_fingerprint,
+                            workspace, backend, kind)  # fmt: skip
+                created = True
+    if not created and scan.exists:
         scan.check_compatible(parameters, dataset.split_checksum, dataset.data_fingerprint)
         scan.write_config(parameters, sample_list)
     return PreparedScan(parameters, sample_list, workspace, scan, trials, dataset, backend, created)
