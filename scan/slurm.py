@@ -53,12 +53,12 @@ def resource_parameters(settings: SlurmSettings) -> dict[str, Any]:
     parameters: dict[str, Any] = {}
     for key, value in settings.resources.items():
         bare = key.removeprefix("slurm_")
-        if key in GENERIC:
-            parameters[key] = value
+        if key in GENERIC or bare == "max_num_timeout":
+            parameters["slurm_max_num_timeout" if bare == "max_num_timeout" else key] = value
         elif bare in valid_slurm:
             parameters[f"slurm_{bare}"] = value
         else:
-            valid = [*GENERIC, *valid_slurm]
+            valid = [*GENERIC, "max_num_timeout", *valid_slurm]
             raise BackendError(
                 f"slurm.resources.{key}: unknown Slurm resource ({did_you_mean(bare, valid, 'valid names')}; "
                 f"valid: {', '.join(valid)})"
@@ -145,7 +145,9 @@ def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmS
     # hand back another job's result pickles.
     submission = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
     name = job_name(scan)
-    executor = submitit.AutoExecutor(folder=scan.logs_dir / submission / "%j", cluster="slurm")
+    # How many timeouts a job is requeued after (submitit's default 3) is the executor's, not a job parameter.
+    requeues = {k: parameters.pop(k) for k in ("slurm_max_num_timeout",) if k in parameters}
+    executor = submitit.AutoExecutor(folder=scan.logs_dir / submission / "%j", cluster="slurm", **requeues)
     try:
         executor.update_parameters(name=name, **parameters)
     except ValueError as error:
