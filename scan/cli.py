@@ -147,6 +147,7 @@ def submit(
         params, sample_list, Path(workspace), name, kind="slurm", must_be_new=not dry_run, create=not dry_run
     )
     _print_data(console, prepared)
+    _warn_memory(params)
     groups, jobs = session.submit(prepared, split, prepared.trials, dry_run=dry_run)
     _print_submission(console, name, groups, jobs, dry_run)
 
@@ -157,6 +158,15 @@ def _print_data(console, prepared) -> None:
     units = prepared.sample_list.units
     console_views.print_summaries(console, prepared.dataset.summaries, prepared.backend, (units.xsec, units.lumi))
     console_views.print_input_warnings(console, prepared.probable_leaks, prepared.sample_list.leak_check.auc)
+
+
+def _warn_memory(params) -> None:
+    from hhscan import runner, slurm
+
+    # This process has done what a worker does before its first trial (imports, data): its size is the baseline.
+    warning = slurm.memory_warning(params.slurm, params.training.worker_memory_gb, runner.resident_memory_gb())
+    if warning:
+        print(f"hhscan: warning: {warning}", file=sys.stderr)
 
 
 def _print_submission(console, name: str, groups: list[list[str]], jobs: list[dict], dry_run: bool) -> None:
@@ -196,6 +206,7 @@ def resubmit(
     if not dry_run:
         _check_writable(Path(workspace), name)
     prepared, status, groups, jobs = session.resubmit(Path(workspace), name, split, skip_failed, dry_run, parameters)
+    _warn_memory(prepared.parameters)
     counts = ", ".join(f"{s} {status.count(s)}" for s in ("done", "failed", "running", "pending", "missing"))
     console.print(f"scan [bold]{prepared.scan.name}[/]: {counts}")
     _print_submission(console, prepared.scan.name, groups, jobs, dry_run)
@@ -204,35 +215,33 @@ def resubmit(
 @app.command()
 def status(
     name: Annotated[str | None, typer.Argument(help="Scan name (default: the latest scan).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Every trial, error and log path.")] = False,
+    watch: Annotated[
+        float | None, typer.Option("--watch", help="Refresh every N seconds until nothing runs (Ctrl-C stops).")
+    ] = None,
     workspace: WorkspaceOption = Path(),
 ) -> None:
-    """Done / failed / running / pending / missing trials, with error lines, job ids and logs."""
-    from hhscan import slurm
+    """Trials by state and job: running ones with their epoch and best value, jobs' time against their limit."""
+    import time
+
+    from hhscan import slurm, statusview
     from hhscan.scandir import Workspace
 
     console = _console()
     scan = Workspace(Path(workspace)).scan(name)
-    result = slurm.scan_status(scan)
-    counts = "  ".join(f"{s}: {result.count(s)}" for s in ("done", "failed", "running", "pending", "missing"))
-    console.print(f"scan [bold]{scan.name}[/] ({len(result.trials)} trials)  {counts}")
-    for item in result.of("failed"):
-        record = item.record
-        assert record is not None
-        console.print(
-            f"  [red]failed[/] {item.trial.id} job {record.job_id or '–'}: {record.error}  log {record.log_path or '–'}"
-        )
-    for item in result.of("missing"):
-        if item.job:
-            console.print(
-                f"  [yellow]missing[/] {item.trial.id} job {item.job['job_id']} ended {item.job_state or 'UNKNOWN'}"
-                f"  log {item.job['stdout']}"
-            )
-    if result.corrupt:
-        console.print(
-            f"  [yellow]{len(result.corrupt)} unreadable record file(s)[/]: {', '.join(sorted(result.corrupt))}"
-        )
-    if result.count("missing") + result.count("failed"):
-        console.print(f"resubmit them with: hhscan resubmit {scan.name}")
+    if watch is None:
+        statusview.print_status(console, scan.name, slurm.scan_status(scan), verbose)
+        return
+    try:
+        while True:
+            result = slurm.scan_status(scan)
+            console.clear()
+            statusview.print_status(console, scan.name, result, verbose)
+            if not result.of("running", "pending"):
+                return
+            time.sleep(max(watch, 0.5))
+    except KeyboardInterrupt:
+        return
 
 
 @app.command()

@@ -50,6 +50,7 @@ class TrialRecord:
     log_path: str = ""
     host: str = ""
     finished_at: str = ""
+    attempt: str = ""  # the lease attempt that wrote it (see leases.py)
 
     @property
     def done(self) -> bool:
@@ -88,11 +89,12 @@ def from_csv(text: str) -> TrialRecord:
     # A long training's history is one large cell (2500 epochs > the csv module's default 128 KiB per field).
     csv.field_size_limit(2**31 - 1)
     rows = list(csv.reader(io.StringIO(text)))
-    if len(rows) != 2 or not rows[0] or rows[0][-1] != "checksum" or len(rows[1]) != len(rows[0]):
+    # Records from before a column was added lack it: any in-order subset of the columns is read, with defaults.
+    header = rows[0][:-1] if len(rows) == 2 and rows[0] and rows[0][-1] == "checksum" else []
+    if not header or header != [c for c in _COLUMNS if c in header] or len(rows[1]) != len(header) + 1:
         raise CorruptRecord("not a complete trial record")
-    header = rows[0][:-1]
-    if not set(header) <= set(_COLUMNS) or "trial_id" not in header or "status" not in header:
-        raise CorruptRecord("not a trial record (unknown columns)")
+    if "trial_id" not in header or "status" not in header:
+        raise CorruptRecord("not a trial record (no trial_id or status)")
     cells, checksum = rows[1][:-1], rows[1][-1]
     if _checksum(cells) != checksum:
         raise CorruptRecord("checksum mismatch (truncated or edited)")

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hhscan import __version__, artifacts, model, packing, training
+from hhscan import __version__, artifacts, leases, model, packing, training
 from hhscan.config import Parameters, SampleList
 from hhscan.dataset import Dataset, load_dataset
 from hhscan.errors import ScanError
-from hhscan.records import DONE, FAIL, TrialRecord, write_record
+from hhscan.records import DONE, FAIL, CorruptRecord, TrialRecord, read_record, record_path, write_record
 from hhscan.scandir import ScanDirectory, Workspace
 from hhscan.trial import Trial
 
@@ -74,20 +74,47 @@ def run_scan_trials(
     pack_size = resolve_pack_size(parameters, dataset, workspace, wanted)
     memory_bound = worker_memory_bound(parameters)
     results = []
-    # Packs come from the whole request, done trials removed after: a requeued job finds its packs again.
+    keeper = leases.LeaseKeeper(leases.Leases(scan.root), leases.Attempt(job_id=context.job_id))
+    todo = [t for t in wanted if not (t.id in done_records and done_records[t.id].done)]
+    held_elsewhere = keeper.claim(t.id for t in todo)
+    for trial_id, lease in held_elsewhere.items():
+        print(f"hhscan: trial {trial_id} skipped: attempt {lease.attempt} (job {lease.job_id or '–'} on "
+              f"{lease.host}, pid {lease.pid}) holds it", flush=True)  # fmt: skip
+    # Packs come from the whole request, done and held trials removed after: a requeued job finds its packs again;
+    # trials resuming from different epochs (a regrouped resubmit) train in separate packs.
+    checkpoints = scan.root / "checkpoints"
     packs = [
-        [t for t in pack if not (t.id in done_records and done_records[t.id].done)]
-        for pack in packing.form_packs(wanted, pack_size)
+        [t for t in pack if t.id in keeper.held]
+        for whole in packing.form_packs(wanted, pack_size)
+        for pack in _by_resume_epoch(whole, checkpoints)
     ]
     packs = [pack for pack in packs if pack]
-    for index, todo in enumerate(packs):
-        for record in run_pack(scan, todo, parameters, dataset, backend, context, on_epoch):
-            results.append(record)
-            if on_trial_end is not None:
-                on_trial_end(record)
-        if memory_bound is not None and index + 1 < len(packs) and (resident := resident_memory_gb()) > memory_bound:
-            recycle_process(f"resident memory {resident:.2f} GB > worker_memory_gb {memory_bound:.2f}")
+
+    def progress(update: training.EpochProgress) -> None:
+        keeper.progress(update.trial_ids, update.epoch, update.epochs, update.monitor, update.best)
+        if on_epoch is not None:
+            on_epoch(update)
+
+    with keeper:
+        for index, pack in enumerate(packs):
+            for record in run_pack(scan, pack, parameters, dataset, backend, context, progress, keeper):
+                results.append(record)
+                if on_trial_end is not None:
+                    on_trial_end(record)
+            keeper.release(t.id for t in pack)
+            last = index + 1 == len(packs)
+            if memory_bound is not None and not last and (resident := resident_memory_gb()) > memory_bound:
+                recycle_process(f"resident memory {resident:.2f} GB > worker_memory_gb {memory_bound:.2f}")
+    if not scan.missing():
+        scan.clean_litter()
     return results
+
+
+def _by_resume_epoch(trials: Sequence[Trial], checkpoints: Path) -> list[list[Trial]]:
+    groups: dict[int | None, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(training.checkpoint_epoch(checkpoints, trial.id), []).append(trial)
+    return list(groups.values())
 
 
 def worker_memory_bound(parameters: Parameters) -> float | None:
@@ -126,6 +153,18 @@ def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Works
     return training.probed_pack_size(trials[0], dataset, parameters, workspace.cache / "pack_size.json")
 
 
+def is_trial_failure(error: BaseException) -> bool:
+    """The one policy on what a trial may catch: its own failures (``Exception``), never control flow.
+
+    Signals and interrupts (``KeyboardInterrupt``, ``SystemExit``, any other ``BaseException``) and submitit's
+    ``UncompletedJobError`` (raised from its signal handler when the last requeue is spent) pass through: the job
+    ends there, its trials stay unrecorded and resume from their checkpoints when resubmitted.
+    """
+    from submitit.core.utils import UncompletedJobError
+
+    return isinstance(error, Exception) and not isinstance(error, UncompletedJobError)
+
+
 def run_pack(
     scan: ScanDirectory,
     trials: Sequence[Trial],
@@ -134,25 +173,30 @@ def run_pack(
     backend: str,
     context: JobContext,
     on_epoch: training.EpochCallback | None = None,
+    keeper: leases.LeaseKeeper | None = None,
 ) -> list[TrialRecord]:
     """Train a pack, save each trial's model and record; a failure becomes FAIL records and the scan goes on.
 
     When a pack fails as a whole (one trial's bad value, memory), its trials are retried alone, so one trial's
-    error is never another trial's.
+    error is never another trial's. Results are written only while ``keeper`` still holds the trial's lease, and
+    a DONE record is never replaced (first DONE wins).
     """
     import keras
 
     started = time.perf_counter()
-    checkpoint = scan.checkpoint_dir(packing.pack_key(trials)) / "pack.npz"
+    checkpoints = scan.root / "checkpoints"
     try:
-        trained = training.train_pack(trials, dataset, parameters, checkpoint, on_epoch=on_epoch)
+        trained = training.train_pack(trials, dataset, parameters, checkpoints, on_epoch=on_epoch)
     except Exception as error:
+        if not is_trial_failure(error):
+            raise
         keras.backend.clear_session()
         if len(trials) > 1:
             return [record for trial in trials for record in run_pack(scan, [trial], parameters, dataset, backend,
-                                                                       context, on_epoch)]  # fmt: skip
+                                                                       context, on_epoch, keeper)]  # fmt: skip
         seconds = time.perf_counter() - started
-        return [_write(scan, _failed(_record(trials[0], parameters, dataset, backend, context, 1), error, seconds))]
+        record = _failed(_record(trials[0], parameters, dataset, backend, context, 1), error, seconds)
+        return [written] if (written := _commit(scan, record, keeper)) is not None else []
     records = []
     for trial, result in zip(trials, trained, strict=True):
         record = _record(trial, parameters, dataset, backend, context, len(trials))
@@ -162,25 +206,70 @@ def run_pack(
         record.seconds = result.seconds
         if result.diverged:  # a failure with its history, never a model to rank
             record.error = result.diverged
-            records.append(_write(scan, record))
+            if (written := _commit(scan, record, keeper)) is not None:
+                records.append(written)
             continue
+        model_path = scan.model_path(trial.id)
+        # The zip is staged under this attempt's name and moved into place only by the commit, so a superseded
+        # attempt never replaces the model of the attempt that recorded the trial.
+        staged = model_path.with_name(f".{trial.id}.{record.host}.{os.getpid()}.zip")
         try:
-            model_path = scan.model_path(trial.id)
             record.status = DONE
             record.value = result.metrics.get(parameters.eval_criterion)
             record.metrics = result.metrics
             record.best_epoch = result.best_epoch
             record.model_file = model_path.name
             artifacts.write_model_zip(
-                model_path, result.model, model_metadata(record, dataset, scan.name), extra=scan.config_files()
+                staged, result.model, model_metadata(record, dataset, scan.name), extra=scan.config_files()
             )
         except Exception as error:  # e.g. a full disk: this trial fails, the others are still written
+            if not is_trial_failure(error):
+                raise
             record = _failed(record, error, result.seconds)
-        records.append(_write(scan, record))
-    if all(r.done for r in records):
-        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+        if (written := _commit(scan, record, keeper, staged if record.done else None)) is not None:
+            records.append(written)
+        staged.unlink(missing_ok=True)
+    for trial in trials:
+        if (existing := read_existing(scan, trial.id)) is not None and existing.done:
+            shutil.rmtree(checkpoints / trial.id, ignore_errors=True)
     keras.backend.clear_session()
     return records
+
+
+def read_existing(scan: ScanDirectory, trial_id: str) -> TrialRecord | None:
+    try:
+        return read_record(record_path(scan.output_dir, trial_id))
+    except (FileNotFoundError, CorruptRecord, ValueError, TypeError):
+        return None
+
+
+def _may_write(scan: ScanDirectory, trial_id: str, keeper: leases.LeaseKeeper | None) -> bool:
+    """Results are written by the lease holder only, and never over a DONE record: say so in the job log."""
+    if keeper is not None and not keeper.owns(trial_id):
+        current = keeper.leases.current(trial_id)
+        holder = f"attempt {current.attempt} (job {current.job_id or '–'})" if current else "no attempt"
+        print(f"hhscan: trial {trial_id}: this attempt was superseded by {holder}; its result is discarded",
+              flush=True)  # fmt: skip
+        return False
+    existing = read_existing(scan, trial_id)
+    if existing is not None and existing.done:
+        print(f"hhscan: trial {trial_id} is already DONE (job {existing.job_id or '–'}); this result is discarded",
+              flush=True)  # fmt: skip
+        return False
+    return True
+
+
+def _commit(
+    scan: ScanDirectory, record: TrialRecord, keeper: leases.LeaseKeeper | None, staged_zip: Path | None = None
+) -> TrialRecord | None:
+    """Write the record (and move its model into place) if this attempt may: the lease holder, no DONE yet."""
+    if not _may_write(scan, record.trial_id, keeper):
+        return None
+    if keeper is not None:
+        record.attempt = keeper.attempt.attempt
+    if staged_zip is not None:
+        os.replace(staged_zip, scan.model_path(record.trial_id))
+    return _write(scan, record)
 
 
 def _failed(record: TrialRecord, error: BaseException, seconds: float) -> TrialRecord:

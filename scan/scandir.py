@@ -7,8 +7,12 @@ fingerprint, code version) and only ever appended to (job ids). Local and Slurm 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,6 +219,42 @@ class ScanDirectory:
             if record is None or not (record.done or (skip_failed and record.status == "FAIL")):
                 result.append(trial)
         return result
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the scan (``flock``; on NFS the client maps it to a POSIX lock, held by lockd
+        or the NFSv4 server) for checks that must be atomic with what follows: creation, submission."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".submit.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def litter(self, min_age_s: float = 600.0) -> list[Path]:
+        """What an unfinished write or a finished trial left behind: checkpoints of DONE trials, and temporary
+        files (``.*.tmp``, staged ``.*.zip``, lease ``.*.claim``) untouched for ``min_age_s``."""
+        records, _ = self.records()
+        found = [p for p in sorted((self.root / "checkpoints").glob("*/*")) if p.parent.name in records
+                 and records[p.parent.name].done]  # fmt: skip
+        now = time.time()
+        for pattern in (".*.tmp", "output/.*.zip", "leases/.*.claim"):
+            for path in self.root.rglob(pattern) if pattern.startswith(".") else self.root.glob(pattern):
+                try:
+                    if now - path.stat().st_mtime >= min_age_s:
+                        found.append(path)
+                except FileNotFoundError:  # finished meanwhile
+                    continue
+        return found
+
+    def clean_litter(self) -> None:
+        """A finished scan keeps records, models, logs and configuration: checkpoints, leases and temporary
+        files go."""
+        for directory in ("checkpoints", "leases"):
+            shutil.rmtree(self.root / directory, ignore_errors=True)
+        for path in self.litter(min_age_s=0.0):
+            path.unlink(missing_ok=True)
 
     def add_jobs(self, jobs: list[dict[str, Any]]) -> None:
         manifest = self.manifest()

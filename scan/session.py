@@ -45,11 +45,15 @@ def prepare(
 
     workspace = Workspace(Path(workspace_root))
     scan = ScanDirectory(workspace.scans / name)
-    if must_be_new and scan.exists:
-        raise ScanError(
-            f"scan '{name}' already exists in {workspace.scans}: use 'hhscan resubmit {name}' to complete it, "
-            f"or another --name"
-        )
+
+    def refuse_existing() -> None:
+        if must_be_new and scan.exists:
+            raise ScanError(
+                f"scan '{name}' already exists in {workspace.scans}: use 'hhscan resubmit {name}' to complete it, "
+                f"or another --name"
+            )
+
+    refuse_existing()  # at once, before any data is read; again under the lock, where it is atomic with creating
     if must_exist and not scan.exists:
         workspace.scan(name)  # raises, listing the existing scans
     backend = model.choose_backend(parameters.training.backend)
@@ -58,11 +62,15 @@ def prepare(
         raise ConfigError(f"{parameters.source}:eval_criterion: val_significance needs physical yields ({problem})")
     leaks = probable_leaks(dataset, sample_list.leak_check.auc, sample_list.leak_check.allow)
     trials = trial.expand(parameters)
-    created = not scan.exists and create
-    if created:
-        scan.create(parameters, sample_list, trials, dataset.split_checksum, dataset.data_fingerprint,
-                    workspace, backend, kind)  # fmt: skip
-    elif scan.exists:
+    created = False
+    if create and (must_be_new or not scan.exists):
+        with scan.lock():
+            refuse_existing()
+            if not scan.exists:
+                scan.create(parameters, sample_list, trials, dataset.split_checksum, dataset.data_fingerprint,
+                            workspace, backend, kind)  # fmt: skip
+                created = True
+    if not created and scan.exists:
         scan.check_compatible(parameters, dataset.split_checksum, dataset.data_fingerprint)
         scan.write_config(parameters, sample_list)
     if scan.exists:

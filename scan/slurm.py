@@ -7,14 +7,12 @@ as a :class:`submitit.helpers.Checkpointable`, and the trial in progress resumes
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import submitit
 from hhscan.config import SlurmSettings
 from hhscan.errors import BackendError, did_you_mean
+from hhscan.leases import Lease, Leases
 from hhscan.records import TrialRecord
 from hhscan.scandir import ScanDirectory
 from hhscan.trial import Trial
@@ -30,6 +29,7 @@ GENERIC = ("timeout_min", "mem_gb", "gpus_per_node", "cpus_per_task", "nodes", "
            "stderr_to_stdout")  # fmt: skip
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}  # fmt: skip
+SUBMITIT_TIMEOUT_MIN, SUBMITIT_SIGNAL_DELAY_S = 5, 90  # submitit's defaults when the resources name none
 CLUSTER_HINT = (
     "start the project's cluster with 'scripts/slurm-cluster.sh start' and 'eval \"$(scripts/slurm-cluster.sh env)\"'"
 )
@@ -53,18 +53,51 @@ def resource_parameters(settings: SlurmSettings) -> dict[str, Any]:
     parameters: dict[str, Any] = {}
     for key, value in settings.resources.items():
         bare = key.removeprefix("slurm_")
-        if key in GENERIC:
-            parameters[key] = value
+        if key in GENERIC or bare == "max_num_timeout":
+            parameters["slurm_max_num_timeout" if bare == "max_num_timeout" else key] = value
         elif bare in valid_slurm:
             parameters[f"slurm_{bare}"] = value
         else:
-            valid = [*GENERIC, *valid_slurm]
+            valid = [*GENERIC, "max_num_timeout", *valid_slurm]
             raise BackendError(
                 f"slurm.resources.{key}: unknown Slurm resource ({did_you_mean(bare, valid, 'valid names')}; "
                 f"valid: {', '.join(valid)})"
             )
     parameters["slurm_array_parallelism"] = settings.array_parallelism
+    check_signal_delay(parameters)
     return parameters
+
+
+def check_signal_delay(parameters: dict[str, Any]) -> None:
+    """The checkpoint signal must leave the job time to work: at most half the time limit before it."""
+    limit_s = 60 * float(parameters.get("timeout_min", SUBMITIT_TIMEOUT_MIN))
+    delay_s = float(parameters.get("slurm_signal_delay_s", SUBMITIT_SIGNAL_DELAY_S))
+    if delay_s > limit_s / 2:
+        origin = "" if "slurm_signal_delay_s" in parameters else ", submitit's default"
+        raise BackendError(
+            f"slurm.resources: timeout_min {limit_s / 60:g} ({limit_s:g} s) with the checkpoint signal "
+            f"{delay_s:g} s before the limit (slurm_signal_delay_s{origin}) "
+            f"leaves the job {max(limit_s - delay_s, 0):g} s before it is told to stop: set slurm_signal_delay_s to at "
+            f"most {int(limit_s // 2)} or raise timeout_min"
+        )
+
+
+def memory_warning(settings: SlurmSettings, worker_memory_gb: float | None, baseline_gb: float) -> str | None:
+    """A warning when the worker's restart bound (``worker_memory_gb``, else 80% of ``mem_gb``) is below the
+    memory a worker needs before training anything (``baseline_gb``, measured): it would restart after every pack."""
+    mem_gb = settings.resources.get("mem_gb")
+    if worker_memory_gb is not None:
+        bound, source = worker_memory_gb, f"training.worker_memory_gb {worker_memory_gb:g} GB"
+    elif mem_gb is not None:
+        bound, source = 0.8 * float(mem_gb), f"slurm.resources.mem_gb {float(mem_gb):g} GB (restart bound 80%)"
+    else:
+        return None
+    if bound > baseline_gb:
+        return None
+    return (
+        f"{source} is below the worker's baseline of {baseline_gb:.2f} GB (imports and data, measured here): the "
+        f"worker would restart after every pack; ask for mem_gb of at least {baseline_gb / 0.8 + 0.5:.1f}"
+    )
 
 
 def check_reachable() -> None:
@@ -99,16 +132,9 @@ def group(trials: Sequence[Trial], size: int) -> list[list[str]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
-@contextlib.contextmanager
-def scan_lock(scan: ScanDirectory) -> Iterator[None]:
+def scan_lock(scan: ScanDirectory):
     """Serialise submissions to one scan: two resubmits at once never submit the same trial twice."""
-    scan.root.mkdir(parents=True, exist_ok=True)
-    with open(scan.root / ".submit.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return scan.lock()
 
 
 def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmSettings) -> list[dict[str, Any]]:
@@ -118,9 +144,12 @@ def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmS
     # A fresh folder per submission: job ids restart when a cluster is rebuilt, and a reused folder would
     # hand back another job's result pickles.
     submission = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    executor = submitit.AutoExecutor(folder=scan.logs_dir / submission / "%j", cluster="slurm")
+    name = job_name(scan)
+    # How many timeouts a job is requeued after (submitit's default 3) is the executor's, not a job parameter.
+    requeues = {k: parameters.pop(k) for k in ("slurm_max_num_timeout",) if k in parameters}
+    executor = submitit.AutoExecutor(folder=scan.logs_dir / submission / "%j", cluster="slurm", **requeues)
     try:
-        executor.update_parameters(name=f"hhscan-{scan.name}", **parameters)
+        executor.update_parameters(name=name, **parameters)
     except ValueError as error:
         raise BackendError(f"slurm.resources: {' '.join(str(error).split())[:400]}") from None
     chunk = max(1, min(settings.max_array_size or max_array_size(), max_array_size()) - 1)
@@ -128,6 +157,7 @@ def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmS
     entries: list[dict[str, Any]] = []
     for start in range(0, len(groups), chunk):
         part = groups[start : start + chunk]
+        before = time.time()
         try:
             jobs = executor.map_array(job, [str(scan.root.resolve())] * len(part), part)
         except Exception as error:  # sbatch refused: say so with its own words
@@ -141,53 +171,130 @@ def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmS
                     "submission": submission,
                     "stdout": str(slurm_job.paths.stdout),
                     "submitted_at": submitted,
+                    "submitted_before": before,
+                    "job_name": name,
                 }
             )
     scan.add_jobs(entries)
     return entries
 
 
-def queued_states() -> dict[str, str]:
-    """Jobs the controller still holds (array tasks one per line), with their state."""
-    result = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
-    return dict(line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) >= 2)
+def job_name(scan: ScanDirectory) -> str:
+    return f"hhscan-{scan.name}"
 
 
-def job_states(jobs: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Slurm state of each job: accounting (submitit's sacct watcher, one query), else the queue.
+@dataclass
+class JobInfo:
+    """What Slurm says of one job (an array task is a job), after checking it is the job hhscan submitted."""
 
-    An array task cancelled while pending never reaches accounting: absent from both, it is GONE.
+    state: str
+    elapsed: str = ""
+    limit: str = ""
+
+
+def _query(arguments: list[str], timeout: float = 15) -> str | None:
+    try:
+        result = subprocess.run(arguments, capture_output=True, text=True, timeout=timeout)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def unreachable_reason() -> str | None:
+    """Why Slurm cannot be asked right now, in a few words, or None; fast (``scontrol ping`` answers at once)."""
+    if shutil.which("scontrol") is None or shutil.which("squeue") is None:
+        return "no Slurm clients on PATH"
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():
+        return f"SLURM_CONF={conf} does not exist"
+    try:
+        result = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return "scontrol ping timed out"
+    if result.returncode != 0 or "is UP" not in result.stdout:
+        return "the controller does not answer (scontrol ping: DOWN)"
+    return None
+
+
+def _timestamp(text: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def _task_ids(job_id: str) -> list[str]:
+    """sacct's ids as task ids: ``31_[2-4%8]`` (an array's pending tasks in one row) is 31_2, 31_3, 31_4."""
+    base, _, tasks = job_id.partition("_")
+    if not tasks.startswith("["):
+        return [job_id]
+    ids = []
+    for part in tasks.strip("[]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        ids += [f"{base}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
+
+
+def _identical(entry: dict[str, Any], name: str, submit: float | None) -> bool:
+    """The job Slurm describes is the one hhscan submitted: same name, submitted during the submission."""
+    if name != entry.get("job_name", name):
+        return False
+    if submit is None:
+        return True
+    after = entry.get("submitted_at", 0.0)
+    before = entry.get("submitted_before", after - 600)
+    return before - 2 <= submit <= after + 2  # Slurm keeps whole seconds
+
+
+def job_infos(jobs: Sequence[dict[str, Any]]) -> dict[str, JobInfo]:
+    """Slurm's view of each job: the queue (one line per array task), then accounting for those that left it.
+
+    A job id that now names another job (ids restart when a cluster is rebuilt) is not ours: such a job, and one
+    unknown to both, is GONE.
     """
     if not jobs:
         return {}
-    handles = {j["job_id"]: submitit.SlurmJob(folder=Path(j["stdout"]).parent, job_id=j["job_id"]) for j in jobs}
-    for handle in handles.values():
-        handle.watcher.register_job(handle.job_id)
-    states = {}
-    for job_id, handle in handles.items():
-        state = handle.watcher.get_state(job_id, mode="force" if job_id == next(iter(handles)) else "cache")
-        states[job_id] = state.split()[0] if state else "UNKNOWN"
-    if "UNKNOWN" in states.values():
-        queued = queued_states()
-        for job_id, state in states.items():
-            if state == "UNKNOWN":
-                states[job_id] = queued.get(job_id, "GONE")
-    return states
+    by_id = {str(j["job_id"]): j for j in jobs}
+    infos: dict[str, JobInfo] = {}
+    queue = _query(["squeue", "-h", "-r", "-o", "%i|%j|%T|%V|%M|%l"]) or ""
+    for line in queue.splitlines():
+        fields = line.split("|")
+        if len(fields) == 6 and fields[0] in by_id and _identical(by_id[fields[0]], fields[1], _timestamp(fields[3])):
+            infos[fields[0]] = JobInfo(fields[2], fields[4], fields[5])
+    rest = sorted({job_id.split("_")[0] for job_id in by_id if job_id not in infos})
+    if rest:
+        columns = "JobID,JobName,State,Submit,Elapsed,Timelimit"
+        accounting = _query(["sacct", "-n", "-P", "-X", "-D", "-j", ",".join(rest), "-o", columns]) or ""
+        for line in accounting.splitlines():
+            fields = line.split("|")
+            if len(fields) != 6:
+                continue
+            for task in _task_ids(fields[0]):
+                entry = by_id.get(task)
+                if entry is not None and task not in infos and _identical(entry, fields[1], _timestamp(fields[3])):
+                    infos[task] = JobInfo(fields[2].split()[0], fields[4], fields[5])
+    for job_id in by_id:
+        infos.setdefault(job_id, JobInfo("GONE"))
+    return infos
 
 
 @dataclass
 class TrialStatus:
     trial: Trial
-    state: str  # done, failed, running, pending, missing
+    state: str  # done, failed, running, pending, missing, unknown
     record: TrialRecord | None = None
     job: dict[str, Any] | None = None
     job_state: str = ""
+    lease: Lease | None = None
 
 
 @dataclass
 class ScanStatus:
     trials: list[TrialStatus] = field(default_factory=list)
     corrupt: dict[str, str] = field(default_factory=dict)
+    jobs: dict[str, JobInfo] = field(default_factory=dict)
+    unreachable: str | None = None  # why Slurm could not be asked; states then come from records and leases
+    litter: list[Path] = field(default_factory=list)
 
     def count(self, state: str) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -197,35 +304,40 @@ class ScanStatus:
 
 
 def scan_status(scan: ScanDirectory) -> ScanStatus:
-    """Each expected trial's state from its record and the Slurm state of the last job that had it."""
+    """Each expected trial's state: its record, its lease (a live one means running, whatever Slurm says), and
+    the Slurm state of the last job that had it, checked to be that job and not another under a reused id."""
     records, corrupt = scan.records()
+    live = Leases(scan.root).live()
     jobs = scan.manifest().get("jobs", [])
     last_job: dict[str, dict[str, Any]] = {}
     for job in jobs:
         for trial_id in job["trial_ids"]:
             last_job[trial_id] = job
-    latest_jobs = list({id(j): j for j in last_job.values()}.values())
-    states = job_states(latest_jobs) if latest_jobs and shutil.which("sacct") else {}
-    result = ScanStatus(corrupt=corrupt)
+    wanted = {str(j["job_id"]): j for j in last_job.values()}
+    wanted.update({lease.job_id: {"job_id": lease.job_id} for lease in live.values() if lease.job_id})
+    unreachable = unreachable_reason() if wanted else None
+    infos = job_infos(list(wanted.values())) if wanted and unreachable is None else {}
+    result = ScanStatus(corrupt=corrupt, jobs=infos, unreachable=unreachable, litter=scan.litter())
     for trial in scan.trials():
-        record = records.get(trial.id)
-        job = last_job.get(trial.id)
-        job_state = states.get(job["job_id"], "") if job else ""
+        record, job, lease = records.get(trial.id), last_job.get(trial.id), live.get(trial.id)
+        job_state = infos[str(job["job_id"])].state if job and str(job["job_id"]) in infos else ""
         if record is not None and record.done:
             state = "done"
-        elif job_state == "RUNNING":
+        elif lease is not None:
             state = "running"
+        elif unreachable is not None and job is not None:
+            state = "failed" if record is not None else "unknown"
         elif job_state in ACTIVE_STATES:
-            state = "pending"
+            state = "pending"  # queued, or its job runs and has not reached it yet
         elif record is not None:
             state = "failed"
         else:
             state = "missing"
-        result.trials.append(TrialStatus(trial, state, record, job, job_state))
+        result.trials.append(TrialStatus(trial, state, record, job, job_state, lease))
     return result
 
 
 def to_resubmit(status: ScanStatus, skip_failed: bool = False) -> list[Trial]:
-    """Missing trials, and failed ones unless ``skip_failed``; never a trial still queued or running."""
+    """Missing trials, and failed ones unless ``skip_failed``; never a trial queued, running or unknown."""
     states = ("missing",) if skip_failed else ("missing", "failed")
     return [t.trial for t in status.of(*states)]

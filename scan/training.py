@@ -4,8 +4,9 @@ Every trial of a pack keeps its own initial weights (its own seed), optimizer, l
 learning-rate schedule; all see the same batches, whose order depends only on the scan seed and the epoch — so a
 trial's result does not depend on which pack it ran in, or on the pack size.
 
-A checkpoint (every branch's weights and optimizer state, histories, callback states) is one file written
-atomically at an epoch end, so a job that is killed, times out or is preempted resumes from that epoch.
+A checkpoint (a trial's weights and optimizer state, history, callback states) is one file per trial written
+atomically at an epoch end, so a job that is killed, times out or is preempted resumes from that epoch, whatever
+pack the trial is put in next.
 """
 
 from __future__ import annotations
@@ -98,8 +99,6 @@ def seed_everything(seed: int) -> None:
     global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
 
 
-
-
 def _scores(outputs: np.ndarray) -> np.ndarray:
     """Engine outputs of one branch (N, outputs) as hhscan scores: (N,) for binary, (N, C) otherwise."""
     return outputs[:, 0] if outputs.shape[1] == 1 else outputs
@@ -148,26 +147,40 @@ def _new_branch(trial: Trial, parameters: Parameters) -> _Branch:
     )
 
 
-def _save_checkpoint(path: Path, epoch: int, branches: list[_Branch], engine) -> None:
+def checkpoint_path(root: Path, trial_id: str) -> Path:
+    """A trial's own checkpoint under ``root``: it follows the trial into whatever pack it runs next."""
+    return root / trial_id / "checkpoint.npz"
+
+
+def _save_checkpoint(root: Path, epoch: int, branches: list[_Branch], engine) -> None:
+    """One file per trial (its weights, optimizer state, history, callbacks), each written atomically."""
     arrays = engine.export_state()
     for k, branch in enumerate(branches):
+        own = {f"b0_{key.split('_', 1)[1]}": value for key, value in arrays.items() if key.startswith(f"b{k}_")}
         for i, weight in enumerate(branch.best_weights or []):
-            arrays[f"best{k}_{i}"] = weight
-    state = {"epoch": epoch, "branches": [b.state() for b in branches]}
-    arrays["__state__"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+            own[f"best0_{i}"] = weight
+        state = {"epoch": epoch, "branch": branch.state()}
+        own["__state__"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **own)
+        atomic_write_bytes(checkpoint_path(root, branch.trial.id), buffer.getvalue())
 
 
-def _load_checkpoint(path: Path | None, trials: Sequence[Trial]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """The checkpoint's state and arrays, if it exists and belongs to exactly these trials."""
+def checkpoint_epoch(root: Path | None, trial_id: str) -> int | None:
+    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together."""
+    restored = _load_checkpoint(root, trial_id)
+    return None if restored is None else restored[0]["epoch"]
+
+
+def _load_checkpoint(root: Path | None, trial_id: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """A trial's checkpoint state and arrays, if it has one that belongs to it."""
+    path = None if root is None else checkpoint_path(root, trial_id)
     if path is None or not path.exists():
         return None
     with np.load(path) as stored:
         arrays = {key: stored[key] for key in stored.files}
     state = json.loads(arrays.pop("__state__").tobytes())
-    if [b["trial_id"] for b in state["branches"]] != [t.id for t in trials]:
+    if state.get("branch", {}).get("trial_id") != trial_id:
         return None
     return state, arrays
 
@@ -203,7 +216,9 @@ def train_pack(
 ) -> list[TrainedTrial]:
     """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order.
 
-    ``on_epoch`` is called after every epoch with the pack's progress (it must be cheap: it runs in the loop).
+    ``checkpoint`` is a directory holding one checkpoint per trial (:func:`checkpoint_path`); the trials must
+    resume from the same epoch (:func:`checkpoint_epoch`). ``on_epoch`` is called after every epoch with the
+    pack's progress (it must be cheap: it runs in the loop).
     """
     model.keep_tensorflow_out()
     started = time.perf_counter()
@@ -217,20 +232,28 @@ def train_pack(
     nets, engine = _build_pack(trials, parameters, n_classes, (x_train, y_train, w_train), (x_val, y_val, w_val))
     branches = [_new_branch(t, parameters) for t in trials]
     first_epoch, resumed = 0, None
-    restored = _load_checkpoint(checkpoint, trials)
-    if restored is not None:
-        state, arrays = restored
+    restored = [_load_checkpoint(checkpoint, t.id) for t in trials]
+    if any(r is not None for r in restored):
+        epochs_saved = {r[0]["epoch"] if r is not None else None for r in restored}
+        if len(epochs_saved) != 1:  # runners group trials by checkpoint epoch; a mixed pack is a caller's bug
+            raise ValueError(f"a pack's trials resume from different epochs: {sorted(map(str, epochs_saved))}")
+        arrays = engine.export_state()
+        for k, (branch, (state, saved)) in enumerate(zip(branches, restored, strict=True)):  # type: ignore[misc]
+            arrays.update({f"b{k}_{key[3:]}": value for key, value in saved.items() if key.startswith("b0_")})
+            own = state["branch"]
+            branch.history, branch.active = own["history"], own["active"]
+            branch.diverged = own.get("diverged", "")
+            if branch.early_stopping and own["early_stopping"]:
+                branch.early_stopping = callbacks.EarlyStopping(**own["early_stopping"])
+            if branch.reduce_lr and own["reduce_lr"]:
+                branch.reduce_lr = callbacks.ReduceLROnPlateau(**own["reduce_lr"])
+            best = sorted((key for key in saved if key.startswith("best0_")), key=lambda n: int(n.split("_")[1]))
+            branch.best_weights = [saved[key] for key in best] or None
         engine.import_state(arrays)
-        for k, (branch, saved) in enumerate(zip(branches, state["branches"], strict=True)):
-            branch.history, branch.active = saved["history"], saved["active"]
-            branch.diverged = saved.get("diverged", "")
-            if branch.early_stopping and saved["early_stopping"]:
-                branch.early_stopping = callbacks.EarlyStopping(**saved["early_stopping"])
-            if branch.reduce_lr and saved["reduce_lr"]:
-                branch.reduce_lr = callbacks.ReduceLROnPlateau(**saved["reduce_lr"])
-            best = sorted((key for key in arrays if key.startswith(f"best{k}_")), key=lambda n: int(n.split("_")[1]))
-            branch.best_weights = [arrays[key] for key in best] or None
-        first_epoch = resumed = state["epoch"] + 1
+        first_epoch = resumed = epochs_saved.pop() + 1
+        for trial in trials:  # the job log says so: a resumed trial is not a fresh one
+            print(f"hhscan: resuming trial {trial.id} from epoch {first_epoch} ({first_epoch} of {epochs} done)",
+                  flush=True)  # fmt: skip
     interval = parameters.training.checkpoint_interval_s
     last_saved = time.monotonic()
     per_epoch = ("val_loss", "val_auc", "val_accuracy")

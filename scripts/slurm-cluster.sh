@@ -7,6 +7,7 @@
 #   scripts/slurm-cluster.sh stop      stop them by the pids they wrote (never by name)
 #   scripts/slurm-cluster.sh status    daemons and node state
 #   scripts/slurm-cluster.sh env       print 'export SLURM_CONF=…' for clients (eval "$(… env)")
+#   scripts/slurm-cluster.sh ctld-lose-state   restart slurmctld with an empty state directory (tests)
 #
 # Every start is a fresh cluster in a fresh state directory (job ids restart at 1; hhscan never reuses a
 # submitit folder across clusters, see slurm-localhost notes).
@@ -160,6 +161,18 @@ start() {
   log "up: $(sinfo -h -o '%P %D %t %G') — export SLURM_CONF=$SLURM_CONF"
 }
 
+ctld_lose_state() {
+  # What a controller failover without its state directory does: running tasks keep running on the node,
+  # the controller forgets every job, and job ids start again at 1 (accounting keeps the old rows).
+  export SLURM_CONF=$DIR/etc/slurm.conf
+  stop_pidfile "$DIR/run/slurmctld.pid" slurmctld
+  rm -rf "$DIR/spool/ctld" && mkdir -p "$DIR/spool/ctld"
+  slurmctld -f "$SLURM_CONF"
+  wait_for 30 slurmctld scontrol ping
+  wait_for 60 "node up" sh -c "sinfo -h -N -o %t | grep -Eqx 'idle|mix|alloc'"
+  log "controller restarted without its state"
+}
+
 stop_pidfile() {
   local file=$1 name=$2
   if pid_alive "$file"; then
@@ -194,7 +207,8 @@ case "${1:-}" in
   start) start ;;
   stop) shift; stop "${1:-}" ;;
   restart) stop; start ;;
+  ctld-lose-state) ctld_lose_state ;;
   status) status ;;
   env) echo "export SLURM_CONF=$DIR/etc/slurm.conf" ;;
-  *) echo "usage: $0 install|start|stop [--wipe]|restart|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop [--wipe]|restart|status|env|ctld-lose-state" >&2; exit 2 ;;
 esac

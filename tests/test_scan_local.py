@@ -191,9 +191,9 @@ def test_a_trial_resumes_from_its_epoch_checkpoint(analysis, tmp_path):
     sample_list = config.load_sample_list(analysis.sample_list)
     data = runner.prepare_dataset(parameters, sample_list, Workspace(analysis.root))
     first = trial.expand(parameters)[0]
-    checkpoint = tmp_path / "pack.npz"
+    checkpoint = tmp_path / "checkpoints"
     partial = training.train(first, data, parameters, checkpoint)  # 2 epochs, as a job killed after epoch 2
-    with np.load(checkpoint) as stored:
+    with np.load(training.checkpoint_path(checkpoint, first.id)) as stored:
         assert json.loads(stored["__state__"].tobytes())["epoch"] == 1
     longer = trial.Trial(first.id, {**first.hyperparameters, "epochs": 4}, 0)
     resumed = training.train(longer, data, parameters, checkpoint)

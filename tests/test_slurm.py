@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
-from hhscan import slurm
+from hhscan import leases, slurm, training
 from hhscan.scandir import Workspace
 
 pytestmark = pytest.mark.slurm
@@ -222,3 +222,153 @@ def test_unknown_scan_lists_the_existing_ones(slurm_analysis, capsys, monkeypatc
     for command in (["status", "alpah"], ["resubmit", "alpah"]):
         code, _, err = run_cli(command, slurm_analysis.root, capsys, monkeypatch)
         assert code == 1 and "no scan 'alpah'" in err and "closest: alpha" in err
+
+
+# --- Exactly once when Slurm forgets (leases), honest status ---------------------------------------------------
+
+LONG_TRIALS = {"epochs": [200], "batch_size": [8], "neurons": [256], "layers": [3]}  # ≈0.1 s an epoch on one core
+NO_CALLBACKS = {"early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False}, "checkpoint_interval_s": 1}
+
+
+class Watch:
+    """Samples a scan while it runs: two live lease holders of one trial at once (two processes training it), or
+    a DONE record that changes after it was first seen (an overwrite), are recorded as violations."""
+
+    def __init__(self, scan):
+        self.scan, self.first_done, self.violations = scan, {}, []
+
+    def sample(self) -> None:
+        store = leases.Leases(self.scan.root)
+        for trial_id in {t.id for t in self.scan.trials()}:
+            live = [lease for lease in store.history(trial_id) if lease.live()]
+            if len(live) > 1:
+                self.violations.append(f"{trial_id} trained by {[(x.job_id, x.pid) for x in live]} at once")
+        for trial_id, record in self.scan.records()[0].items():
+            if record.done:
+                key = (record.attempt, record.finished_at, record.job_id)
+                if self.first_done.setdefault(trial_id, key) != key:
+                    self.violations.append(f"{trial_id} DONE record replaced: {self.first_done[trial_id]} → {key}")
+
+    def until(self, condition, limit_s: float, what: str) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            self.sample()
+            if condition():
+                return
+            release_requeued()
+            time.sleep(1)
+        raise AssertionError(f"{what} not reached in {limit_s} s")
+
+
+def queued_job_ids() -> set[str]:
+    return set(subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split())
+
+
+def training_epochs(scan) -> dict[str, int]:
+    return {t: lease.epoch for t, lease in leases.Leases(scan.root).live().items()}
+
+
+def test_controller_losing_its_state_while_tasks_run_then_resubmit_and_a_reused_job_id(
+    slurm_analysis, capsys, monkeypatch
+):
+    monkeypatch.setenv("HHSCAN_LEASE_HEARTBEAT_S", "2")  # exported to the jobs by sbatch
+    slurm_analysis.edit_parameters(hyperparameters={**LONG_TRIALS, "learning_rate": [0.01, 0.003, 0.001, 0.0003]},
+                                   training=NO_CALLBACKS)  # fmt: skip
+    code, _, err = run_cli(["submit", "--name", "lost", "--split", "2"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("lost")
+    watch = Watch(scan)
+    watch.until(lambda: len(training_epochs(scan)) == 4 and min(training_epochs(scan).values()) >= 2, 180,
+                "4 trials training")  # fmt: skip
+    code, out, _ = run_cli(["status", "lost"], slurm_analysis.root, capsys, monkeypatch)
+    assert "running: 4" in out and "pending: 0" in out and "elapsed" in out and "of 10:00" in out
+    assert "/200  best val_auc 0." in out, out
+    old_jobs = scan.manifest()["jobs"]
+    subprocess.run([str(SCRIPT), "ctld-lose-state"], check=True, capture_output=True, timeout=120)
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""
+    # A job unrelated to the scan now carries the scan's first array id (ids restart after a state loss).
+    base = old_jobs[0]["job_id"].split("_")[0]
+    unrelated = subprocess.run(["sbatch", f"--jobid={base}", "--array=0-1", "-J", "unrelated", "--hold", "--wrap",
+                                "sleep 300"], capture_output=True, text=True)  # fmt: skip
+    assert unrelated.returncode == 0, unrelated.stderr
+    try:
+        status = slurm.scan_status(scan)
+        # The tasks still train: their leases say so, whatever the controller forgot; the unrelated job's
+        # pending tasks under the same ids are not ours.
+        assert status.count("pending") == 0
+        running = {t.trial.id for t in status.of("running")}
+        code, out, err = run_cli(["resubmit", "lost"], slurm_analysis.root, capsys, monkeypatch)
+        assert code == 0, err
+        submitted = {t for job in scan.manifest()["jobs"][len(old_jobs):] for t in job["trial_ids"]}
+        assert not submitted & running
+        watch.until(lambda: not slurm.scan_status(scan).of("running", "pending"), 300, "old tasks finished")
+        if slurm.scan_status(scan).of("missing"):  # tasks the node lost with the controller: run them again
+            code, _, err = run_cli(["resubmit", "lost"], slurm_analysis.root, capsys, monkeypatch)
+            assert code == 0, err
+            watch.until(lambda: not slurm.scan_status(scan).of("running", "pending", "missing"), 300, "settled")
+    finally:
+        subprocess.run(["scancel", base], capture_output=True)
+    watch.sample()
+    assert watch.violations == []
+    records_exactly_once(scan)
+    assert {r.epochs_run for r in scan.records()[0].values()} == {200}
+
+
+def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_trial(
+    slurm_analysis, capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("HHSCAN_LEASE_HEARTBEAT_S", "2")
+    slurm_analysis.edit_parameters(
+        hyperparameters={**LONG_TRIALS, "learning_rate": [0.01, 0.001], "neurons": [256]},
+        training=NO_CALLBACKS,
+        slurm={"resources": {"timeout_min": 10, "cpus_per_task": 1, "mem_gb": 2, "max_num_timeout": 0},
+               "array_parallelism": 1},
+    )
+    code, _, err = run_cli(["submit", "--name", "spent", "--split", "2"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("spent")
+    (job,) = scan.manifest()["jobs"]
+    watch = Watch(scan)
+    watch.until(lambda: len(training_epochs(scan)) == 2 and min(training_epochs(scan).values()) >= 3, 180,
+                "the pack training")  # fmt: skip
+    # The checkpoint signal with no requeue left: submitit raises UncompletedJobError inside the training loop.
+    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
+    watch.until(lambda: job["job_id"] not in queued_job_ids(), 120, "the job ended")
+    log = Path(job["stdout"]).read_text() + Path(job["stdout"].replace("_log.out", "_log.err")).read_text()
+    assert "timed-out too many times" in log
+    assert scan.records()[0] == {}  # no trial was turned into a FAIL or retrained alone
+    saved = {t.id: training.checkpoint_epoch(scan.root / "checkpoints", t.id) for t in scan.trials()}
+    assert all(epoch is not None and epoch >= 2 for epoch in saved.values()), saved
+    # Slurm unreachable: one line, fast, and only what the records prove (nothing is called missing).
+    original = os.environ["SLURM_CONF"]
+    dead = tmp_path / "dead.conf"  # what clients see with the daemons stopped: nothing answers on their ports
+    dead.write_text(Path(original).read_text().replace("SlurmctldPort=6817", "SlurmctldPort=6917")
+                    .replace("AccountingStoragePort=6819", "AccountingStoragePort=6919"))  # fmt: skip
+    (tmp_path / "gres.conf").write_text((Path(original).parent / "gres.conf").read_text())
+    monkeypatch.setenv("SLURM_CONF", str(dead))
+    started = time.monotonic()
+    code, out, err = run_cli(["status", "spent"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0 and time.monotonic() - started < 3, err
+    assert "Slurm is unreachable" in out and "unknown: 2" in out and "missing: 0" in out
+    assert "GONE" not in out and "resubmit" not in out and "sacct" not in out + err
+    monkeypatch.setenv("SLURM_CONF", original)
+    code, out, _ = run_cli(["status", "spent"], slurm_analysis.root, capsys, monkeypatch)
+    assert "missing: 2" in out and f"job {job['job_id']}  (2 trials)  ended " in out, out
+    # Regrouped: one trial per job, one job at a time. Each resumes from its own checkpoint.
+    code, _, err = run_cli(["resubmit", "spent", "--split", "1"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    watch.until(lambda: len(training_epochs(scan)) == 1 and min(training_epochs(scan).values()) > 0, 120,
+                "the first task training")  # fmt: skip
+    code, out, _ = run_cli(["status", "spent"], slurm_analysis.root, capsys, monkeypatch)
+    # One task runs, the other waits behind it in the same array: each is shown as what it is.
+    assert "running: 1" in out and "pending: 1" in out and "/200  best val_auc" in out, out
+    watch.until(lambda: not slurm.scan_status(scan).of("running", "pending"), 300, "settled")
+    watch.sample()
+    assert watch.violations == []
+    records_exactly_once(scan)
+    for record in scan.records()[0].values():
+        assert record.resumed_from_epoch == saved[record.trial_id] + 1 and record.epochs_run == 200
+        assert len(record.history["loss"]) == 200
+        log = Path(record.log_path).read_text()
+        assert f"resuming trial {record.trial_id} from epoch {record.resumed_from_epoch}" in log
+    assert not (scan.root / "checkpoints").exists() and not (scan.root / "leases").exists()

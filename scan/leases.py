@@ -1,0 +1,253 @@
+"""Trial leases: which attempt trains a trial right now, proven by files in the scan directory, not by Slurm.
+
+A lease is ``leases/<trial>.<generation>.json``. An attempt claims a trial by creating the next generation with
+``os.link`` from a complete temporary file: ``link`` is atomic and fails if the name exists, on local disks and
+on NFS (v2/v3/v4, where ``O_EXCL`` was historically unreliable and ``flock`` depends on a lock daemon), so of
+two attempts claiming one generation exactly one wins, and a lease is never seen half-written. The holder
+renews its lease (heartbeat time and progress) by renaming a new complete file over it. A lease is live while
+it is not released, its heartbeat is younger than ``STALE_S``, and — on the host that wrote it — its process
+exists. A trial with a live lease is never started by another attempt and never resubmitted; a dead or stale
+lease is superseded by claiming the next generation, so the highest generation is the one current holder.
+
+A requeued Slurm job (same job id, higher ``SLURM_RESTART_COUNT``) and a worker that replaced itself (same host
+and pid) take their own lease over at once: Slurm runs one instance of a job at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hhscan.fileio import atomic_write_text
+
+HEARTBEAT_S = float(os.environ.get("HHSCAN_LEASE_HEARTBEAT_S", "30"))
+STALE_S = float(os.environ.get("HHSCAN_LEASE_STALE_S", "300"))
+PROGRESS_WRITE_S = 1.0  # at most one progress write per second per attempt: epochs can take milliseconds
+
+
+@dataclass
+class Lease:
+    trial_id: str
+    generation: int
+    attempt: str
+    job_id: str = ""
+    host: str = ""
+    pid: int = 0
+    restart_count: int = 0
+    started: float = 0.0
+    heartbeat: float = 0.0
+    epoch: int = 0
+    epochs: int = 0
+    monitor: str = ""
+    best: float | None = None
+    released: bool = False
+
+    def live(self, now: float | None = None) -> bool:
+        if self.released:
+            return False
+        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+            return False
+        return (time.time() if now is None else now) - self.heartbeat < STALE_S
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+@dataclass
+class Attempt:
+    """This process as a holder of leases: one attempt id per process start."""
+
+    job_id: str = ""
+    attempt: str = field(default_factory=lambda: secrets.token_hex(6))
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    restart_count: int = field(default_factory=lambda: int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
+
+    def may_take_over(self, lease: Lease) -> bool:
+        """Its own earlier run: the same Slurm job requeued, or this very process before it replaced itself."""
+        if self.job_id and lease.job_id == self.job_id and self.restart_count > lease.restart_count:
+            return True
+        return lease.host == self.host and lease.pid == self.pid and lease.attempt != self.attempt
+
+
+def _file_name(trial_id: str, generation: int) -> str:
+    return f"{trial_id}.{generation:06d}.json"
+
+
+class Leases:
+    """The leases of one scan directory."""
+
+    def __init__(self, scan_root: Path):
+        self.directory = Path(scan_root) / "leases"
+
+    def _generations(self) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        if not self.directory.is_dir():
+            return found
+        for entry in os.scandir(self.directory):
+            parts = entry.name.split(".")
+            if len(parts) == 3 and parts[2] == "json" and parts[1].isdigit() and not entry.name.startswith("."):
+                found.setdefault(parts[0], []).append(int(parts[1]))
+        return found
+
+    def _read(self, trial_id: str, generation: int) -> Lease | None:
+        path = self.directory / _file_name(trial_id, generation)
+        try:
+            return Lease(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):  # not ours or edited: live while its file is fresh
+            mtime = path.stat().st_mtime
+            return Lease(trial_id, generation, attempt="?", heartbeat=mtime, started=mtime)
+
+    def current(self, trial_id: str) -> Lease | None:
+        generations = self._generations().get(trial_id)
+        return self._read(trial_id, max(generations)) if generations else None
+
+    def all_current(self) -> dict[str, Lease]:
+        result = {}
+        for trial_id, generations in self._generations().items():
+            lease = self._read(trial_id, max(generations))
+            if lease is not None:
+                result[trial_id] = lease
+        return result
+
+    def history(self, trial_id: str) -> list[Lease]:
+        """Every generation still on disk, oldest first."""
+        leases = (self._read(trial_id, g) for g in sorted(self._generations().get(trial_id, [])))
+        return [lease for lease in leases if lease is not None]
+
+    def live(self) -> dict[str, Lease]:
+        now = time.time()
+        return {t: lease for t, lease in self.all_current().items() if lease.live(now)}
+
+    def claim(self, trial_id: str, attempt: Attempt) -> tuple[Lease | None, Lease | None]:
+        """Claim ``trial_id``: (our lease, None), or (None, the live lease of the attempt that holds it)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        while True:
+            current = self.current(trial_id)
+            if current is not None and current.attempt == attempt.attempt:
+                return current, None
+            if current is not None and current.live() and not attempt.may_take_over(current):
+                return None, current
+            now = time.time()
+            lease = Lease(trial_id, (current.generation + 1) if current else 1, attempt.attempt, attempt.job_id,
+                          attempt.host, attempt.pid, attempt.restart_count, now, now)  # fmt: skip
+            temporary = self.directory / f".{trial_id}.{attempt.attempt}.claim"
+            temporary.write_text(json.dumps(asdict(lease)))
+            try:
+                os.link(temporary, self.directory / _file_name(trial_id, lease.generation))
+            except FileExistsError:
+                continue  # another attempt took this generation first: look again
+            finally:
+                temporary.unlink(missing_ok=True)
+            return lease, None
+
+    def write(self, lease: Lease) -> bool:
+        """Rewrite our lease (heartbeat, progress, release); False when a newer generation superseded it."""
+        generations = self._generations().get(lease.trial_id, [])
+        if not generations or max(generations) != lease.generation:
+            return False
+        atomic_write_text(self.directory / _file_name(lease.trial_id, lease.generation), json.dumps(asdict(lease)))
+        return True
+
+    def clear(self) -> None:
+        """Remove every lease file (a finished scan)."""
+        if self.directory.is_dir():
+            for entry in os.scandir(self.directory):
+                Path(entry.path).unlink(missing_ok=True)
+            self.directory.rmdir()
+
+
+class LeaseKeeper:
+    """The leases this attempt holds, renewed by a background thread while it trains, released at the end."""
+
+    def __init__(self, leases: Leases, attempt: Attempt):
+        self.leases, self.attempt = leases, attempt
+        self.held: dict[str, Lease] = {}
+        self.superseded: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_progress_write = 0.0
+
+    def claim(self, trial_ids: Iterable[str]) -> dict[str, Lease]:
+        """Claim each trial; returns the live leases of other attempts for the trials that were not claimed."""
+        others = {}
+        for trial_id in trial_ids:
+            mine, other = self.leases.claim(trial_id, self.attempt)
+            if mine is not None:
+                with self._lock:
+                    self.held[trial_id] = mine
+            elif other is not None:
+                others[trial_id] = other
+        return others
+
+    def owns(self, trial_id: str) -> bool:
+        """True while our lease is the trial's current one (checked on disk, just before results are written)."""
+        current = self.leases.current(trial_id)
+        return current is not None and current.attempt == self.attempt.attempt and not current.released
+
+    def _renew(self, trial_ids: Sequence[str] | None = None) -> None:
+        now = time.time()
+        with self._lock:
+            for trial_id in list(trial_ids if trial_ids is not None else self.held):
+                lease = self.held.get(trial_id)
+                if lease is None:
+                    continue
+                lease.heartbeat = now
+                if not self.leases.write(lease):
+                    self.superseded.add(trial_id)
+                    del self.held[trial_id]
+
+    def progress(self, trial_ids: Sequence[str], epoch: int, epochs: int, monitor: str,
+                 best: Sequence[float | None]) -> None:  # fmt: skip
+        """Record a pack's progress in its leases; written at most once per ``PROGRESS_WRITE_S``."""
+        with self._lock:
+            for trial_id, value in zip(trial_ids, best, strict=True):
+                lease = self.held.get(trial_id)
+                if lease is not None:
+                    lease.epoch, lease.epochs, lease.monitor, lease.best = epoch, epochs, monitor, value
+        if time.monotonic() - self._last_progress_write >= PROGRESS_WRITE_S or epoch == epochs:
+            self._last_progress_write = time.monotonic()
+            self._renew(trial_ids)
+
+    def release(self, trial_ids: Iterable[str]) -> None:
+        with self._lock:
+            for trial_id in trial_ids:
+                lease = self.held.pop(trial_id, None)
+                if lease is not None:
+                    lease.released, lease.heartbeat = True, time.time()
+                    self.leases.write(lease)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._renew()
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread = threading.Thread(target=self._beat, name="hhscan-lease-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        # Only a normal end or a trial-level failure releases: a job killed or requeued keeps its leases until
+        # they go stale, or its own requeued run takes them over.
+        if exc_info[0] is None:
+            self.release(list(self.held))

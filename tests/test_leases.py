@@ -1,0 +1,220 @@
+"""Exactly once without Slurm's help: trial leases, first DONE wins, the exception policy, per-trial checkpoints,
+and the submit-time checks (signal delay, memory baseline). Real files, real processes, real Keras."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli
+from hhscan import config, leases, runner, slurm, training, trial
+from hhscan.config import SlurmSettings
+from hhscan.errors import BackendError
+from hhscan.records import read_record, record_path
+from hhscan.scandir import ScanDirectory, Workspace
+
+CLAIM = """
+import sys, time
+sys.path.insert(0, {src!r})
+from pathlib import Path
+from hhscan import leases
+while time.time() < {start}:
+    time.sleep(0.001)
+mine, other = leases.Leases(Path({root!r})).claim("t1", leases.Attempt(job_id=sys.argv[1]))
+print("won" if mine else "lost", flush=True)
+time.sleep(3 if mine else 0)
+"""
+
+
+def _dataset(analysis):
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(analysis.sample_list)
+    return parameters, runner.prepare_dataset(parameters, sample_list, Workspace(analysis.root))
+
+
+def test_of_many_processes_claiming_one_trial_at_once_exactly_one_wins(tmp_path):
+    source = CLAIM.format(src=str(REPO), root=str(tmp_path), start=time.time() + 1.5)
+    processes = [subprocess.Popen([sys.executable, "-c", source, f"job{i}"], stdout=subprocess.PIPE, text=True)
+                 for i in range(6)]  # fmt: skip
+    outputs = [p.communicate(timeout=60)[0].strip() for p in processes]
+    assert sorted(outputs) == ["lost"] * 5 + ["won"]
+    store = leases.Leases(tmp_path)
+    (only,) = store.history("t1")
+    assert only.generation == 1 and only.job_id == f"job{outputs.index('won')}"
+    # Its process has exited: on this host the lease is dead at once, and the next claim supersedes it.
+    assert not only.live()
+    mine, other = store.claim("t1", leases.Attempt(job_id="next"))
+    assert other is None and mine is not None and mine.generation == 2
+    assert [lease.generation for lease in store.history("t1")] == [1, 2]
+
+
+def test_a_lease_from_another_host_lives_while_its_heartbeat_is_fresh(tmp_path, monkeypatch):
+    store = leases.Leases(tmp_path)
+    elsewhere = leases.Attempt(job_id="7_1", host="node-elsewhere", pid=1)
+    mine, _ = store.claim("t1", elsewhere)
+    assert mine is not None
+    refused, holder = store.claim("t1", leases.Attempt(job_id="8_0"))
+    assert refused is None and holder.attempt == elsewhere.attempt
+    monkeypatch.setattr(leases, "STALE_S", 0.5)
+    time.sleep(0.6)  # the other host stopped renewing it
+    taken, holder = store.claim("t1", leases.Attempt(job_id="8_0"))
+    assert holder is None and taken.generation == 2
+    # The old holder learns it was superseded when it next renews, and stops claiming the trial.
+    keeper = leases.LeaseKeeper(store, elsewhere)
+    keeper.held["t1"] = mine
+    keeper._renew()
+    assert keeper.superseded == {"t1"} and not keeper.owns("t1")
+
+
+def test_a_requeued_job_takes_its_own_lease_over_and_no_other_job_does(tmp_path):
+    store = leases.Leases(tmp_path)
+    sleeper = subprocess.Popen(["sleep", "30"])  # a live process holding the lease on this host
+    try:
+        first, _ = store.claim("t1", leases.Attempt(job_id="5_1", pid=sleeper.pid, restart_count=0))
+        assert first is not None and first.live()
+        assert store.claim("t1", leases.Attempt(job_id="6_0", pid=sleeper.pid + 1))[0] is None
+        assert store.claim("t1", leases.Attempt(job_id="5_1", pid=sleeper.pid + 1, restart_count=0))[0] is None
+        requeued, _ = store.claim("t1", leases.Attempt(job_id="5_1", pid=sleeper.pid + 1, restart_count=1))
+        assert requeued is not None and requeued.generation == 2
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_trial_leased_by_a_live_attempt_is_skipped_shown_running_and_run_once_it_dies(analysis, capsys,
+                                                                                         monkeypatch):  # fmt: skip
+    code, _, err = run_cli(["run", "--local", "--max-trials", "0"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(analysis.root).scan("local")
+    held = scan.trials()[0].id
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        lease, _ = leases.Leases(scan.root).claim(held, leases.Attempt(job_id="41_3", pid=sleeper.pid))
+        lease.epoch, lease.epochs, lease.monitor, lease.best = 3, 10, "val_auc", 0.8125
+        assert leases.Leases(scan.root).write(lease)
+        code, out, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
+        assert code == 0, err
+        records, _ = scan.records()
+        assert held not in records and len(records) == len(scan.trials()) - 1
+        code, out, _ = run_cli(["status"], analysis.root, capsys, monkeypatch)
+        assert "running: 1" in out and "job 41_3" in out and f"{held}  epoch 3/10  best val_auc 0.8125" in out
+        assert "resubmit" not in out  # a running trial is not missing
+        status = slurm.scan_status(scan)
+        assert slurm.to_resubmit(status) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert [t.trial.id for t in slurm.scan_status(scan).of("missing")] == [held]
+    code, out, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    records, _ = scan.records()
+    assert records[held].done and records[held].attempt
+    # The finished scan leaves no checkpoints, leases or temporary files.
+    assert not (scan.root / "checkpoints").exists() and not (scan.root / "leases").exists()
+    assert not list(scan.root.rglob("*.tmp")) and not list(scan.output_dir.glob(".*"))
+
+
+def test_a_superseded_attempt_writes_nothing_and_the_first_done_wins(analysis, capsys):
+    parameters, data = _dataset(analysis)
+    trials = trial.expand(parameters)
+    root = analysis.root / "slurm" / "race"
+    scan = ScanDirectory(root)
+    scan.create(parameters, config.load_sample_list(analysis.sample_list), trials, data.split_checksum,
+                data.data_fingerprint, Workspace(analysis.root), "jax", "local")  # fmt: skip
+    store = leases.Leases(root)
+    slow = leases.LeaseKeeper(store, leases.Attempt(job_id="1_0"))
+    slow.claim([trials[0].id])
+    # The slow attempt's process is thought dead (same host and pid taken over, as a recycled worker does).
+    fast = leases.LeaseKeeper(store, leases.Attempt(job_id="1_0"))
+    fast.claim([trials[0].id])
+    context = runner.JobContext(job_id="1_0")
+    (done,) = runner.run_pack(scan, [trials[0]], parameters, data, "jax", context, keeper=fast)
+    assert done.done and done.attempt == fast.attempt.attempt
+    zip_bytes = scan.model_path(trials[0].id).read_bytes()
+    assert runner.run_pack(scan, [trials[0]], parameters, data, "jax", context, keeper=slow) == []
+    assert "superseded by attempt" in capsys.readouterr().out
+    # Even the lease holder never replaces a DONE record or its model.
+    again = leases.LeaseKeeper(store, leases.Attempt(job_id="2_0"))
+    fast.release([trials[0].id])
+    again.claim([trials[0].id])
+    assert runner.run_pack(scan, [trials[0]], parameters, data, "jax", context, keeper=again) == []
+    assert "already DONE" in capsys.readouterr().out
+    kept = read_record(record_path(scan.output_dir, trials[0].id))
+    assert kept.attempt == fast.attempt.attempt and kept.finished_at == done.finished_at
+    assert scan.model_path(trials[0].id).read_bytes() == zip_bytes
+    assert not list(scan.output_dir.glob(".*"))  # no staged zip left behind
+
+
+def test_control_flow_exceptions_pass_through_a_pack(analysis):
+    from submitit.core.utils import UncompletedJobError
+
+    assert runner.is_trial_failure(ValueError("bad value")) and runner.is_trial_failure(MemoryError())
+    for error in (UncompletedJobError("last requeue"), KeyboardInterrupt(), SystemExit(-1)):
+        assert not runner.is_trial_failure(error)
+    analysis.edit_parameters(hyperparameters={"epochs": [3]}, training={"checkpoint_interval_s": 0})
+    parameters, data = _dataset(analysis)
+    trials = trial.expand(parameters)
+    root = analysis.root / "slurm" / "signal"
+    scan = ScanDirectory(root)
+    scan.create(parameters, config.load_sample_list(analysis.sample_list), trials, data.split_checksum,
+                data.data_fingerprint, Workspace(analysis.root), "jax", "local")  # fmt: skip
+
+    def signal_arrives(progress):  # what submitit's handler raises on the last allowed timeout
+        if progress.epoch == 2:
+            raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    with pytest.raises(UncompletedJobError):
+        runner.run_pack(scan, trials, parameters, data, "jax", runner.JobContext(), signal_arrives)
+    assert scan.records()[0] == {}  # no trial turned into a FAIL, none retrained alone
+    for t in trials:  # both keep their own checkpoint at epoch 2 for the next attempt
+        assert training.checkpoint_epoch(root / "checkpoints", t.id) == 1
+
+
+def test_a_regrouped_pack_resumes_every_trial_from_its_own_checkpoint(analysis, tmp_path):
+    analysis.edit_parameters(hyperparameters={"learning_rate": [0.01, 0.003, 0.001, 0.0003]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})  # fmt: skip
+    parameters, data = _dataset(analysis)
+    trials = trial.expand(parameters)  # 2 epochs each
+    checkpoints = tmp_path / "checkpoints"
+    partial = training.train_pack(trials[:2], data, parameters, checkpoints)  # packs of the first submission
+    partial += training.train_pack(trials[2:], data, parameters, checkpoints)
+    longer = [trial.Trial(t.id, {**t.hyperparameters, "epochs": 4}, 0) for t in trials]
+    regrouped = [longer[1], longer[2]]  # one trial from each earlier pack
+    fresh = trial.Trial("abcdef012345", longer[0].hyperparameters, 0)  # never trained: no checkpoint
+    assert runner._by_resume_epoch([*regrouped, fresh], checkpoints) == [regrouped, [fresh]]
+    resumed = training.train_pack(regrouped, data, parameters, checkpoints)
+    for result, before, t in zip(resumed, (partial[1], partial[2]), regrouped, strict=True):
+        assert result.resumed_from_epoch == 2 and result.epochs_run == 4
+        assert result.history["loss"][:2] == before.history["loss"]
+        alone = training.train(t, data, parameters)  # uninterrupted, alone
+        np.testing.assert_allclose(result.history["val_loss"], alone.history["val_loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="different epochs"):
+        training.train_pack([longer[0], fresh], data, parameters, checkpoints)
+    state = json.loads(np.load(training.checkpoint_path(checkpoints, trials[0].id))["__state__"].tobytes())
+    assert state["epoch"] == 1 and state["branch"]["trial_id"] == trials[0].id
+
+
+def test_a_time_limit_the_checkpoint_signal_cannot_fit_in_is_refused(analysis, capsys, monkeypatch):
+    with pytest.raises(BackendError, match=r"timeout_min 1 \(60 s\) with the checkpoint signal 90 s"):
+        slurm.resource_parameters(SlurmSettings(resources={"timeout_min": 1}))
+    slurm.resource_parameters(SlurmSettings(resources={"timeout_min": 2, "slurm_signal_delay_s": 60}))
+    slurm.resource_parameters(SlurmSettings(resources={"timeout_min": 3}))  # 90 s of 180: allowed
+    analysis.edit_parameters(slurm={"resources": {"timeout_min": 1}})
+    code, _, err = run_cli(["submit", "--name", "short"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "set slurm_signal_delay_s to at most 30" in err and "submitit's default" in err
+    assert not (analysis.root / "slurm" / "short").exists()
+
+
+def test_memory_below_the_workers_baseline_is_warned_with_the_number():
+    settings = SlurmSettings(resources={"mem_gb": 0.5})
+    warning = slurm.memory_warning(settings, None, 0.62)
+    assert warning is not None and "0.62 GB" in warning and "mem_gb 0.5 GB" in warning
+    assert "at least 1.3" in warning  # 0.62 / 0.8 + 0.5 = 1.275
+    assert slurm.memory_warning(SlurmSettings(resources={"mem_gb": 0.8}), None, 0.62) is None  # bound 0.64
+    assert slurm.memory_warning(settings, 2.0, 0.62) is None  # an explicit worker_memory_gb decides
+    assert slurm.memory_warning(SlurmSettings(resources={}), None, 0.62) is None
