@@ -33,6 +33,7 @@ class JobContext:
 
     job_id: str = ""
     log_path: str = ""
+    config_path: str = ""  # the submission's frozen configuration (empty: the scan's current one)
 
 
 def prepare_dataset(parameters: Parameters, sample_list: SampleList, workspace: Workspace) -> Dataset:
@@ -52,7 +53,7 @@ def run_scan_trials(
     ``on_trial_end`` is called with each record as it is written, ``on_epoch`` after every epoch of a pack.
     """
     context = context or JobContext()
-    parameters, sample_list = scan.load_config()
+    parameters, sample_list = scan.load_config(context.config_path or None)
     manifest = scan.manifest()
     backend = model.choose_backend(parameters.training.backend)
     workspace = Workspace(Path(manifest["workspace"]))
@@ -219,9 +220,9 @@ def run_pack(
             record.metrics = result.metrics
             record.best_epoch = result.best_epoch
             record.model_file = model_path.name
-            artifacts.write_model_zip(
-                staged, result.model, model_metadata(record, dataset, scan.name), extra=scan.config_files()
-            )
+            metadata = model_metadata(record, dataset, scan.name)
+            extra = scan.config_files(context.config_path or None)
+            artifacts.write_model_zip(staged, result.model, metadata, extra=extra)
         except Exception as error:  # e.g. a full disk: this trial fails, the others are still written
             if not is_trial_failure(error):
                 raise

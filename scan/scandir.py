@@ -144,13 +144,25 @@ class ScanDirectory:
         atomic_write_text(directory / "parameters.yaml", parameters.source.read_text())
         atomic_write_text(directory / "sample_list.yaml", sample_list.source.read_text())
 
-    def config_files(self) -> dict[str, str]:
-        """The configuration texts, keyed by their name inside a model zip (``config/…``)."""
-        directory = self.root / "config"
-        return {f"config/{p.name}": p.read_text() for p in sorted(directory.iterdir()) if p.is_file()}
+    def snapshot_config(self, submission: str) -> Path:
+        """A frozen copy of the current configuration for one submission: its queued jobs read this one, so a later
+        ``run``/``resubmit`` that rewrites ``config/resolved.json`` (other callbacks, resources) never changes them."""
+        path = self.root / "config" / "submissions" / f"{submission}.json"
+        atomic_write_text(path, (self.root / "config" / "resolved.json").read_text())
+        return path
 
-    def load_config(self) -> tuple[Parameters, SampleList]:
-        return config.from_snapshot(_read_json(self.root / "config" / "resolved.json"))
+    def config_files(self, snapshot: Path | None = None) -> dict[str, str]:
+        """The configuration texts, keyed by their name inside a model zip (``config/…``); ``resolved.json`` is the
+        one the trial ran with (``snapshot``, else the current one)."""
+        directory = self.root / "config"
+        files = {f"config/{p.name}": p.read_text() for p in sorted(directory.iterdir()) if p.is_file()}
+        if snapshot is not None:
+            files["config/resolved.json"] = Path(snapshot).read_text()
+        return files
+
+    def load_config(self, snapshot: Path | None = None) -> tuple[Parameters, SampleList]:
+        """The configuration jobs run with: a submission's frozen ``snapshot``, else the current one."""
+        return config.from_snapshot(_read_json(Path(snapshot) if snapshot else self.root / "config" / "resolved.json"))
 
     def check_compatible(
         self, parameters: Parameters, split_checksum: str | None = None, data_fingerprint: str | None = None

@@ -38,11 +38,13 @@ CLUSTER_HINT = (
 class TrialGroupJob(submitit.helpers.Checkpointable):
     """What a Slurm job runs: the given trials of a scan. Requeued with the same arguments on timeout."""
 
-    def __call__(self, scan_root: str, trial_ids: Sequence[str]) -> list[str]:
+    def __call__(self, scan_root: str, trial_ids: Sequence[str], config_path: str = "") -> list[str]:
         from hhscan.runner import JobContext, run_scan_trials
 
         environment = submitit.JobEnvironment()
-        context = JobContext(job_id=str(environment.job_id), log_path=str(environment.paths.stdout))
+        context = JobContext(
+            job_id=str(environment.job_id), log_path=str(environment.paths.stdout), config_path=config_path
+        )
         records = run_scan_trials(ScanDirectory(Path(scan_root)), list(trial_ids), context=context)
         return [f"{r.trial_id} {r.status}" for r in records]
 
@@ -144,6 +146,7 @@ def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmS
     # A fresh folder per submission: job ids restart when a cluster is rebuilt, and a reused folder would
     # hand back another job's result pickles.
     submission = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    frozen = scan.snapshot_config(submission)  # what these jobs run with, even if the scan's config changes later
     name = job_name(scan)
     # How many timeouts a job is requeued after (submitit's default 3) is the executor's, not a job parameter.
     requeues = {k: parameters.pop(k) for k in ("slurm_max_num_timeout",) if k in parameters}
@@ -159,7 +162,7 @@ def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmS
         part = groups[start : start + chunk]
         before = time.time()
         try:
-            jobs = executor.map_array(job, [str(scan.root.resolve())] * len(part), part)
+            jobs = executor.map_array(job, [str(scan.root.resolve())] * len(part), part, [str(frozen)] * len(part))
         except Exception as error:  # sbatch refused: say so with its own words
             raise BackendError(f"sbatch refused the submission: {' '.join(str(error).split())[:400]}") from None
         submitted = time.time()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -184,3 +185,21 @@ def test_an_input_that_alone_separates_the_classes_is_named(analysis, capsys, mo
     analysis.edit_samples(leak_check={"allow": ["event"]})
     code, out, _ = run_cli(["run", "--local", "--name", "leaky"], analysis.root, capsys, monkeypatch)
     assert code == 0 and "alone separates" not in out
+
+
+def test_a_submissions_jobs_run_with_the_configuration_they_were_submitted_with(analysis, capsys, monkeypatch):
+    """A frozen copy per submission: rewriting the scan's configuration later does not reach queued jobs."""
+    analysis.edit_parameters(hyperparameters={"learning_rate": [0.01]})
+    _scan(analysis, "frozen", capsys, monkeypatch, "--max-trials", "0")
+    scan = Workspace(analysis.root).scan("frozen")
+    frozen = scan.snapshot_config("submission-1")
+    analysis.edit_parameters(training={"early_stopping": {"patience": 7}})  # a later run rewrites resolved.json
+    code, _, err = run_cli(["run", "--local", "--name", "frozen", "--max-trials", "0"], analysis.root, capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert scan.load_config()[0].training.early_stopping.patience == 7
+    (record,) = runner.run_scan_trials(scan, context=runner.JobContext(config_path=str(frozen)))
+    assert record.training_settings["early_stopping"]["patience"] == 2  # as submitted
+    with zipfile.ZipFile(scan.model_path(record.trial_id)) as archive:
+        used = json.loads(archive.read("config/resolved.json"))
+    assert used["parameters"]["training"]["early_stopping"]["patience"] == 2
