@@ -83,15 +83,31 @@ def test_packs_group_by_step_structure_into_near_equal_sizes():
 
 
 def test_a_failing_trial_does_not_fail_its_pack(analysis, capsys, monkeypatch):
-    analysis.edit_parameters(hyperparameters={"activation": ["relu", "no_such_activation"]},
-                             training={"pack_size": 4})  # fmt: skip
+    """A trial whose model cannot be built fails alone; its pack mates are retried alone and finish.
+
+    The configuration now refuses every bad value that used to make Keras raise, so the failure is injected into the
+    real build of one trial (neurons 13), where a Keras error would come from.
+    """
+    from hhscan import model
+
+    real_build = model.build_model
+
+    def build(hyperparameters, *args, **kwargs):
+        if hyperparameters["neurons"] == 13:
+            raise ValueError("injected: this model cannot be built")
+        return real_build(hyperparameters, *args, **kwargs)
+
+    monkeypatch.setattr(model, "build_model", build)
+    analysis.edit_parameters(hyperparameters={"neurons": [8, 13]}, training={"pack_size": 4})
     code, _, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     found, _ = Workspace(analysis.root).scan("local").records()
-    by_activation = {}
+    by_neurons = {}
     for record in found.values():
-        by_activation.setdefault(record.hyperparameters["activation"], set()).add(record.status)
-    assert by_activation == {"relu": {"DONE"}, "no_such_activation": {"FAIL"}}
+        by_neurons.setdefault(record.hyperparameters["neurons"], set()).add(record.status)
+    assert by_neurons == {8: {"DONE"}, 13: {"FAIL"}}
+    assert all("injected" in r.error for r in found.values() if not r.done)
+    assert {r.pack_size for r in found.values()} == {1}  # retried alone after the pack of 4 failed
 
 
 def test_pack_records_carry_the_pack_size_and_a_share_of_the_time(analysis, capsys, monkeypatch):

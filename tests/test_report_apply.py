@@ -18,8 +18,9 @@ from sklearn.metrics import roc_auc_score
 
 @pytest.fixture
 def reported(analysis, capsys, monkeypatch):
-    """A local scan with one failing trial, reported."""
-    analysis.edit_parameters(hyperparameters={"activation": ["relu", "no_such_activation"], "neurons": [4, 8]})
+    """A local scan of 8 trials, 4 of which diverge (FAIL records), reported."""
+    analysis.edit_parameters(hyperparameters={"activation": ["relu", "elu"], "neurons": [8, 16], "layers": [3],
+                                              "learning_rate": [0.01, 1.0e30]})  # fmt: skip
     code, _, err = run_cli(["run", "--local", "--name", "rep"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     code, out, err = run_cli(["report", "rep"], analysis.root, capsys, monkeypatch)
@@ -40,7 +41,7 @@ def test_report_ranks_lists_failures_and_exports_the_best(reported):
     values = [float(r["val_auc"]) for r in done]
     assert values == sorted(values, reverse=True) and [r["rank"] for r in done] == ["1", "2", "3", "4"]
     assert all(r["status"] == "FAIL" and r["error"] for r in rows[4:])
-    assert "4 failed trial(s)" in out and "no_such_activation" in out
+    assert "4 failed trial(s)" in out and "diverged at epoch" in out
     # Only the hyperparameters that vary get a column in the console table and a plot.
     assert "learning_rate" in out and "neurons" in out and "activation" in out and "batch_size" not in out
     plots = {p.name for p in (analysis.root / "models" / "rep").iterdir()}

@@ -92,14 +92,15 @@ def test_model_zip_loads_with_plain_keras_and_reproduces_the_record(analysis, ca
 
 
 def test_failed_trial_is_recorded_and_the_scan_goes_on(analysis, capsys, monkeypatch):
-    analysis.edit_parameters(hyperparameters={"activation": ["relu", "no_such_activation"], "learning_rate": [0.01]})
+    # A real training-time failure: a learning rate that makes a 3-layer ReLU net overflow to NaN in epoch 1.
+    analysis.edit_parameters(hyperparameters={"learning_rate": [0.01, 1.0e30], "layers": [3], "neurons": [16]})
     code, out, err = run_cli(["run", "--local", "--name", "unit"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     found, _ = Workspace(analysis.root).scan("unit").records()
     statuses = sorted(r.status for r in found.values())
     assert statuses == ["DONE", "FAIL"]
     failed = next(r for r in found.values() if r.status == "FAIL")
-    assert "no_such_activation" in failed.error and "Traceback" in failed.traceback
+    assert "diverged at epoch 1" in failed.error and failed.hyperparameters["learning_rate"] == 1.0e30
     assert "1 failed trial" in out
     # FAIL counts as missing: a rerun tries it again.
     assert [t.id for t in Workspace(analysis.root).scan("unit").missing()] == [failed.trial_id]
