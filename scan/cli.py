@@ -309,6 +309,34 @@ def test_model(
         console.print(f"plots: {_text(result.plots[0].parent)}/ ({len(result.plots)} files)")
 
 
+@app.command("export")
+def export_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="'best', a name under models/, or a zip path.")] = "best",
+    file_format: Annotated[str, typer.Option("--format", help="onnx or saved_model.")] = "onnx",
+    directory: Annotated[Path | None, typer.Option("--dir", help="Output directory (default models/).")] = None,
+    workspace: WorkspaceOption = Path(),
+) -> None:
+    """Export a model (scaler inside) as ONNX or a TensorFlow SavedModel, checked against Keras on its test split."""
+    from hhscan import export
+    from hhscan.fileio import require_writable
+    from hhscan.report import resolve_model
+    from hhscan.scandir import Workspace
+
+    export.check_format(file_format)
+    space = Workspace(Path(workspace))
+    path = resolve_model(space, model)
+    out_dir = directory if directory is not None else space.models
+    require_writable([out_dir])
+    export.select_backend()
+    features = export.model_test_features(path, space)
+    result = export.export_model(path, file_format, out_dir, features)
+    console = _console()
+    console.print(
+        f"{_text(result.path)}: max |Δscore| vs Keras {result.max_abs_difference:.2g} on {result.events_checked} "
+        f"test events (allowed {export.TOLERANCE:g}); inputs and outputs in {_text(result.description)}"
+    )
+
+
 def main() -> None:
     # Every error says "rerun with --debug": accept it anywhere on the command line, not only before the command.
     arguments = sys.argv[1:]

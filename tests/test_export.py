@@ -1,0 +1,97 @@
+"""hhscan export: ONNX (and SavedModel) equal to Keras on real scans, described by a JSON beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from hhscan import artifacts, runner
+from hhscan.scandir import Workspace
+from hhscan.split import TEST
+
+
+def _best(project, capsys, monkeypatch, name: str):
+    code, _, err = run_cli(["run", "--local", "--name", name, "--max-trials", "1"], project.root, capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli(["report", name, "--no-plots"], project.root, capsys, monkeypatch)
+    assert code == 0, err
+    return project.root / "models" / f"{name}_best.zip"
+
+
+def _export(project, *args):
+    """``hhscan export`` as a user runs it: its own process (the export selects the TensorFlow backend)."""
+    return subprocess.run([sys.executable, "-m", "hhscan.cli", "export", *args], cwd=project.root,
+                          capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": ""})  # fmt: skip
+
+
+def _test_features(project, name):
+    scan = Workspace(project.root).scan(name)
+    parameters, sample_list = scan.load_config()
+    data = runner.prepare_dataset(parameters, sample_list, Workspace(project.root))
+    return data, data.features[data.partition == TEST]
+
+
+@pytest.mark.parametrize("fixture", ["analysis", "analysis3"])
+def test_onnx_export_equals_keras_on_the_test_split(fixture, request, capsys, monkeypatch):
+    import onnxruntime
+
+    project = request.getfixturevalue(fixture)
+    zip_path = _best(project, capsys, monkeypatch, "exp")
+    result = _export(project, "--model", "exp_best", "--format", "onnx")
+    assert result.returncode == 0, result.stderr[-2000:]
+    onnx_path = project.root / "models" / "exp_best.onnx"
+    assert "max |Δscore| vs Keras" in result.stdout
+    data, features = _test_features(project, "exp")
+    keras_model, metadata = artifacts.load_model_zip(zip_path)
+    reference = np.asarray(keras_model.predict(features, verbose=0))
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {session.get_inputs()[0].name: features.astype(np.float32)})[0]
+    assert scores.shape == reference.shape == (len(features), 1 if fixture == "analysis" else 3)
+    assert np.max(np.abs(scores - reference)) < 1e-5
+    description = json.loads((project.root / "models" / "exp_best.onnx.json").read_text())
+    assert [i["name"] for i in description["inputs"]] == metadata["feature_names"] == data.feature_names
+    assert description["inputs"][1]["expression"] == "abs(x2)" and description["inputs"][3]["expression"] == "(njet) == 2"
+    assert description["class_names"] == data.class_names
+    assert description["check"]["events"] == len(features) and description["check"]["max_abs_difference"] < 1e-5
+    assert description["provenance"]["split_checksum"] == metadata["split_checksum"]
+
+
+def test_saved_model_export_is_checked_too(analysis, capsys, monkeypatch):
+    _best(analysis, capsys, monkeypatch, "sm")
+    result = _export(analysis, "--model", "sm_best", "--format", "saved_model", "--dir", "exported")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (analysis.root / "exported" / "sm_best_saved_model" / "saved_model.pb").exists()
+    assert json.loads((analysis.root / "exported" / "sm_best_saved_model.json").read_text())["check"]["events"] > 0
+
+
+def test_an_export_that_differs_is_refused_and_removed(analysis, capsys, monkeypatch):
+    """The check is real: with a tolerance no float arithmetic meets, the export is refused and nothing stays."""
+    _best(analysis, capsys, monkeypatch, "tight")
+    code = (
+        "import sys; from hhscan import export; export.select_backend(); from pathlib import Path; "
+        "from hhscan.scandir import Workspace; w = Workspace(Path('.')); z = Path('models/tight_best.zip'); "
+        "export.export_model(z, 'onnx', Path('out'), export.model_test_features(z, w), tolerance=-1.0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=analysis.root, capture_output=True, text=True,
+                            env={**os.environ, "KERAS_BACKEND": ""})  # fmt: skip
+    assert result.returncode != 0 and "differs from Keras by up to" in result.stderr
+    assert not list((analysis.root / "out").glob("*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--model", "best", "--format", "lwtnn"], ["--format must be one of onnx, saved_model", "'lwtnn'"]),
+        (["--model", "nope_best"], ["no model 'nope_best'"]),
+    ],
+)
+def test_bad_export_input_is_one_line(analysis, capsys, monkeypatch, args, fragments):
+    code, _, err = run_cli(["export", *args], analysis.root, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
