@@ -66,13 +66,16 @@ def run(
 
     console = _console()
     params, sample_list = _load(parameters, samples)
-    prepared = session.prepare(params, sample_list, Path(workspace), name, kind="local")
+    with console_views.Steps(console, "reading the samples and building the split"):
+        prepared = session.prepare(params, sample_list, Path(workspace), name, kind="local")
     console_views.print_summaries(console, prepared.dataset.summaries, prepared.backend)
     todo = prepared.scan.missing()[: max_trials if max_trials is not None else None]
     console.print(f"scan [bold]{name}[/]: {len(prepared.trials)} trials, {len(todo)} to run → {prepared.scan.root}")
-    with console_views.TrialProgress(console, len(todo)) as progress:
-        session.run_local(prepared, [t.id for t in todo], on_trial_end=progress.advance)
+    with console_views.RunProgress(console, len(todo)) as progress:
+        session.run_local(prepared, [t.id for t in todo], on_trial_end=progress.trial_done, on_epoch=progress.epoch)
     console_views.print_scan_leaderboard(console, prepared.scan)
+    console.print(f"next: [bold]hhscan report {name}[/] (ranks every trial, exports the best model), "
+                  f"then [bold]hhscan test --model best[/] (scores the test split, draws the plots)")  # fmt: skip
 
 
 @app.command()
@@ -208,11 +211,15 @@ def test_model(
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Apply a model to the test split (or to other samples): scored ROOT/HDF5 files and evaluation plots."""
+    from hhscan import views as console_views
     from hhscan.apply import apply_model
     from hhscan.scandir import Workspace
 
     console = _console()
-    result = apply_model(Workspace(Path(workspace)), model, output or None, file_format, directory, force)
+    with console_views.Steps(console, "loading the model") as steps:
+        result = apply_model(
+            Workspace(Path(workspace)), model, output or None, file_format, directory, force, on_step=steps
+        )
     for key, path in result.outputs.items():
         console.print(f"{key}: {result.events[key]} events → {path}")
     if result.metrics:
