@@ -15,7 +15,10 @@ from hhscan.training import EpochProgress
 from hhscan.views import RunProgress, leaderboard_table
 from rich.console import Console
 
-RNG = np.random.default_rng(42)
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(42)
 
 
 def _folded_by_numpy(values, weights, edges):
@@ -27,9 +30,9 @@ def _folded_by_numpy(values, weights, edges):
 # --- pure helpers --------------------------------------------------------------------------------------------------
 
 
-def test_folded_histogram_matches_numpy_with_open_edges():
-    values = RNG.normal(0, 2, 500)
-    weights = RNG.uniform(-0.2, 1.5, 500)
+def test_folded_histogram_matches_numpy_with_open_edges(rng):
+    values = rng.normal(0, 2, 500)
+    weights = rng.uniform(-0.2, 1.5, 500)
     edges = np.linspace(-1, 1, 11)
     sum_w, sum_w2, below, above = plots.folded_histogram(values, weights, edges)
     expected_w, expected_w2 = _folded_by_numpy(values, weights, edges)
@@ -39,14 +42,14 @@ def test_folded_histogram_matches_numpy_with_open_edges():
     assert np.isclose(sum_w.sum(), weights.sum())  # nothing lost
 
 
-def test_weighted_correlation_equals_corrcoef_of_repeated_events():
-    values = RNG.normal(size=(200, 3))
+def test_weighted_correlation_equals_corrcoef_of_repeated_events(rng):
+    values = rng.normal(size=(200, 3))
     values[:, 1] += 0.7 * values[:, 0]
-    counts = RNG.integers(1, 5, 200)
+    counts = rng.integers(1, 5, 200)
     expected = np.corrcoef(np.repeat(values, counts, axis=0), rowvar=False)
     np.testing.assert_allclose(plots.weighted_correlation(values, counts.astype(float)), expected, atol=1e-12)
     # By hand for one pair, with non-integer weights.
-    w = RNG.uniform(0.1, 2, 200)
+    w = rng.uniform(0.1, 2, 200)
     x, y = values[:, 0], values[:, 1]
     mx, my = np.sum(w * x) / w.sum(), np.sum(w * y) / w.sum()
     r = np.sum(w * (x - mx) * (y - my)) / np.sqrt(np.sum(w * (x - mx) ** 2) * np.sum(w * (y - my) ** 2))
@@ -61,16 +64,16 @@ def test_hyperparameter_label_names_values():
 # --- figures ------------------------------------------------------------------------------------------------------
 
 
-def _scores(n=800):
-    truth = RNG.random(n) < 0.5
-    scores = np.clip(RNG.normal(0.35 + 0.3 * truth, 0.15), 0, 1)
-    return truth, scores, RNG.uniform(0.5, 1.5, n)
+def _scores(rng, n=800):
+    truth = rng.random(n) < 0.5
+    scores = np.clip(rng.normal(0.35 + 0.3 * truth, 0.15), 0, 1)
+    return truth, scores, rng.uniform(0.5, 1.5, n)
 
 
-def test_roc_and_rejection_axes_and_curves(tmp_path):
+def test_roc_and_rejection_axes_and_curves(rng, tmp_path):
     from sklearn.metrics import roc_curve
 
-    truth, scores, weights = _scores()
+    truth, scores, weights = _scores(rng)
     curves = {"training": (truth[:400], scores[:400], weights[:400]), "test": (truth[400:], scores[400:], weights[400:])}
     with plots.kept_figures() as figures:
         plots.roc(curves, tmp_path / "roc.png")
@@ -89,10 +92,10 @@ def test_roc_and_rejection_axes_and_curves(tmp_path):
     assert (tmp_path / "rejection.png").stat().st_size > 0
 
 
-def test_overtraining_error_bars_are_sqrt_sum_w2_and_legend_has_ks(tmp_path):
+def test_overtraining_error_bars_are_sqrt_sum_w2_and_legend_has_ks(rng, tmp_path):
     from scipy.stats import ks_2samp
 
-    truth, scores, weights = _scores(1200)
+    truth, scores, weights = _scores(rng, 1200)
     train, test = slice(0, 700), slice(700, None)
     by_class = {}
     for k, name in ((0, "background"), (1, "signal")):
@@ -123,11 +126,11 @@ def test_overtraining_error_bars_are_sqrt_sum_w2_and_legend_has_ks(tmp_path):
     assert label == f"c test (KS p = {expected:.3f})"
 
 
-def test_input_distributions_fold_overflow_and_say_so(tmp_path):
+def test_input_distributions_fold_overflow_and_say_so(rng, tmp_path):
     n = 600
-    frame = pd.DataFrame({"pt": RNG.exponential(30, n), "njet": RNG.integers(2, 6, n), "eta": RNG.normal(0, 1, n)})
-    frame["class"] = np.where(RNG.random(n) < 0.5, "signal", "background")
-    frame["weight"] = RNG.uniform(0.5, 1.5, n)
+    frame = pd.DataFrame({"pt": np.maximum(rng.normal(20, 30, n), 0), "njet": rng.integers(2, 6, n), "eta": rng.normal(0, 1, n)})
+    frame["class"] = np.where(rng.random(n) < 0.5, "signal", "background")
+    frame["weight"] = rng.uniform(0.5, 1.5, n)
     with plots.kept_figures() as figures:
         plots.input_distributions(frame, ["pt", "njet", "eta"], tmp_path / "inputs.png")
     figure = figures[0]
@@ -150,12 +153,12 @@ def test_input_distributions_fold_overflow_and_say_so(tmp_path):
         if below or above:
             assert texts == [f"folded: {below} below, {above} above"]
     assert np.array_equal(plots.input_edges(frame["njet"].to_numpy()), np.arange(1.5, 6.0))  # one bin per integer
-    assert axes[0].texts  # an exponential's 99.5 % point leaves events above
+    assert axes[0].texts[0].get_text() == "folded: 0 below, 3 above"  # pt ≥ 0: nothing below its 0.5 % point
 
 
-def test_correlation_plot_is_weighted(tmp_path):
+def test_correlation_plot_is_weighted(rng, tmp_path):
     n = 400
-    frame = pd.DataFrame({"a": RNG.normal(size=n), "b": RNG.normal(size=n)})
+    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
     frame["weight"] = np.where(frame["a"] > 0, 5.0, 0.2)
     frame["b"] += np.where(frame["a"] > 0, frame["a"], 0)
     with plots.kept_figures() as figures:
@@ -253,6 +256,22 @@ def test_run_in_a_terminal_shows_the_epoch_counter_before_the_first_trial_ends(t
     assert "\x1b[" in out  # redrawn in place, not printed line by line
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
     assert "next: hhscan report live" in plain and "hhscan test --model best" in plain
+    assert "pack 1 epochs" in plain and not re.search(r"^pack 1 \(2 trials\) epoch", plain, re.M)  # a bar, not lines
+    # `hhscan test` says which long step it is in.
+    assert run_cli(["report", "live", "--no-plots"], tiny.root, capsys, monkeypatch)[0] == 0
+    code, out, err = run_cli(["test"], tiny.root, capsys, monkeypatch)
+    assert code == 0, err
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    # A spinner redraws at most 12 times a second: the long steps are on screen, the quick ones may not be.
+    assert "loading the model live_best.zip" in plain and "plotting input distributions" in plain
+    assert "plots: models/live_best/" in plain
+    from hhscan.apply import apply_model
+    from hhscan.scandir import Workspace
+
+    steps: list[str] = []
+    apply_model(Workspace(tiny.root), "best", directory=tiny.root / "again", on_step=steps.append, plots=False)
+    assert [step.split(" ")[0] for step in steps] == ["loading", "reading", "scoring"] + ["writing"] * 5  # one per sample
+    assert steps[2] == "scoring 1620 events"  # every event used: 365 + 185 + 352 + 363 + 355 in the samples table
 
 
 def test_run_in_a_log_prints_one_line_per_epoch_per_pack(tiny, capsys, monkeypatch):
