@@ -131,6 +131,12 @@ def hyperparameter_label(hyperparameters: Mapping[str, object], names: Sequence[
     return "\n".join(", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line))
 
 
+def _heatmap_ticks(axis) -> None:
+    """Cells are labelled: no minor ticks, and no ticks on the far sides (the HEP style mirrors them)."""
+    axis.minorticks_off()
+    axis.tick_params(top=False, right=False)
+
+
 # --- figures ------------------------------------------------------------------------------------------------------
 
 
@@ -155,7 +161,7 @@ def hyperparameter_effects(frame, parameters: Sequence[str], criterion: str, dir
         table = frame.pivot_table(index=f"hp_{first}", columns=f"hp_{second}", values=criterion, aggfunc="mean")
         figure, axis = plt.subplots(figsize=(6, 5))
         sns.heatmap(table, annot=True, fmt=".3g", cmap="viridis", ax=axis, cbar_kws={"label": f"mean {criterion}"})
-        axis.minorticks_off()
+        _heatmap_ticks(axis)
         axis.set_xlabel(second)
         axis.set_ylabel(first)
         paths.append(_save(figure, directory / f"pair_{first}__{second}.png"))
@@ -182,7 +188,7 @@ def learning_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], path
     handles, labels = axis.get_legend_handles_labels()
     handles += [Line2D([], [], color="black", linestyle="--"), Line2D([], [], color="black")]
     labels += ["training", "validation"]
-    axis.legend(handles, labels, loc="upper right")
+    axis.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: curves stay visible
     return _save(figure, path)
 
 
@@ -273,7 +279,7 @@ def confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Pat
     figure, axis = plt.subplots(figsize=(6, 5))
     sns.heatmap(matrix, annot=True, fmt=".2f", xticklabels=class_names, yticklabels=class_names, ax=axis,
                 cmap="Blues", vmin=0, vmax=1, cbar_kws={"label": "weighted fraction of the true class"})  # fmt: skip
-    axis.minorticks_off()
+    _heatmap_ticks(axis)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
     return _save(figure, path)
@@ -327,7 +333,7 @@ def correlations(frame, feature_names: Sequence[str], path: Path, title: str, we
     sns.heatmap(matrix, vmin=-1, vmax=1, cmap="RdBu_r", ax=axis, square=True, xticklabels=names, yticklabels=names,
                 annot=len(names) <= 12, fmt=".2f", annot_kws={"fontsize": 8},
                 cbar_kws={"label": "weighted correlation coefficient"})  # fmt: skip
-    axis.minorticks_off()
+    _heatmap_ticks(axis)
     axis.tick_params(labelsize="x-small")
     axis.tick_params(axis="y", labelrotation=0)
     axis.collections[0].colorbar.ax.yaxis.label.set_size("small")

@@ -12,7 +12,7 @@ from hhscan.scandir import ScanDirectory
 from hhscan.training import EpochProgress
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
@@ -70,15 +70,15 @@ class _PackState:
         return sum(timed) / len(timed)
 
     def describe(self, progress: EpochProgress) -> str:
+        """Time per epoch, the remaining time if no trial stops early, the best value so far among the trials."""
         per_epoch = self.seconds_per_epoch()
         remaining = (progress.epochs - progress.epoch) * per_epoch
         known = [b for b in progress.best if b is not None]
         pick = min if "loss" in progress.monitor else max
-        best = f"best {progress.monitor} {_number(pick(known))}" if known else f"best {progress.monitor} –"
         stopped = f", {len(self.stopped)} stopped early" if self.stopped else ""
         return (
-            f"epoch {progress.epoch}/{progress.epochs}  {per_epoch:.2f} s/epoch  ETA {_duration(remaining)}  "
-            f"{best}{stopped}"
+            f"{per_epoch:.2f} s/epoch  ETA {_duration(remaining)}  "
+            f"best {progress.monitor} {_number(pick(known)) if known else '–'}{stopped}"
         )
 
 
@@ -93,16 +93,16 @@ class RunProgress:
         self.pack: _PackState | None = None
         self.packs = 0
         self.counted: set[str] = set()
+        self.total = total
         self.progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(bar_width=30),
-            MofNCompleteColumn(),
+            BarColumn(bar_width=12),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             console=console,
             disable=not self.live,
         )
-        self.trials = self.progress.add_task("trials", total=total, detail=WAITING)
+        self.trials = self.progress.add_task(f"trials 0/{total}", total=total, detail=WAITING)
 
     def __enter__(self) -> RunProgress:
         self.progress.__enter__()
@@ -123,14 +123,16 @@ class RunProgress:
                 pack.stopped.add(trial_id)
                 self._stopped_early(trial_id, progress)
         detail = pack.describe(progress)
-        name = f"pack {pack.number} ({len(pack.trial_ids)} trial{'s' if len(pack.trial_ids) > 1 else ''})"
+        counter = f"epoch {progress.epoch}/{progress.epochs}"
         if not self.live:
-            self.console.print(f"{name} {detail}", markup=False)
+            size = f"{len(pack.trial_ids)} trial{'s' if len(pack.trial_ids) > 1 else ''}"
+            self.console.print(f"pack {pack.number} ({size}) {counter}  {detail}", markup=False)
             return
         assert pack.task is not None
         over = progress.epoch >= progress.epochs or not any(progress.active)
         self.progress.update(self.trials, detail="scoring and saving the pack's models" if over else "")
-        self.progress.update(pack.task, completed=progress.epoch, total=progress.epochs, detail=detail)
+        self.progress.update(pack.task, completed=progress.epoch, total=progress.epochs, detail=detail,
+                             description=f"pack {pack.number} {counter}")  # fmt: skip
         self.progress.refresh()
 
     def _start_pack(self, progress: EpochProgress) -> None:
@@ -139,20 +141,24 @@ class RunProgress:
         self.packs += 1
         self.pack = _PackState(self.packs, progress)
         if self.live:
-            self.pack.task = self.progress.add_task(f"pack {self.packs} epochs", total=progress.epochs, detail="")
+            self.pack.task = self.progress.add_task(f"pack {self.packs}", total=progress.epochs, detail="")
 
     def _stopped_early(self, trial_id: str, progress: EpochProgress) -> None:
         self.console.print(f"{trial_id} stopped early after epoch {progress.epoch}/{progress.epochs}", markup=False)
         if trial_id not in self.counted:
             self.counted.add(trial_id)
-            self.progress.advance(self.trials)
+            self._advance()
+
+    def _advance(self) -> None:
+        self.progress.advance(self.trials)
+        self.progress.update(self.trials, description=f"trials {len(self.counted)}/{self.total}")
 
     def trial_done(self, record: TrialRecord) -> None:
         """Called with each trial's record as it is written."""
         self.console.print(_trial_line(record))
         if record.trial_id not in self.counted:
             self.counted.add(record.trial_id)
-            self.progress.advance(self.trials)
+            self._advance()
         self.progress.update(self.trials, detail=WAITING)
 
 

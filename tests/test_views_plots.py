@@ -256,7 +256,7 @@ def test_run_in_a_terminal_shows_the_epoch_counter_before_the_first_trial_ends(t
     assert "\x1b[" in out  # redrawn in place, not printed line by line
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
     assert "next: hhscan report live" in plain and "hhscan test --model best" in plain
-    assert "pack 1 epochs" in plain and not re.search(r"^pack 1 \(2 trials\) epoch", plain, re.M)  # a bar, not lines
+    assert re.search(r"pack 1 epoch 3/3 +━+ +0\.\d\d s/epoch", plain) and not re.search(r"^pack 1 \(2 trials\) epoch", plain, re.M)  # a bar, not lines
     # `hhscan test` says which long step it is in.
     assert run_cli(["report", "live", "--no-plots"], tiny.root, capsys, monkeypatch)[0] == 0
     code, out, err = run_cli(["test"], tiny.root, capsys, monkeypatch)
