@@ -159,7 +159,7 @@ class RunProgress:
         if record.trial_id not in self.counted:
             self.counted.add(record.trial_id)
             self._advance()
-        self.progress.update(self.trials, detail=WAITING)
+        self.progress.update(self.trials, detail=WAITING if len(self.counted) < self.total else "")
 
 
 class Steps:
