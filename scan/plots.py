@@ -307,6 +307,8 @@ def input_distributions(frame, feature_names: Sequence[str], path: Path) -> Path
         axis.set_xlabel(name, fontsize="small")
         axis.set_ylabel("fraction of events", fontsize="x-small")
         axis.tick_params(labelsize="xx-small")
+        axis.minorticks_off()  # small panels: minor and mirrored ticks are clutter, and dominate the drawing time
+        axis.tick_params(top=False, right=False)
         if any(folded):
             axis.text(0.97, 0.95, f"folded: {folded[0]} below, {folded[1]} above", transform=axis.transAxes,
                       ha="right", va="top", fontsize="xx-small", color="dimgrey")  # fmt: skip
