@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,8 +129,12 @@ def apply_model(
     force: bool = False,
     chunk_size: int = 200_000,
     plots: bool = True,
+    on_step: Callable[[str], None] | None = None,
 ) -> ApplyResult:
+    """``on_step`` is told each long step as it starts (loading, reading, scoring, writing, plotting)."""
     from hhscan.report import resolve_model
+
+    step = on_step or (lambda _text: None)
 
     if file_format not in ("root", "h5"):
         raise HhscanError(f"--format must be root or h5, not '{file_format}'")
@@ -140,6 +144,7 @@ def apply_model(
     # Refuse unknown or training samples before loading the model (seconds), not after.
     selected = _selected_samples(sample_list, output_keys, force) if output_keys else []
     model.choose_backend("auto")  # a .keras model loads on any backend
+    step(f"loading the model {path.name}")
     keras_model, _ = artifacts.load_model_zip(path)
     model.keep_tensorflow_out()
     out_dir = Path(directory) if directory else workspace.models / path.stem
@@ -149,10 +154,12 @@ def apply_model(
     if output_keys:
         for sample in selected:
             target = out_dir / f"{sample.name}{suffix}"
+            step(f"scoring {sample.name} → {target}")
             result.events[sample.name] = _apply_streaming(keras_model, metadata, sample_list, sample, target,
                                                           file_format, chunk_size)  # fmt: skip
             result.outputs[sample.name] = target
         return result
+    step("reading the samples and the split")
     dataset = load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
     if dataset.split_checksum != metadata["split_checksum"]:
         raise ModelError(
@@ -162,12 +169,14 @@ def apply_model(
         )
     if dataset.feature_names != metadata["feature_names"]:
         raise ModelError(f"{path}: inputs {metadata['feature_names']} differ from the data's {dataset.feature_names}")
+    step(f"scoring {len(dataset.features)} events")
     scores = model.predict(keras_model, dataset.features)
     groups = _group_keys(dataset, sample_list, parameters.split_name)
     test_yields = _test_yields(dataset)
     for key in sorted(set(groups)):
         selected = (dataset.partition == TEST) & (groups == key)
         target = out_dir / f"{key}{suffix}"
+        step(f"writing {target}")
         writer = OutputFile(target, file_format, {"label_classes": label_classes(dataset.class_names)})
         try:
             writer.append(_test_columns(dataset, scores, selected, test_yields))
@@ -181,7 +190,7 @@ def apply_model(
     if problem := dataset.yield_problem():
         result.notes.append(f"significance not computed: {problem}")
     if plots:
-        result.plots = evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir)
+        result.plots = evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir, step)
     return result
 
 
@@ -289,21 +298,25 @@ def _test_metrics(dataset: Dataset, scores: np.ndarray) -> dict[str, float]:
     return result
 
 
-def evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir: Path) -> list[Path]:
+def evaluation_plots(
+    dataset, scores, metadata, sample_list, parameters, out_dir: Path, on_step: Callable[[str], None] | None = None
+) -> list[Path]:
     import pandas as pd
     from hhscan import plots as figures
+
+    step = on_step or (lambda _text: None)
+    step(f"plotting ROC and rejection → {out_dir}")
 
     signal_name = " + ".join(dataset.signal_classes)
     signal_scores = metrics.signal_scores(scores, dataset.signal_columns)
     is_signal = dataset.is_signal()
     w = dataset.learning_weight
     parts = {name: dataset.partition == p for name, p in (("train", TRAIN), ("test", TEST))}
+    curves = {name: (is_signal[m], signal_scores[m], w[m]) for name, m in parts.items()}
+    title = f"{signal_name} vs rest, weighted"
     paths = [
-        figures.roc(
-            {name: (is_signal[m], signal_scores[m], w[m]) for name, m in parts.items()},
-            out_dir / "roc.png",
-            title=f"weighted ROC, {signal_name} vs rest",
-        )
+        figures.roc(curves, out_dir / "roc.png", title=title),
+        figures.rejection(curves, out_dir / "rejection.png", title=title),
     ]
     by_class = {
         cls: {
@@ -311,6 +324,7 @@ def evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir
         }
         for k, cls in enumerate(dataset.class_names)
     }
+    step(f"plotting overtraining and significance → {out_dir}")
     paths.append(figures.overtraining(by_class, out_dir / "overtraining.png", f"P({signal_name})"))
     test = parts["test"]
     problem = dataset.yield_problem()
@@ -328,7 +342,9 @@ def evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir
         matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1e-12)
         paths.append(figures.confusion(matrix, dataset.class_names, out_dir / "confusion.png"))
     if metadata.get("history"):
-        paths.append(figures.learning_curves({metadata["trial_id"]: metadata["history"]}, out_dir / "training.png"))
+        label = figures.hyperparameter_label(metadata["hyperparameters"], sorted(metadata["hyperparameters"]))
+        paths.append(figures.learning_curves({label: metadata["history"]}, out_dir / "training.png"))
+    step(f"plotting input distributions and correlations → {out_dir}")
     frame = pd.DataFrame(dataset.features, columns=dataset.feature_names)
     frame["class"] = np.asarray(dataset.class_names)[dataset.labels]
     frame["weight"] = w

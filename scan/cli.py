@@ -107,20 +107,25 @@ def run(
     console = _console()
     params, sample_list = _load(parameters, samples)
     _check_writable(Path(workspace), name)
-    prepared = session.prepare(params, sample_list, Path(workspace), name, kind="local")
+    with console_views.Steps(console, "reading the samples and building the split"):
+        prepared = session.prepare(params, sample_list, Path(workspace), name, kind="local")
     _print_data(console, prepared)
     todo = prepared.scan.missing()[: max_trials if max_trials is not None else None]
     console.print(
         f"scan [bold]{name}[/]: {len(prepared.trials)} trials, {len(todo)} to run → {_text(prepared.scan.root)}"
     )
-    with console_views.TrialProgress(console, len(todo)) as progress:
-        finished = session.run_local(prepared, [t.id for t in todo], on_trial_end=progress.advance)
+    with console_views.RunProgress(console, len(todo)) as progress:
+        finished = session.run_local(
+            prepared, [t.id for t in todo], on_trial_end=progress.trial_done, on_epoch=progress.epoch
+        )
     console_views.print_scan_leaderboard(console, prepared.scan)
     if finished and not any(record.done for record in finished):
         raise HhscanError(
             f"all {len(finished)} trial(s) of scan '{name}' failed: their errors are in the FAIL records under "
             f"{prepared.scan.output_dir.absolute()} ('hhscan status {name}' lists them)"
         )
+    console.print(f"next: [bold]hhscan report {name}[/] (ranks every trial, exports the best model), "
+                  f"then [bold]hhscan test --model best[/] (scores the test split, draws the plots)")  # fmt: skip
 
 
 @app.command()
@@ -292,13 +297,17 @@ def test_model(
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Apply a model to the test split (or to other samples): scored ROOT/HDF5 files and evaluation plots."""
+    from hhscan import views as console_views
     from hhscan.apply import apply_model
     from hhscan.fileio import require_writable
     from hhscan.scandir import Workspace
 
     console = _console()
     require_writable([directory if directory is not None else Path(workspace) / "models"])
-    result = apply_model(Workspace(Path(workspace)), model, output or None, file_format, directory, force)
+    with console_views.Steps(console, "loading the model") as steps:
+        result = apply_model(
+            Workspace(Path(workspace)), model, output or None, file_format, directory, force, on_step=steps
+        )
     for key, path in result.outputs.items():
         console.print(f"{_text(key)}: {result.events[key]} events → {_text(path)}")
     if result.metrics:

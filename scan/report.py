@@ -110,7 +110,12 @@ def make_report(
         directory.mkdir(parents=True, exist_ok=True)
         done = frame[frame["rank"].notna()]
         report.plot_paths += figures.hyperparameter_effects(done, names, criterion, directory)
-        curves = {f"#{i + 1} {r.trial_id}": r.history for i, r in enumerate(best[:top_curves])}
+        shown = names or sorted(best[0].hyperparameters)
+        curves = {
+            f"#{i + 1} " + figures.hyperparameter_label(r.hyperparameters, shown)
+            + (f" (repetition {r.repetition})" if r.repetition else ""): r.history
+            for i, r in enumerate(best[:top_curves])
+        }  # fmt: skip
         report.plot_paths.append(figures.learning_curves(curves, directory / "learning_curves.png"))
     if best and export:
         report.best_zip = export_best(workspace, scan, best[0])

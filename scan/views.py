@@ -9,9 +9,10 @@ from hhscan.dataset import SampleSummary
 from hhscan.ranking import criterion_value, ranked, varying
 from hhscan.records import TrialRecord
 from hhscan.scandir import ScanDirectory
+from hhscan.training import EpochProgress
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
@@ -50,34 +51,153 @@ def print_input_warnings(console: Console, leaks: dict[str, float], threshold: f
         )
 
 
-class TrialProgress:
-    """A progress bar that also prints one line per finished trial."""
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _trial_line(record: TrialRecord) -> str:
+    if record.done:
+        return (
+            f"{record.trial_id} {record.criterion}={_number(criterion_value(record, record.criterion))} "
+            f"({record.epochs_run} epochs, {record.seconds:.1f} s"
+            + (f" as 1/{record.pack_size} of a pack)" if record.pack_size > 1 else ")")
+        )
+    return f"[red]{record.trial_id} FAIL[/] {escape(record.error)}"
+
+
+WAITING = "building a pack; its first epoch includes compilation"
+
+
+class _PackState:
+    """What the view remembers of the pack in training: its number, timings, and the trials already stopped."""
+
+    def __init__(self, number: int, progress: EpochProgress):
+        self.number = number
+        self.trial_ids = list(progress.trial_ids)
+        self.durations: list[float] = []
+        self.stopped: set[str] = set()
+        self.task: TaskID | None = None
+
+    def seconds_per_epoch(self) -> float:
+        # The first epoch of a pack includes compilation: left out once others are measured.
+        timed = self.durations[1:] or self.durations
+        return sum(timed) / len(timed)
+
+    def describe(self, progress: EpochProgress) -> str:
+        """Time per epoch, the remaining time if no trial stops early, the best value so far among the trials."""
+        per_epoch = self.seconds_per_epoch()
+        remaining = (progress.epochs - progress.epoch) * per_epoch
+        known = [b for b in progress.best if b is not None]
+        pick = min if "loss" in progress.monitor else max
+        stopped = f", {len(self.stopped)} stopped early" if self.stopped else ""
+        return (
+            f"{per_epoch:.2f} s/epoch  ETA {_duration(remaining)}  "
+            f"best {progress.monitor} {_number(pick(known)) if known else '–'}{stopped}"
+        )
+
+
+class RunProgress:
+    """The live view of a local run: trials done, and the pack in training (epoch i/N, time per epoch, ETA, best
+    validation value among its trials). In a terminal rich redraws it; elsewhere (a log, Slurm) it prints one
+    plain line per epoch per pack and one per finished trial."""
 
     def __init__(self, console: Console, total: int):
         self.console = console
+        self.live = console.is_terminal
+        self.pack: _PackState | None = None
+        self.packs = 0
+        self.counted: set[str] = set()
+        self.total = total
         self.progress = Progress(
-            TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=12),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not self.live,
         )
-        self.task = self.progress.add_task("trials", total=total)
+        self.trials = self.progress.add_task(f"trials 0/{total}", total=total, detail=WAITING)
 
-    def __enter__(self) -> TrialProgress:
+    def __enter__(self) -> RunProgress:
         self.progress.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def advance(self, record: TrialRecord) -> None:
-        if record.done:
-            message = (
-                f"{record.trial_id} {record.criterion}={_number(criterion_value(record, record.criterion))} "
-                f"({record.epochs_run} epochs, {record.seconds:.1f} s"
-                + (f" as 1/{record.pack_size} of a pack)" if record.pack_size > 1 else ")")
-            )
-        else:
-            message = f"[red]{record.trial_id} FAIL[/] {escape(record.error)}"  # '[/' in an error is text
-        self.progress.console.print(message)
-        self.progress.advance(self.task)
+    def epoch(self, progress: EpochProgress) -> None:
+        """Called by training after every epoch of a pack."""
+        if self.pack is None or self.pack.trial_ids != list(progress.trial_ids):
+            self._start_pack(progress)
+        pack = self.pack
+        assert pack is not None
+        pack.durations.append(progress.seconds_per_epoch)
+        for trial_id, active in zip(progress.trial_ids, progress.active, strict=True):
+            if not active and trial_id not in pack.stopped:
+                pack.stopped.add(trial_id)
+                self._stopped_early(trial_id, progress)
+        detail = pack.describe(progress)
+        counter = f"epoch {progress.epoch}/{progress.epochs}"
+        if not self.live:
+            size = f"{len(pack.trial_ids)} trial{'s' if len(pack.trial_ids) > 1 else ''}"
+            self.console.print(f"pack {pack.number} ({size}) {counter}  {detail}", markup=False)
+            return
+        assert pack.task is not None
+        over = progress.epoch >= progress.epochs or not any(progress.active)
+        self.progress.update(self.trials, detail="scoring and saving the pack's models" if over else "")
+        self.progress.update(pack.task, completed=progress.epoch, total=progress.epochs, detail=detail,
+                             description=f"pack {pack.number} {counter}")  # fmt: skip
+        self.progress.refresh()
+
+    def _start_pack(self, progress: EpochProgress) -> None:
+        if self.pack is not None and self.pack.task is not None:
+            self.progress.remove_task(self.pack.task)
+        self.packs += 1
+        self.pack = _PackState(self.packs, progress)
+        if self.live:
+            self.pack.task = self.progress.add_task(f"pack {self.packs}", total=progress.epochs, detail="")
+
+    def _stopped_early(self, trial_id: str, progress: EpochProgress) -> None:
+        self.console.print(f"{trial_id} stopped early after epoch {progress.epoch}/{progress.epochs}", markup=False)
+        if trial_id not in self.counted:
+            self.counted.add(trial_id)
+            self._advance()
+
+    def _advance(self) -> None:
+        self.progress.advance(self.trials)
+        self.progress.update(self.trials, description=f"trials {len(self.counted)}/{self.total}")
+
+    def trial_done(self, record: TrialRecord) -> None:
+        """Called with each trial's record as it is written."""
+        self.console.print(_trial_line(record))
+        if record.trial_id not in self.counted:
+            self.counted.add(record.trial_id)
+            self._advance()
+        self.progress.update(self.trials, detail=WAITING if len(self.counted) < self.total else "")
+
+
+class Steps:
+    """Says which long step is under way (reading data, loading a model, scoring, plotting): a spinner line in a
+    terminal, nothing elsewhere."""
+
+    def __init__(self, console: Console, first: str = "starting"):
+        self.status = console.status(first) if console.is_terminal else None
+
+    def __enter__(self) -> Steps:
+        if self.status is not None:
+            self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+    def __call__(self, text: str) -> None:
+        if self.status is not None:
+            self.status.update(escape(text))
 
 
 def print_scan_leaderboard(console: Console, scan: ScanDirectory, top: int = 10) -> None:
@@ -93,26 +213,7 @@ def print_leaderboard(
     corrupt: dict[str, str],
     top: int = 10,
 ) -> None:
-    best = ranked(list(records.values()), criterion)
-    columns = varying(list(records.values())) or sorted({k for r in records.values() for k in r.hyperparameters})
-    train_key = criterion.replace("val_", "train_")
-    table = Table(
-        title=f"scan {scan_name}: top {min(top, len(best))} of {len(best)} by {criterion}",
-        title_justify="left",
-    )
-    table.add_column("rank", justify="right")
-    table.add_column("trial")
-    for column in columns:
-        table.add_column(column, justify="right")
-    table.add_column(criterion, justify="right")
-    table.add_column(train_key, justify="right")
-    table.add_column("epochs", justify="right")
-    for rank, record in enumerate(best[:top], start=1):
-        table.add_row(
-            str(rank), record.trial_id, *(str(record.hyperparameters.get(c)) for c in columns),
-            _number(criterion_value(record, criterion)), _number(record.metrics.get(train_key)), str(record.epochs_run),
-        )  # fmt: skip
-    console.print(table)
+    console.print(leaderboard_table(scan_name, criterion, records, top))
     failed = [r for r in records.values() if not r.done]
     no_value = [r for r in records.values() if r.done and criterion_value(r, criterion) is None]
     if no_value:
@@ -122,9 +223,35 @@ def print_leaderboard(
         for record in failed[:20]:
             where = f" job {record.job_id}" if record.job_id else ""
             log = f" log {record.log_path}" if record.log_path else ""
-            console.print(escape(f"  {record.trial_id}{where}: {record.error}{log}"))
+            console.print(f"  {record.trial_id}{where}: {record.error}{log}", markup=False)
     if corrupt:
         console.print(
             f"[yellow]{len(corrupt)} unreadable record file(s) counted as missing[/]: "
             + escape(", ".join(sorted(corrupt)[:5]))
         )
+
+
+def leaderboard_table(scan_name: str, criterion: str, records: dict[str, TrialRecord], top: int = 10) -> Table:
+    """The top trials: rank, trial id, hyperparameters (those that vary; all of them for a single trial), the
+    criterion, its training counterpart, and the epochs each trial ran. Every column has its own name."""
+    best = ranked(list(records.values()), criterion)
+    columns = varying(list(records.values())) or sorted({k for r in records.values() for k in r.hyperparameters})
+    train_key = criterion.replace("val_", "train_")
+    table = Table(
+        title=f"scan {scan_name}: top {min(top, len(best))} of {len(best)} by {criterion}",
+        title_justify="left",
+    )
+    table.add_column("rank", justify="right")
+    table.add_column("trial")
+    fixed = {"rank", "trial", criterion, train_key, "epochs run"}
+    for column in columns:
+        table.add_column(column if column not in fixed else f"{column} (hyperparameter)", justify="right")
+    table.add_column(criterion, justify="right")
+    table.add_column(train_key, justify="right")
+    table.add_column("epochs run", justify="right")
+    for rank, record in enumerate(best[:top], start=1):
+        table.add_row(
+            str(rank), record.trial_id, *(str(record.hyperparameters.get(c)) for c in columns),
+            _number(criterion_value(record, criterion)), _number(record.metrics.get(train_key)), str(record.epochs_run),
+        )  # fmt: skip
+    return table
