@@ -193,3 +193,22 @@ def run_cli(args: list[str], cwd: Path, capsys=None, monkeypatch=None) -> tuple[
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def fail_trials(analysis: Analysis, scan_name: str, which) -> list[str]:
+    """Make the trials whose hyperparameters satisfy ``which`` fail for real in scan ``scan_name``: a directory
+    stands where their checkpoint (alone, and of every pack holding them) would be read. Returns their ids."""
+    from hhscan import config, packing, trial
+    from hhscan.scandir import ScanDirectory
+
+    parameters = config.load_parameters(analysis.parameters)
+    trials = trial.expand(parameters)
+    setting = parameters.training.pack_size
+    size = len(trials) if setting == "auto" else int(setting)
+    assert setting != "auto" or size <= packing.DEFAULT_PACK_SIZE  # "auto" packs a small request whole
+    scan = ScanDirectory(analysis.root / "slurm" / scan_name)
+    failing = [t for t in trials if which(t.hyperparameters)]
+    for pack in [*packing.form_packs(trials, size), *([t] for t in failing)]:
+        if any(t in failing for t in pack):
+            (scan.checkpoint_dir(packing.pack_key(pack)) / "pack.npz").mkdir(parents=True)
+    return [t.id for t in failing]

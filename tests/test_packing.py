@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import fail_trials, run_cli
 from hhscan import callbacks, config, packing, runner, training, trial
 from hhscan.scandir import Workspace
 
@@ -83,15 +83,15 @@ def test_packs_group_by_step_structure_into_near_equal_sizes():
 
 
 def test_a_failing_trial_does_not_fail_its_pack(analysis, capsys, monkeypatch):
-    analysis.edit_parameters(hyperparameters={"activation": ["relu", "no_such_activation"]},
-                             training={"pack_size": 4})  # fmt: skip
+    analysis.edit_parameters(hyperparameters={"activation": ["relu", "tanh"]}, training={"pack_size": 4})
+    fail_trials(analysis, "local", lambda hp: hp["activation"] == "tanh")
     code, _, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     found, _ = Workspace(analysis.root).scan("local").records()
     by_activation = {}
     for record in found.values():
         by_activation.setdefault(record.hyperparameters["activation"], set()).add(record.status)
-    assert by_activation == {"relu": {"DONE"}, "no_such_activation": {"FAIL"}}
+    assert by_activation == {"relu": {"DONE"}, "tanh": {"FAIL"}}
 
 
 def test_pack_records_carry_the_pack_size_and_a_share_of_the_time(analysis, capsys, monkeypatch):

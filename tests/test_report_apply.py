@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import uproot
-from conftest import make_events, run_cli, write_root
+from conftest import fail_trials, make_events, run_cli, write_root
 from hhscan import config, dataset
 from hhscan.split import TEST
 
@@ -18,7 +18,8 @@ from hhscan.split import TEST
 @pytest.fixture
 def reported(analysis, capsys, monkeypatch):
     """A local scan with one failing trial, reported."""
-    analysis.edit_parameters(hyperparameters={"activation": ["relu", "no_such_activation"], "neurons": [4, 8]})
+    analysis.edit_parameters(hyperparameters={"activation": ["relu", "tanh"], "neurons": [4, 8]})
+    fail_trials(analysis, "rep", lambda hp: hp["activation"] == "tanh")  # an unreadable checkpoint
     code, _, err = run_cli(["run", "--local", "--name", "rep"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     code, out, err = run_cli(["report", "rep"], analysis.root, capsys, monkeypatch)
@@ -39,7 +40,7 @@ def test_report_ranks_lists_failures_and_exports_the_best(reported):
     values = [float(r["val_auc"]) for r in done]
     assert values == sorted(values, reverse=True) and [r["rank"] for r in done] == ["1", "2", "3", "4"]
     assert all(r["status"] == "FAIL" and r["error"] for r in rows[4:])
-    assert "4 failed trial(s)" in out and "no_such_activation" in out
+    assert "4 failed trial(s)" in out and "IsADirectoryError" in out
     # Only the hyperparameters that vary get a column in the console table and a plot.
     assert "learning_rate" in out and "neurons" in out and "activation" in out and "batch_size" not in out
     plots = {p.name for p in (analysis.root / "models" / "rep").iterdir()}

@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, fail_trials, run_cli
 from hhscan import artifacts, config, metrics, records, trial
 from hhscan.scandir import Workspace
 from hhscan.split import TRAIN, VALIDATION
@@ -92,14 +92,15 @@ def test_model_zip_loads_with_plain_keras_and_reproduces_the_record(analysis, ca
 
 
 def test_failed_trial_is_recorded_and_the_scan_goes_on(analysis, capsys, monkeypatch):
-    analysis.edit_parameters(hyperparameters={"activation": ["relu", "no_such_activation"], "learning_rate": [0.01]})
+    analysis.edit_parameters(hyperparameters={"activation": ["relu", "tanh"], "learning_rate": [0.01]})
+    fail_trials(analysis, "unit", lambda hp: hp["activation"] == "tanh")  # an unreadable checkpoint
     code, out, err = run_cli(["run", "--local", "--name", "unit"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     found, _ = Workspace(analysis.root).scan("unit").records()
     statuses = sorted(r.status for r in found.values())
     assert statuses == ["DONE", "FAIL"]
     failed = next(r for r in found.values() if r.status == "FAIL")
-    assert "no_such_activation" in failed.error and "Traceback" in failed.traceback
+    assert "IsADirectoryError" in failed.error and "pack.npz" in failed.error and "Traceback" in failed.traceback
     assert "1 failed trial" in out
     # FAIL counts as missing: a rerun tries it again.
     assert [t.id for t in Workspace(analysis.root).scan("unit").missing()] == [failed.trial_id]
