@@ -121,3 +121,24 @@ def test_packing_groups_by_the_registrys_step_structure():
     assert len(packs) == 4 and all(len(p) == 2 for p in packs)
     assert {packing.step_structure(p[0]) for p in packs} == {(64, 1), (64, 2), (128, 1), (128, 2)}
     assert packing.step_structure(trial.Trial("x", {"neurons": 4}, 0)) == (256, 20)  # defaults
+
+
+def test_zero_hidden_layers_trains_in_a_pack_as_a_logistic_regression(analysis):
+    from hhscan import runner, training
+    from hhscan.scandir import Workspace
+    from hhscan.split import VALIDATION
+
+    analysis.edit_parameters(hyperparameters={"layers": [0, 1]})
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    trials = trial.expand(parameters)
+    results = training.train_pack(trials, data, parameters)
+    assert all(np.isfinite(r.history["val_loss"]).all() and r.epochs_run == 2 for r in results)
+    zero = next(r for t, r in zip(trials, results, strict=True) if t.hyperparameters["layers"] == 0)
+    scaler, score = zero.model.get_layer("scaler"), zero.model.get_layer("score")
+    mean, variance = (np.ravel(np.asarray(v)) for v in (scaler.mean, scaler.variance))
+    kernel, bias = (np.asarray(v, dtype=np.float64) for v in score.get_weights())
+    x = data.features[data.partition == VALIDATION].astype(np.float64)
+    by_hand = 1 / (1 + np.exp(-(((x - mean) / np.sqrt(variance)) @ kernel + bias)))
+    predicted = zero.model.predict(x.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(predicted, by_hand, rtol=1e-4, atol=1e-6)
