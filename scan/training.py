@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,9 +178,16 @@ def _load_checkpoint(root: Path | None, trial_id: str) -> tuple[dict[str, Any], 
     path = None if root is None else checkpoint_path(root, trial_id)
     if path is None or not path.exists():
         return None
-    with np.load(path) as stored:
-        arrays = {key: stored[key] for key in stored.files}
-    state = json.loads(arrays.pop("__state__").tobytes())
+    try:
+        with np.load(path) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        state = json.loads(arrays.pop("__state__").tobytes())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        # Checkpoints are written atomically, so this is damage from outside: the trial starts again from epoch 0
+        # (a result is never built on a checkpoint that cannot be read), and the job log says so.
+        print(f"hhscan: trial {trial_id}: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
+              f"training it from epoch 1", flush=True)  # fmt: skip
+        return None
     if state.get("branch", {}).get("trial_id") != trial_id:
         return None
     return state, arrays

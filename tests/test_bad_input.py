@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import LUMI, SUMW, XSEC, Analysis, build_analysis, make_events, run_cli, write_root
-from hhscan import artifacts, config, dataset, packing, trial
+from hhscan import artifacts, config, dataset, training, trial
 from hhscan.scandir import ScanDirectory
 
 
@@ -357,19 +357,21 @@ def test_debug_is_accepted_after_the_command(analysis, capsys, monkeypatch):
 def test_every_trial_failing_exits_1_and_error_text_prints_literally(tmp_path, capsys, monkeypatch):
     # A workspace "a[/b]" puts "[/b]" into paths and errors: rich must print it, not read it as a closing tag.
     analysis = build_analysis(tmp_path / "a[" / "b]")
+    # Both trials fail for real: a learning rate that makes a 3-layer ReLU net overflow to NaN in epoch 1.
+    analysis.edit_parameters(hyperparameters={"learning_rate": [1.0e30, 1.0e31], "layers": [3], "neurons": [16]})
     trials = trial.expand(config.load_parameters(analysis.parameters))
     scan = ScanDirectory(analysis.root / "slurm" / "bad")
-    for pack in [trials, *([t] for t in trials)]:  # the pack, then each trial alone: a directory, not a checkpoint
-        (scan.checkpoint_dir(packing.pack_key(pack)) / "pack.npz").mkdir(parents=True)
+    for item in trials:  # an unreadable checkpoint: said in the log, the trial trains from epoch 1 (no crash)
+        training.checkpoint_path(scan.root / "checkpoints", item.id).mkdir(parents=True)
     args = ["run", "--local", "--name", "bad", "--workspace", str(analysis.root)]  # absolute paths in errors
     code, out, err = run_cli(args, analysis.root, capsys, monkeypatch)
     _one_error_line(code, err, "all 2 trial(s) of scan 'bad' failed", f"under {scan.output_dir}", "hhscan status bad")
     printed = " ".join(out.split())  # rich wraps long lines
-    assert f"IsADirectoryError: [Errno 21] Is a directory: '{scan.root}/checkpoints/" in printed
+    assert f"checkpoint {scan.root}/checkpoints/" in printed and "is unreadable" in printed
     assert f"to run → {scan.root}" in printed
     records, corrupt = scan.records()
     assert sorted(records) == sorted(t.id for t in trials) and not corrupt
-    assert all(r.status == "FAIL" and "[/" in r.error for r in records.values())
+    assert all(r.status == "FAIL" and "diverged at epoch 1" in r.error for r in records.values())
 
 
 def _as_unprivileged(args: list[str], cwd: Path) -> tuple[int, str]:
