@@ -204,7 +204,8 @@ def test_significance_axes(tmp_path):
 
 def _record(trial_id: str, epochs: int = 3, hp: dict | None = None) -> TrialRecord:
     return TrialRecord(trial_id=trial_id, status=DONE, repetition=0, hyperparameters=hp or {},
-                       criterion="val_auc", value=0.8, metrics={"train_auc": 0.82}, epochs_run=epochs)  # fmt: skip
+                       criterion="val_auc", value=0.8, metrics={"val_auc": 0.8, "train_auc": 0.82},
+                       epochs_run=epochs)  # fmt: skip
 
 
 def test_single_trial_leaderboard_columns_are_unique_and_named():
@@ -262,8 +263,9 @@ def test_run_in_a_terminal_shows_the_epoch_counter_before_the_first_trial_ends(t
     code, out, err = run_cli(["test"], tiny.root, capsys, monkeypatch)
     assert code == 0, err
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
-    # A spinner redraws at most 12 times a second: the long steps are on screen, the quick ones may not be.
-    assert "loading the model live_best.zip" in plain and "plotting input distributions" in plain
+    # A spinner redraws at most 12 times a second: the long steps are on screen, the quick ones may not be (loading
+    # the model is quick once Keras is imported in this process; the order of all steps is checked below).
+    assert "plotting input distributions" in plain
     assert "plots: models/live_best/" in plain
     from hhscan.apply import apply_model
     from hhscan.scandir import Workspace
