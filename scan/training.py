@@ -164,8 +164,12 @@ def _load_checkpoint(path: Path | None, trials: Sequence[Trial]) -> tuple[dict[s
     return state, arrays
 
 
-def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple):
-    """Each trial's model (its own seed, optimizer built) and the engine that trains them together."""
+def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple,
+                data_owner: object | None = None, chunk: int | None = None):  # fmt: skip
+    """Each trial's model (its own seed, optimizer built) and the engine that trains them together.
+
+    ``data_owner`` (the dataset) lets every pack of a job share one copy of the data on the device.
+    """
     x_train = train[0]
     mean, variance = model.scaler_statistics(x_train)
     nets = []
@@ -181,7 +185,7 @@ def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int,
         return x, model.targets(y, n_classes), w.astype(np.float32)
 
     engine = fused.make_engine(nets, [n.optimizer for n in nets], model.loss_name(n_classes), arrays(train),
-                               arrays(validation))  # fmt: skip
+                               arrays(validation), data_owner, chunk)  # fmt: skip
     return nets, engine
 
 
@@ -206,7 +210,8 @@ def train_pack(
     n_classes = len(dataset.class_names)
     x_train, y_train, w_train = dataset.part(TRAIN)
     x_val, y_val, w_val = dataset.part(VALIDATION)
-    nets, engine = _build_pack(trials, parameters, n_classes, (x_train, y_train, w_train), (x_val, y_val, w_val))
+    nets, engine = _build_pack(trials, parameters, n_classes, (x_train, y_train, w_train), (x_val, y_val, w_val),
+                               dataset)  # fmt: skip
     branches = [_new_branch(t, parameters) for t in trials]
     first_epoch, resumed = 0, None
     restored = _load_checkpoint(checkpoint, trials)

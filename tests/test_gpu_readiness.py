@@ -3,16 +3,19 @@ errors and cache, branches spread over several devices, data placed once, the GP
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli
-from hhscan import model, records
+from hhscan import config, fused, model, records, runner, training, trial
 from hhscan.errors import DeviceError
 from hhscan.scandir import Workspace
+from hhscan.split import TRAIN, VALIDATION
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -84,3 +87,127 @@ def test_records_say_which_device_trained_them(analysis, no_gpu_allocation, caps
 
     expected = f"cpu:{len(os.sched_getaffinity(0))}" if jax.devices()[0].platform == "cpu" else None
     assert {r.device for r in found.values()} == {expected}
+
+
+# ------------------------------------------------------------------------------------------ memory, data, devices
+
+
+def _dataset(analysis):
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(analysis.sample_list)
+    return parameters, runner.prepare_dataset(parameters, sample_list, Workspace(analysis.root))
+
+
+def _mixed_trials(parameters):
+    """Three structures (groups of 2, 1 and 1: L2 is a structure of its own); L2 is counted once per branch."""
+    base = trial.expand(parameters)[0].hyperparameters
+    grid = [{**base, "layers": 2, "neurons": 8, "learning_rate": lr, "l2": l2}
+            for lr, l2 in ((0.01, 0.0), (0.003, 1e-3), (0.001, 0.0))] + [{**base, "layers": 1, "neurons": 4}]  # fmt: skip
+    return [trial.Trial(trial.trial_id(hp, 0), hp, 0) for hp in grid]
+
+
+def _engine(analysis, chunk=None, owner=None):
+    """A pack of the mixed trials; with ``owner``, its data from that dataset, placed through the job's cache."""
+    model.choose_backend("jax")
+    parameters, data = _dataset(analysis)
+    data = owner or data
+    trials = _mixed_trials(parameters)
+    nets, engine = training._build_pack(trials, parameters, 2, data.part(TRAIN), data.part(VALIDATION), owner, chunk)
+    return data, nets, engine
+
+
+def test_chunked_validation_equals_one_call_over_all_events(analysis):
+    data, nets, whole = _engine(analysis, chunk=10**6)
+    _, _, chunked = _engine(analysis, chunk=37)
+    n = len(data.part(VALIDATION)[0])
+    assert whole.chunk == n and chunked.chunk == 37 and n % 37 != 0
+    table, counts = fused.batch_table(training.epoch_order(len(data.part(TRAIN)[0]), 1, 0), 64)
+    for engine in (whole, chunked):
+        engine.train_epoch(table, counts, np.ones(4, bool))
+    loss, scores = whole.validate()
+    chunked_loss, chunked_scores = chunked.validate()
+    np.testing.assert_allclose(chunked_loss, loss, rtol=1e-5)
+    np.testing.assert_allclose(chunked_scores, scores, rtol=1e-5, atol=1e-7)
+    # Against Keras itself: the trained weights in plain models, their predictions and the loss by hand.
+    whole.sync_to_models()
+    _, y, w = data.part(VALIDATION)
+    x = data.part(VALIDATION)[0]
+    for k, net in enumerate(nets):
+        p = np.clip(np.asarray(net.predict(x, verbose=0))[:, 0].astype(np.float64), 1e-7, 1 - 1e-7)
+        np.testing.assert_allclose(chunked_scores[k, :, 0], p, rtol=1e-4, atol=1e-6)
+        by_hand = -np.sum(w * (y * np.log(p) + (1 - y) * np.log(1 - p))) / n
+        # L2 on the hidden layers' kernels of branch 1 (the output layer has none).
+        by_hand += sum(1e-3 * float(np.sum(np.square(layer.kernel.numpy()))) for layer in net.layers
+                       if getattr(layer, "kernel_regularizer", None) is not None)  # fmt: skip
+        np.testing.assert_allclose(chunked_loss[k], by_hand, rtol=1e-4)
+
+
+def test_chunk_size_follows_the_memory_budget():
+    class Net:  # the only thing sizing looks at: the layers' widths (one bias each)
+        def __init__(self):
+            self.trainable_variables = [np.zeros((10, 256)), np.zeros(256), np.zeros((256, 256)), np.zeros(256)]
+
+    per_event = 4 * fused.TEMPORARIES_PER_ACTIVATION * (10 + 512)
+    assert fused.chunk_events([Net()], 10, budget=2**30) == (2**30 // per_event) // 1024 * 1024
+    assert fused.chunk_events([Net()] * 16, 10, budget=2**30) == (2**30 // (16 * per_event)) // 1024 * 1024
+    assert fused.chunk_events([Net()] * 4096, 10, budget=2**20) == fused.MIN_CHUNK  # never below one block
+    assert fused.chunk_starts(100, 37) == [(0, 0), (37, 37), (63, 74)]  # the last chunk ends at N, masked
+
+
+def test_two_packs_in_one_process_share_the_data_on_the_device(analysis):
+    _, data = _dataset(analysis)
+    _, _, first = _engine(analysis, owner=data)
+    _, _, second = _engine(analysis, owner=data)
+    for a, b in zip(first.train_arrays + first.validation_arrays, second.train_arrays + second.validation_arrays,
+                    strict=True):  # fmt: skip
+        assert a is b
+        assert [s.data.unsafe_buffer_pointer() for s in a.addressable_shards] == [
+            s.data.unsafe_buffer_pointer() for s in b.addressable_shards
+        ]
+    _, other = _dataset(analysis)  # another dataset object (equal content): its own copy, the first released
+    _, _, third = _engine(analysis, owner=other)
+    assert third.train_arrays[0] is not first.train_arrays[0]
+    assert all(held is other for held, _ in fused._RESIDENT.values())
+    np.testing.assert_array_equal(np.asarray(third.train_arrays[0]), np.asarray(first.train_arrays[0]))
+
+
+SPREAD = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from hhscan import model, training
+model.choose_backend("jax")
+import jax
+import test_gpu_readiness as t
+from conftest import Analysis
+root = Path({root!r})
+analysis = Analysis(root, root / "parameters" / "scan.yaml", root / "sample_lists" / "analysis.yaml", root / "data")
+parameters, data = t._dataset(analysis)
+trials = t._mixed_trials(parameters)
+_, engine = training._build_pack(trials, parameters, 2, data.part(0), data.part(1))
+spread = [len(s[0][0].sharding.device_set) for s in engine.state]
+results = training.train_pack(trials, data, parameters)
+print(json.dumps({{"devices": len(jax.devices()), "spread": spread, "history": [r.history for r in results],
+                  "weights": [[w.tolist() for w in r.model.get_weights()] for r in results]}}))
+"""
+
+
+def test_odd_packs_spread_over_several_devices_with_the_results_of_one(analysis):
+    analysis.edit_parameters(hyperparameters={"epochs": [2]})
+    outputs = []
+    for count in (1, 4):
+        env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+        code = SPREAD.format(tests=str(HERE), root=str(analysis.root))
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=HERE)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    one, four = outputs
+    assert one["devices"] == 1 and one["spread"] == [1, 1, 1]
+    assert four["devices"] == 4 and four["spread"] == [4, 4, 4]  # groups of 2, 1 and 1, each padded to 4
+    for a, b in zip(one["history"], four["history"], strict=True):
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(one["weights"], four["weights"], strict=True):
+        for wa, wb in zip(a, b, strict=True):
+            np.testing.assert_allclose(wb, wa, rtol=1e-4, atol=1e-6)
