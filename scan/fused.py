@@ -65,6 +65,20 @@ def chunk_starts(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(min(start, n - chunk), start) for start in range(0, n, chunk)]
 
 
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes an out-of-memory error comes as, for the backends loaded in this process."""
+    classes: list[type[BaseException]] = []
+    if "jax" in sys.modules:
+        import jax
+
+        classes.append(jax.errors.JaxRuntimeError)
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        classes.append(tf.errors.ResourceExhaustedError)
+    return tuple(classes)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """The backend's out-of-memory error (XLA's RESOURCE_EXHAUSTED, TensorFlow's ResourceExhaustedError)."""
     if "jax" in sys.modules:

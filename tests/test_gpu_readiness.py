@@ -211,3 +211,112 @@ def test_odd_packs_spread_over_several_devices_with_the_results_of_one(analysis)
     for a, b in zip(one["weights"], four["weights"], strict=True):
         for wa, wb in zip(a, b, strict=True):
             np.testing.assert_allclose(wb, wa, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- pack-size probe
+
+
+def _probe_setup(analysis, monkeypatch, fail_at: int, error):
+    """The probe with the pack of ``fail_at`` trials failing as the engine fails: ``error()`` is called there."""
+    analysis.edit_parameters(hyperparameters={"epochs": [1]})
+    model.choose_backend("jax")
+    parameters, data = _dataset(analysis)
+    build, sizes = training._build_pack, []
+
+    def build_or_fail(trials, *args, **kwargs):
+        sizes.append(len(trials))
+        if len(trials) >= fail_at:
+            error()
+        return build(trials, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_build_pack", build_or_fail)
+    return parameters, data, sizes
+
+
+def _allocate_too_much():
+    import jax.numpy as jnp
+
+    jnp.zeros(2**44, jnp.float32).block_until_ready()  # 64 TiB: XLA's own RESOURCE_EXHAUSTED
+
+
+def test_out_of_memory_stops_the_doubling_and_the_answer_is_kept(analysis, monkeypatch):
+    parameters, data, sizes = _probe_setup(analysis, monkeypatch, 2, _allocate_too_much)
+    first = trial.expand(parameters)[0]
+    cache = analysis.root / "pack_size.json"
+    assert training.probed_pack_size(first, data, parameters, cache) == 1
+    assert sizes == [1, 2]  # no doubling past the size that did not fit
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["out_of_memory_at"] == 2 and list(entry["seconds_per_trial"]) == ["1"]
+
+
+def _not_memory():
+    import jax
+
+    raise jax.errors.JaxRuntimeError("INTERNAL: a compiler bug, not memory")
+
+
+@pytest.mark.parametrize("error", [_not_memory, lambda: np.linalg.inv(np.zeros((2, 2)))], ids=["xla", "numpy"])
+def test_any_other_probe_error_is_raised_and_nothing_is_cached(analysis, monkeypatch, error):
+    parameters, data, sizes = _probe_setup(analysis, monkeypatch, 2, error)
+    cache = analysis.root / "pack_size.json"
+    with pytest.raises((RuntimeError, np.linalg.LinAlgError)):
+        training.probed_pack_size(trial.expand(parameters)[0], data, parameters, cache)
+    assert sizes == [1, 2] and not cache.exists()
+
+
+def test_out_of_memory_with_one_trial_is_raised(analysis, monkeypatch):
+    parameters, data, _ = _probe_setup(analysis, monkeypatch, 1, _allocate_too_much)
+    cache = analysis.root / "pack_size.json"
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        training.probed_pack_size(trial.expand(parameters)[0], data, parameters, cache)
+    assert not cache.exists()
+
+
+def test_the_probe_times_whole_epochs_with_validation(analysis, monkeypatch):
+    analysis.edit_parameters(hyperparameters={"epochs": [1]})
+    model.choose_backend("jax")
+    parameters, data = _dataset(analysis)
+    monkeypatch.setattr(training, "PROBE_SIZES", (1, 2))
+    seen = []
+    train_epoch, validate = fused.JaxEngine.train_epoch, fused.JaxEngine.validate
+    monkeypatch.setattr(fused.JaxEngine, "train_epoch", lambda self, table, *a: seen.append(len(table)) or
+                        train_epoch(self, table, *a))  # fmt: skip
+    monkeypatch.setattr(fused.JaxEngine, "validate", lambda self: seen.append("validate") or validate(self))
+    result = training.probe_pack_size(trial.expand(parameters)[0], data, parameters)
+    batches = -(-len(data.part(TRAIN)[0]) // 128)
+    assert list(result["seconds_per_trial"]) == ["1", "2"]
+    assert seen == [batches, "validate"] * 4  # two whole epochs, each validated, per size
+
+
+def test_the_probe_key_holds_what_changes_the_cost(analysis):
+    model.choose_backend("jax")
+    parameters, data = _dataset(analysis)
+    first = trial.expand(parameters)[0]
+    key = json.loads(training.probe_key(first, data))
+    assert key["backend"] == "jax" and key["device"] == model.device_description() and key["hhscan"] == "0.1.0"
+    assert key["train"] == list(data.part(TRAIN)[0].shape) and key["validation"] == len(data.part(VALIDATION)[0])
+    assert key["dtype"] == "float32" and key["classes"] == 2
+    assert {k: key["hyperparameters"].get(k) for k in ("layers", "neurons", "batch_size", "epochs")} == {
+        k: first.hyperparameters[k] for k in ("layers", "neurons", "batch_size", "epochs")}
+    other_rate = trial.Trial("x", {**first.hyperparameters, "learning_rate": 0.5}, 0)
+    wider = trial.Trial("y", {**first.hyperparameters, "neurons": 512}, 0)
+    assert training.probe_key(other_rate, data) == training.probe_key(first, data)  # same program, same cost
+    assert training.probe_key(wider, data) != training.probe_key(first, data)
+
+
+STORE = """
+import sys
+from pathlib import Path
+from hhscan import training
+for i in range(25):
+    training.store_probe(Path(sys.argv[1]), f"{{sys.argv[2]}}-{{i}}", {{"pack_size": i}})
+"""
+
+
+def test_concurrent_tasks_merge_their_probe_answers(tmp_path):
+    cache = tmp_path / "cache" / "pack_size.json"
+    writers = [subprocess.Popen([sys.executable, "-c", STORE.format(), str(cache), f"task{n}"]) for n in range(4)]
+    assert [w.wait() for w in writers] == [0] * 4
+    stored = json.loads(cache.read_text())
+    assert stored == {f"task{n}-{i}": {"pack_size": i} for n in range(4) for i in range(25)}
+    assert not list(cache.parent.glob(".pack_size.json.*.tmp"))
