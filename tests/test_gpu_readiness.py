@@ -320,3 +320,32 @@ def test_concurrent_tasks_merge_their_probe_answers(tmp_path):
     stored = json.loads(cache.read_text())
     assert stored == {f"task{n}-{i}": {"pack_size": i} for n in range(4) for i in range(25)}
     assert not list(cache.parent.glob(".pack_size.json.*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------ the benchmark
+
+
+def test_the_gpu_benchmark_runs_as_one_command_at_tiny_sizes(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmarks\n\n## Measured before\n\nkept\n\n## GPU: old\n\nreplaced\n")
+    env = {k: v for k, v in os.environ.items() if k not in GPU_VARIABLES}
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--tiny", "--output", str(results),
+                          "--json", str(tmp_path / "raw.json")], capture_output=True, text=True, env=env)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# Benchmarks\n\n## Measured before\n\nkept\n\n## GPU: measured ") and "replaced" not in text
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    # Every ratio in the section is the raw figures' ratio.
+    base = raw["packing"]["trials_per_s"]["1"]
+    assert f"| 2 | {raw['packing']['trials_per_s']['2']:.2f} | {raw['packing']['trials_per_s']['2'] / base:.1f}× |" in text
+    plain = raw["scan"]["plain Keras loop (TensorFlow)"]["wall_s"]
+    for tool, row in raw["scan"].items():
+        assert f"| {tool} | {row['backend']} | {row['wall_s']:.1f} | {plain / row['wall_s']:.2f}× faster |" in text
+    assert {row["backend"] for row in raw["scan"].values()} == {"tensorflow", "jax"}
+    machine = raw["machine"]
+    for size, rate in machine["events_per_s"].items():
+        fraction = rate * machine["flop_per_event"] / machine["ceiling_flops"]
+        assert f"| {size} | {rate:,.0f} | " in text and f"**{fraction:.2f}**" in text
+    assert machine["flop_per_event"] == 3 * 2 * (8 * 16 + 16 * 16 + 16)  # 8→16×2→1
+    assert raw["largest"]["largest"] == 2 and raw["largest"]["out_of_memory_at"] is None
+    assert "K = 16 ≥ 10× K = 1 | not measured at these sizes" in text
