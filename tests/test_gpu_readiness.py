@@ -108,7 +108,7 @@ def _mixed_trials(parameters):
 
 def _engine(analysis, chunk=None, owner=None):
     """A pack of the mixed trials; with ``owner``, its data from that dataset, placed through the job's cache."""
-    model.choose_backend("jax")
+    model.choose_backend("auto")
     parameters, data = _dataset(analysis)
     data = owner or data
     trials = _mixed_trials(parameters)
@@ -140,6 +140,39 @@ def test_chunked_validation_equals_one_call_over_all_events(analysis):
         by_hand += sum(1e-3 * float(np.sum(np.square(layer.kernel.numpy()))) for layer in net.layers
                        if getattr(layer, "kernel_regularizer", None) is not None)  # fmt: skip
         np.testing.assert_allclose(chunked_loss[k], by_hand, rtol=1e-4)
+
+
+CHUNKED_TF = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from hhscan import fused, model, training
+model.choose_backend("tensorflow")
+import test_gpu_readiness as t
+from conftest import Analysis
+root = Path({root!r})
+analysis = Analysis(root, root / "parameters" / "scan.yaml", root / "sample_lists" / "analysis.yaml", root / "data")
+results = []
+for chunk in (10**6, 37):
+    data, nets, engine = t._engine(analysis, chunk=chunk)
+    table, counts = fused.batch_table(training.epoch_order(len(data.part(0)[0]), 1, 0), 64)
+    engine.train_epoch(table, counts, np.ones(4, bool))
+    loss, scores = engine.validate()
+    results.append({{"chunk": engine.chunk, "loss": loss.tolist(), "scores": scores.tolist()}})
+print(json.dumps(results))
+"""
+
+
+def test_chunked_validation_equals_one_call_on_tensorflow(analysis):
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    code = CHUNKED_TF.format(tests=str(HERE), root=str(analysis.root))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=HERE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole, chunked = json.loads(result.stdout.strip().splitlines()[-1])
+    assert chunked["chunk"] == 37 and whole["chunk"] == len(whole["scores"][0]) and whole["chunk"] % 37 != 0
+    np.testing.assert_allclose(chunked["loss"], whole["loss"], rtol=1e-5)
+    np.testing.assert_allclose(chunked["scores"], whole["scores"], rtol=1e-5, atol=1e-7)
 
 
 def test_chunk_size_follows_the_memory_budget():
