@@ -41,6 +41,10 @@ class BackendError(HhscanError):
     """Slurm (or another executor) is unreachable or refused a submission."""
 
 
+class DeviceError(HhscanError):
+    """The job was given an accelerator that the installed backend cannot use."""
+
+
 class ModelError(HhscanError):
     """A model file is missing, not an hhscan model, or does not fit the data."""
 

@@ -8,18 +8,107 @@ that model alone on the same batches. A whole epoch is one call: the training ar
 batch is gathered there from an index table, so there is no per-step dispatch and no per-epoch data copy.
 
 A frozen branch (early-stopped) keeps its weights while the others go on.
+
+Memory is bounded by construction: validation and prediction run in chunks of events sized from the device's free
+memory, and a job's data goes to each device once (``resident``), whatever the number of packs.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from hhscan.errors import ConfigError
 
-PREDICT_CHUNK = 65536
+CPU_BUDGET_BYTES = 256 * 2**20  # evaluation temporaries on a CPU: host memory is the job's, keep them modest
+GPU_BUDGET_FRACTION = 0.25  # of the device's free memory: training state and XLA's own buffers need the rest
+MIN_CHUNK, MAX_CHUNK = 1024, 2**20
+TEMPORARIES_PER_ACTIVATION = 3  # activation, its loss/softmax temporaries, the output copy: measured ≈1 on XLA
+
+
+def memory_budget() -> int:
+    """Bytes the evaluation of a chunk may take: a fixed bound on the CPU, a fraction of what is free on a GPU."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}  # None on the CPU
+        if "bytes_limit" in stats:
+            free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+            return max(int(free * GPU_BUDGET_FRACTION), 2**20)
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return 2**30  # TensorFlow reports no limit; 1 GiB fits every GPU hhscan targets
+    return CPU_BUDGET_BYTES
+
+
+def chunk_events(models: Sequence[Any], n_features: int, budget: int | None = None) -> int:
+    """Events per evaluation chunk: the budget over every branch's activations per event (float32)."""
+    widths = sum(n_features + sum(int(v.shape[0]) for v in net.trainable_variables if len(v.shape) == 1)
+                 for net in models)  # fmt: skip  (a bias per layer: its width)
+    per_event = 4 * TEMPORARIES_PER_ACTIVATION * max(widths, 1)
+    chunk = (budget if budget is not None else memory_budget()) // per_event
+    return int(min(max(chunk // MIN_CHUNK * MIN_CHUNK, MIN_CHUNK), MAX_CHUNK))
+
+
+def chunk_starts(n: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, first new event) of each chunk of ``chunk`` events: every chunk has the same shape (one compiled
+    program); the last one is moved back to end at ``n`` and the events it repeats are masked out."""
+    if n <= chunk:
+        return [(0, 0)]
+    return [(min(start, n - chunk), start) for start in range(0, n, chunk)]
+
+
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes an out-of-memory error comes as, for the backends loaded in this process."""
+    classes: list[type[BaseException]] = []
+    if "jax" in sys.modules:
+        import jax
+
+        classes.append(jax.errors.JaxRuntimeError)
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        classes.append(tf.errors.ResourceExhaustedError)
+    return tuple(classes)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """The backend's out-of-memory error (XLA's RESOURCE_EXHAUSTED, TensorFlow's ResourceExhaustedError)."""
+    if "jax" in sys.modules:
+        import jax
+
+        if isinstance(error, jax.errors.JaxRuntimeError) and str(error).startswith("RESOURCE_EXHAUSTED"):
+            return True
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        if isinstance(error, tf.errors.ResourceExhaustedError):
+            return True
+    return False
+
+
+# The job's data on its devices: (backend, role, devices) → (the dataset object, its arrays there).
+_RESIDENT: dict[tuple, tuple[object, tuple]] = {}
+
+
+def resident(owner: object | None, key: tuple, arrays: Sequence[np.ndarray], put: Callable[[np.ndarray], Any]) -> tuple:
+    """``arrays`` on the device(s), once per data ``owner`` (the dataset object: identity, not equality) and
+    ``key`` (backend, role, devices): the packs of a job share one copy. Holding the owner keeps its identity
+    unique; one dataset is kept, a new one releases the previous one's buffers."""
+    if owner is None:
+        return tuple(put(np.asarray(a)) for a in arrays)
+    for old in [k for k, (held, _) in _RESIDENT.items() if held is not owner]:
+        del _RESIDENT[old]
+    if key not in _RESIDENT:
+        _RESIDENT[key] = (owner, tuple(put(np.asarray(a)) for a in arrays))
+    return _RESIDENT[key][1]
 
 
 def batch_table(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,15 +121,22 @@ def batch_table(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndar
     return table.reshape(n_batches, batch_size), counts
 
 
-def make_engine(models: Sequence[Any], optimizers: Sequence[Any], loss: str, train, validation):
-    """The engine for the active Keras backend; ``train``/``validation`` are (features, targets, weights)."""
+def make_engine(models: Sequence[Any], optimizers: Sequence[Any], loss: str, train, validation,
+                data_owner: object | None = None, chunk: int | None = None):  # fmt: skip
+    """The engine for the active Keras backend; ``train``/``validation`` are (features, targets, weights).
+
+    ``data_owner`` is the object the arrays come from (a ``Dataset``): the same owner, the same arrays, so they
+    go to the device once per job; ``chunk`` sets the events per evaluation call (default: sized from the
+    device's free memory).
+    """
     import keras
 
     backend = keras.backend.backend()
+    chunk = chunk or chunk_events(models, np.shape(validation[0])[1])
     if backend == "jax":
-        return JaxEngine(models, optimizers, loss, train, validation)
+        return JaxEngine(models, optimizers, loss, train, validation, data_owner, chunk)
     if backend == "tensorflow":
-        return TensorflowEngine(models, optimizers, loss, train, validation)
+        return TensorflowEngine(models, optimizers, loss, train, validation, data_owner, chunk)
     raise ConfigError(f"Keras backend '{backend}': hhscan trains on the jax and tensorflow backends")
 
 
@@ -65,7 +161,8 @@ class JaxEngine:
     turns K small matmuls into one batched matmul.
     """
 
-    def __init__(self, models, optimizers, loss: str, train, validation):
+    def __init__(self, models, optimizers, loss: str, train, validation, data_owner: object | None = None,
+                 chunk: int = MAX_CHUNK):  # fmt: skip
         import jax
         import jax.numpy as jnp
         import keras
@@ -78,17 +175,19 @@ class JaxEngine:
         self._where = {k: (g, i) for g, members in enumerate(self.groups) for i, k in enumerate(members)}
 
         devices = jax.devices()
-        sizes = [len(members) for members in self.groups]
-        if not any(size % len(devices) == 0 for size in sizes):
-            devices = devices[:1]  # nothing to spread: one device, no duplicated work
+        if max(len(members) for members in self.groups) < 2:
+            devices = devices[:1]  # one branch per structure: nothing to spread, no duplicated work
+        # Every group is padded to a multiple of the device count with frozen copies of its first branch, so any
+        # pack size spreads over all devices (host CPU devices included); the copies' results are dropped.
+        self._padded = [members + [members[0]] * (-len(members) % len(devices)) for members in self.groups]
         mesh = jax.sharding.Mesh(np.array(devices), ("branch",))
+        self.devices = list(devices)
         self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("branch"))
         self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
         def place(array):
-            # Branches of a group are spread over the devices (host CPU devices included) when they divide evenly.
             array = np.asarray(array)
-            if len(devices) > 1 and array.ndim and array.shape[0] % len(devices) == 0:
+            if len(devices) > 1 and array.ndim:
                 return jax.device_put(array, self._split)
             return jax.device_put(array, self._replicated)
 
@@ -100,26 +199,34 @@ class JaxEngine:
 
         self.state = [
             (
-                stacked([[v.value for v in self.models[k].trainable_variables] for k in members]),
-                stacked([[v.value for v in self.models[k].non_trainable_variables] for k in members]),
-                stacked([[v.value for v in self.optimizers[k].variables] for k in members]),
+                stacked([[v.value for v in self.models[k].trainable_variables] for k in padded]),
+                stacked([[v.value for v in self.models[k].non_trainable_variables] for k in padded]),
+                stacked([[v.value for v in self.optimizers[k].variables] for k in padded]),
             )
-            for members in self.groups
+            for padded in self._padded
         ]
         self._lr_index = [_learning_rate_index(self.optimizers[members[0]]) for members in self.groups]
-        self.train_arrays = tuple(jax.device_put(np.asarray(a), self._replicated) for a in train)
-        self.validation_arrays = tuple(jax.device_put(np.asarray(a), self._replicated) for a in validation)
+        device_ids = tuple(d.id for d in devices)
+
+        def put(array):
+            return jax.device_put(array, self._replicated)
+
+        self.train_arrays = resident(data_owner, ("jax", "train", device_ids), train, put)
+        self.validation_arrays = resident(data_owner, ("jax", "validation", device_ids), validation, put)
+        self.chunk = int(min(chunk, max(len(validation[0]), 1)))
         loss_fn = keras.losses.get(loss)
         representatives = [(self.models[m[0]], self.optimizers[m[0]]) for m in self.groups]
 
-        def member_loss(net, trainable, non_trainable, x, y, w, count, training):
+        def member_parts(net, trainable, non_trainable, x, y, w, training):
+            """The weighted sum of the events' losses, the regularization, new non-trainables, outputs."""
             out, nt, regularization = net.stateless_call(
                 trainable, non_trainable, x, training=training, return_losses=True
             )
-            value = jnp.sum(loss_fn(y, out) * w) / count
-            for term in regularization:
-                value = value + term
-            return value, (nt, out)
+            return jnp.sum(loss_fn(y, out) * w), sum(regularization, jnp.float32(0.0)), nt, out
+
+        def member_loss(net, trainable, non_trainable, x, y, w, count, training):
+            total, regularization, nt, out = member_parts(net, trainable, non_trainable, x, y, w, training)
+            return total / count + regularization, (nt, out)
 
         def group_step(g):
             net, optimizer = representatives[g]
@@ -154,18 +261,23 @@ class JaxEngine:
                     new_sums.append(sums[g] + loss * count)
                 return (new_state, new_sums), None
 
-            sums = [jnp.zeros(len(members), jnp.float32) for members in self.groups]
+            sums = [jnp.zeros(len(padded), jnp.float32) for padded in self._padded]
             (state, sums), _ = jax.lax.scan(step, (state, sums), (table, counts))
             return state, [s / jnp.sum(counts) for s in sums]
 
-        def validate(state, x, y, w):
+        size = self.chunk
+
+        def validate_chunk(state, x, y, w, start, first_new):
+            # One chunk of ``size`` events from ``start``; those before ``first_new`` were counted already.
+            xc, yc, wc = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, y, w))
+            wc = wc * (start + jnp.arange(size) >= first_new).astype(wc.dtype)
             results = []
             for g, (trainable, non_trainable, _) in enumerate(state):
                 net = representatives[g][0]
-                loss, (_, out) = jax.vmap(
-                    lambda t, nt, net=net: member_loss(net, t, nt, x, y, w, x.shape[0], False)
+                total, regularization, _, out = jax.vmap(
+                    lambda t, nt, net=net: member_parts(net, t, nt, xc, yc, wc, False)
                 )(trainable, non_trainable)
-                results.append((loss, out))
+                results.append((total, regularization, out))
             return results
 
         def forward(state, x):
@@ -175,31 +287,44 @@ class JaxEngine:
             ]
 
         self._epoch = jax.jit(epoch)
-        self._validate = jax.jit(validate)
+        self._validate_chunk = jax.jit(validate_chunk)
         self._forward = jax.jit(forward)
 
     def _per_branch(self, per_group: list) -> np.ndarray:
-        """Group-stacked results back in branch order."""
+        """Group-stacked results back in branch order (padding copies dropped)."""
         first = np.asarray(per_group[0])
         result = np.empty((len(self.models), *first.shape[1:]), dtype=first.dtype)
         for members, values in zip(self.groups, per_group, strict=True):
-            result[members] = np.asarray(values)
+            result[members] = np.asarray(values)[: len(members)]
         return result
 
     def train_epoch(self, table: np.ndarray, counts: np.ndarray, active: np.ndarray) -> np.ndarray:
         """One epoch over the batches of ``table``; returns each branch's mean training loss."""
-        active_by_group = [np.asarray([bool(active[k]) for k in members]) for members in self.groups]
+        active_by_group = [np.asarray([bool(active[k]) for k in members] + [False] * (len(padded) - len(members)))
+                           for members, padded in zip(self.groups, self._padded, strict=True)]  # fmt: skip
         self.state, losses = self._epoch(self.state, table, counts, active_by_group, *self.train_arrays)
         return self._per_branch(losses).astype(np.float64)
 
     def validate(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each branch's validation loss (K,) and scores (K, N, outputs)."""
-        results = self._validate(self.state, *self.validation_arrays)
-        return self._per_branch([r[0] for r in results]).astype(np.float64), self._per_branch([r[1] for r in results])
+        """Each branch's validation loss (K,) and scores (K, N, outputs), ``self.chunk`` events per call.
+
+        The loss is the sum of the weighted event losses over all chunks divided by N, plus the regularization:
+        the same number as one call over all events.
+        """
+        n = len(self.validation_arrays[0])
+        totals = np.zeros(len(self.models))
+        regularization, pieces = None, []
+        for start, first_new in chunk_starts(n, self.chunk):
+            results = self._validate_chunk(self.state, *self.validation_arrays, start, first_new)
+            totals += self._per_branch([r[0] for r in results]).astype(np.float64)
+            if regularization is None:
+                regularization = self._per_branch([r[1] for r in results]).astype(np.float64)
+            pieces.append(self._per_branch([r[2] for r in results])[:, first_new - start :])
+        return totals / n + regularization, np.concatenate(pieces, axis=1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Scores of every branch (K, N, outputs), in fixed-size chunks: one compiled shape for any N."""
-        chunk = min(PREDICT_CHUNK, max(len(x), 1))
+        chunk = min(self.chunk, max(len(x), 1))
         pieces = []
         for start in range(0, len(x), chunk):
             part = x[start : start + chunk]
@@ -245,12 +370,12 @@ class JaxEngine:
         self.state = [
             tuple(
                 [
-                    self._place(np.stack([arrays[f"b{k}_{kind}{index}"] for k in members]))
+                    self._place(np.stack([arrays[f"b{k}_{kind}{index}"] for k in padded]))
                     for index in range(len(self.state[g][part]))
                 ]
                 for part, kind in enumerate("tno")
             )
-            for g, members in enumerate(self.groups)
+            for g, padded in enumerate(self._padded)
         ]
 
     def sync_to_models(self) -> None:
@@ -266,36 +391,40 @@ class JaxEngine:
 class TensorflowEngine:
     """The same contract on TensorFlow: stateful Keras variables, one ``tf.function`` per epoch."""
 
-    def __init__(self, models, optimizers, loss: str, train, validation):
+    def __init__(self, models, optimizers, loss: str, train, validation, data_owner: object | None = None,
+                 chunk: int = MAX_CHUNK):  # fmt: skip
         import keras
         import tensorflow as tf
 
         self.models, self.optimizers = list(models), list(optimizers)
-        self.train_arrays = tuple(tf.constant(np.asarray(a)) for a in train)
-        self.validation_arrays = tuple(tf.constant(np.asarray(a)) for a in validation)
+        self.train_arrays = resident(data_owner, ("tensorflow", "train"), train, tf.constant)
+        self.validation_arrays = resident(data_owner, ("tensorflow", "validation"), validation, tf.constant)
+        self.chunk = int(min(chunk, max(len(validation[0]), 1)))
         loss_fn = keras.losses.get(loss)
         self._tf = tf
 
-        def branch_loss(net, x, y, w, count, training):
+        def branch_parts(net, x, y, w, training):
             out = net(x, training=training)
-            value = tf.reduce_sum(loss_fn(y, out) * w) / count
-            if net.losses:
-                value = value + tf.add_n(net.losses)
-            return value, out
+            regularization = tf.add_n(net.losses) if net.losses else tf.constant(0.0)
+            return tf.reduce_sum(loss_fn(y, out) * w), regularization, out
+
+        def branch_loss(net, x, y, w, count, training):
+            total, regularization, out = branch_parts(net, x, y, w, training)
+            return total / count + regularization, out
 
         self._branch_loss = branch_loss
         self._epochs: dict[tuple[bool, ...], Any] = {}
 
         @tf.function
-        def validate(x, y, w):
-            results = [branch_loss(net, x, y, w, tf.cast(tf.shape(x)[0], tf.float32), False) for net in self.models]
-            return tf.stack([r[0] for r in results]), tf.stack([r[1] for r in results])
+        def validate_chunk(x, y, w):
+            results = [branch_parts(net, x, y, w, False) for net in self.models]
+            return [tf.stack([r[i] for r in results]) for i in range(3)]
 
         @tf.function
         def forward(x):
             return tf.stack([net(x, training=False) for net in self.models])
 
-        self._validate, self._forward = validate, forward
+        self._validate_chunk, self._forward = validate_chunk, forward
 
     def _epoch_function(self, active: tuple[bool, ...]):
         """Compiled per set of active branches: a frozen branch is simply left out of the program."""
@@ -332,11 +461,22 @@ class TensorflowEngine:
         return np.asarray(losses, dtype=np.float64)
 
     def validate(self) -> tuple[np.ndarray, np.ndarray]:
-        losses, outputs = self._validate(*self.validation_arrays)
-        return np.asarray(losses, dtype=np.float64), np.asarray(outputs)
+        """As on JAX: ``self.chunk`` events per call, the loss summed over chunks."""
+        x, y, w = self.validation_arrays
+        n = int(x.shape[0])
+        totals = np.zeros(len(self.models))
+        regularization, pieces = None, []
+        for start, first_new in chunk_starts(n, self.chunk):
+            end = start + min(self.chunk, n)
+            mask = self._tf.cast(self._tf.range(start, end) >= first_new, w.dtype)
+            total, reg, out = self._validate_chunk(x[start:end], y[start:end], w[start:end] * mask)
+            totals += np.asarray(total, dtype=np.float64)
+            regularization = np.asarray(reg, dtype=np.float64) if regularization is None else regularization
+            pieces.append(np.asarray(out)[:, first_new - start :])
+        return totals / n + regularization, np.concatenate(pieces, axis=1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        pieces = [np.asarray(self._forward(x[s : s + PREDICT_CHUNK])) for s in range(0, len(x), PREDICT_CHUNK)]
+        pieces = [np.asarray(self._forward(x[s : s + self.chunk])) for s in range(0, len(x), self.chunk)]
         return np.concatenate(pieces, axis=1)
 
     def learning_rate(self, k: int) -> float:

@@ -6,6 +6,7 @@ saved ``.keras`` file loads with plain ``keras.saving.load_model(path)``: no cus
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hhscan.errors import ConfigError
+from hhscan.errors import ConfigError, DeviceError
 
 _PREFERENCE = ("jax", "tensorflow")  # the backends the fused trainer supports, fastest first (bench/RESULTS.md)
 _MODULE = {"jax": "jax", "tensorflow": "tensorflow"}
@@ -181,20 +182,70 @@ def scaler_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features64.mean(axis=0), features64.var(axis=0)
 
 
+@functools.cache  # a process's devices do not change; records ask for it once per trial
 def device_description() -> str:
-    """The accelerator training runs on (e.g. 'gpu:NVIDIA H100 80GB HBM3') or the CPU and its core count."""
+    """The accelerator training runs on (e.g. 'gpu:NVIDIA H100 80GB HBM3', '2×gpu:…' for several) or the CPU
+    and its core count ('cpu:2')."""
     import keras
 
     if keras.backend.backend() == "jax":
         import jax
 
-        device = jax.devices()[0]
-        if device.platform != "cpu":
-            return f"{device.platform}:{device.device_kind}"
+        devices = jax.devices()
+        if devices[0].platform != "cpu":
+            kind = "gpu" if devices[0].platform in ("gpu", "cuda", "rocm") else devices[0].platform
+            return f"{len(devices)}×" * (len(devices) > 1) + f"{kind}:{devices[0].device_kind}"
     elif keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
-            return f"gpu:{tf.config.experimental.get_device_details(gpus[0]).get('device_name', 'unknown')}"
+            name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "unknown")
+            return f"{len(gpus)}×" * (len(gpus) > 1) + f"gpu:{name}"
     return f"cpu:{len(os.sched_getaffinity(0))}"
+
+
+ALLOW_CPU = "HHSCAN_ALLOW_CPU"  # set to 1: train on the CPU even where the job was given GPUs
+_NO_DEVICES = ("", "-1", "none", "nodevfiles")  # what Slurm and CUDA write for "no GPU"
+
+
+def gpu_allocation(resources: dict[str, Any] | None = None) -> str | None:
+    """Where this process was given GPUs, as ``NAME=value``; None when it was given none.
+
+    Slurm writes ``SLURM_JOB_GPUS``/``SLURM_STEP_GPUS`` and ``CUDA_VISIBLE_DEVICES`` for a job with GPUs; the
+    scan's ``gpus_per_node`` (or a ``gpu`` gres) counts inside a Slurm job only, since a local run ignores it.
+    """
+    for name in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES"):
+        value = os.environ.get(name)
+        if value is not None and value.strip().lower() not in _NO_DEVICES:
+            return f"{name}={value}"
+    if resources and os.environ.get("SLURM_JOB_ID"):
+        for key, value in resources.items():
+            bare = key.removeprefix("slurm_")
+            if bare in ("gpus_per_node", "gpus_per_task", "gpus") and str(value) not in ("0", "None", ""):
+                return f"slurm.resources.{key}={value}"
+            if bare == "gres" and "gpu" in str(value):
+                return f"slurm.resources.{key}={value}"
+    return None
+
+
+def check_device(resources: dict[str, Any] | None = None) -> str:
+    """At job start: the device training will run on; fails at once where GPUs were given and the backend sees
+    none (a CPU build of JAX/TensorFlow in a GPU job would train for hours on the CPU and say nothing)."""
+    import keras
+
+    device = device_description()
+    given = gpu_allocation(resources)
+    if given is None or not device.startswith("cpu:") or os.environ.get(ALLOW_CPU, "") not in ("", "0"):
+        return device
+    backend = keras.backend.backend()
+    fix = (
+        "install the GPU build: pip install 'hhscan[cuda]' (JAX with CUDA 12)"
+        if backend == "jax"
+        else "use training.backend: jax with pip install 'hhscan[cuda]', or install tensorflow[and-cuda] in place "
+        "of tensorflow-cpu"
+    )
+    raise DeviceError(
+        f"this job was given GPUs ({given}) but the {backend} backend sees none, only {device}: {fix}; "
+        f"or set {ALLOW_CPU}=1 to train on the CPU"
+    )

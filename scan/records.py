@@ -35,6 +35,7 @@ class TrialRecord:
     resumed_from_epoch: int | None = None
     seconds: float = 0.0
     backend: str = ""
+    device: str = ""  # what trained it: 'gpu:NVIDIA H100 80GB HBM3', 'cpu:2'
     pack_size: int = 1
     split_name: str = ""
     split_checksum: str = ""

@@ -56,6 +56,7 @@ def run_scan_trials(
     parameters, sample_list = scan.load_config(context.config_path or None)
     manifest = scan.manifest()
     backend = model.choose_backend(parameters.training.backend)
+    model.check_device(parameters.slurm.resources)  # GPUs given but not seen: fail now, not after hours on the CPU
     workspace = Workspace(Path(manifest["workspace"]))
     model.enable_compilation_cache(workspace.cache / "xla")
     if dataset is None:
@@ -297,6 +298,7 @@ def _record(
         hyperparameters=trial.hyperparameters,
         criterion=parameters.eval_criterion,
         backend=backend,
+        device=model.device_description(),
         split_name=parameters.split.name,
         split_checksum=dataset.split_checksum,
         data_fingerprint=dataset.data_fingerprint,

@@ -193,8 +193,12 @@ def _load_checkpoint(root: Path | None, trial_id: str) -> tuple[dict[str, Any], 
     return state, arrays
 
 
-def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple):
-    """Each trial's model (its own seed, optimizer built) and the engine that trains them together."""
+def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple,
+                data_owner: object | None = None, chunk: int | None = None):  # fmt: skip
+    """Each trial's model (its own seed, optimizer built) and the engine that trains them together.
+
+    ``data_owner`` (the dataset) lets every pack of a job share one copy of the data on the device.
+    """
     x_train = train[0]
     mean, variance = model.scaler_statistics(x_train)
     nets = []
@@ -210,7 +214,7 @@ def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int,
         return x, model.targets(y, n_classes), w.astype(np.float32)
 
     engine = fused.make_engine(nets, [n.optimizer for n in nets], model.loss_name(n_classes), arrays(train),
-                               arrays(validation))  # fmt: skip
+                               arrays(validation), data_owner, chunk)  # fmt: skip
     return nets, engine
 
 
@@ -237,7 +241,8 @@ def train_pack(
     n_classes = len(dataset.class_names)
     x_train, y_train, w_train = dataset.part(TRAIN)
     x_val, y_val, w_val = dataset.part(VALIDATION)
-    nets, engine = _build_pack(trials, parameters, n_classes, (x_train, y_train, w_train), (x_val, y_val, w_val))
+    nets, engine = _build_pack(trials, parameters, n_classes, (x_train, y_train, w_train), (x_val, y_val, w_val),
+                               dataset)  # fmt: skip
     branches = [_new_branch(t, parameters) for t in trials]
     first_epoch, resumed = 0, None
     restored = [_load_checkpoint(checkpoint, t.id) for t in trials]
@@ -376,65 +381,106 @@ def train(trial: Trial, dataset: Dataset, parameters: Parameters, checkpoint: Pa
     return train_pack([trial], dataset, parameters, checkpoint)[0]
 
 
-PROBE_SIZES = (1, 2, 4, 8, 16, 32, 64)
+PROBE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def probe_pack_size(trial: Trial, dataset: Dataset, parameters: Parameters, steps: int = 32) -> dict[str, Any]:
-    """Measure packs of copies of ``trial``: compilation time and step time, for doubling sizes.
+def probe_pack_size(trial: Trial, dataset: Dataset, parameters: Parameters) -> dict[str, Any]:
+    """Measure packs of copies of ``trial``, for doubling sizes: whole epochs, validation included.
 
-    A trial's cost in a pack of K is (compile(K) + epochs × batches × step(K)) / K: small trials are compile-bound
-    and gain from any K, large ones stop gaining once a step is arithmetic-bound. Doubling stops when the cost
-    per trial falls by less than 10% (or a pack does not fit in memory); the answer is the smallest size within
-    10% of the best.
+    A trial's cost in a pack of K is (compile(K) + epochs × epoch(K)) / K: small trials are compile-bound and gain
+    from any K, large ones stop gaining once an epoch is arithmetic-bound. Doubling stops when the cost per trial
+    falls by less than 10%, or at the backend's out-of-memory error (the previous size is the largest that fits);
+    any other error is raised. The answer is the smallest size within 10% of the best.
     """
     import keras
 
     model.keep_tensorflow_out()
     n_classes = len(dataset.class_names)
-    train = dataset.part(TRAIN)
-    x_train = train[0]
+    train, validation = dataset.part(TRAIN), dataset.part(VALIDATION)
     batch_size, epochs = packing.step_structure(trial)
-    table, counts = fused.batch_table(epoch_order(len(x_train), parameters.seed, 0), batch_size)
-    steps_per_trial = epochs * len(table)
-    table, counts = table[:steps], counts[:steps]
+    table, counts = fused.batch_table(epoch_order(len(train[0]), parameters.seed, 0), batch_size)
     cost: dict[int, float] = {}
+    result: dict[str, Any] = {}
     for size in PROBE_SIZES:
+        engine = None
         try:
-            _, engine = _build_pack([trial] * size, parameters, n_classes, train, train)
+            _, engine = _build_pack([trial] * size, parameters, n_classes, train, validation, dataset)
             active = np.ones(size, bool)
             started = time.perf_counter()
             engine.train_epoch(table, counts, active)
+            engine.validate()
             first = time.perf_counter() - started
             started = time.perf_counter()
             engine.train_epoch(table, counts, active)
-            step = (time.perf_counter() - started) / len(table)
-        except Exception:  # typically out of device memory: the previous size is the largest that fits
+            engine.validate()
+            epoch = time.perf_counter() - started
+        except fused.out_of_memory_errors() as error:
+            if not fused.is_out_of_memory(error) or size == PROBE_SIZES[0]:
+                raise  # not memory, or not even one trial fits: a failure to report, not a pack size
+            result["out_of_memory_at"] = size
             break
         finally:
+            del engine
             keras.backend.clear_session()
-        cost[size] = (max(first - step * len(table), 0.0) + steps_per_trial * step) / size
+        cost[size] = (max(first - epoch, 0.0) + epochs * epoch) / size
         if len(cost) > 1 and cost[size] > 0.9 * min(v for k, v in cost.items() if k != size):
             break
-    if not cost:
-        return {"pack_size": 1, "seconds_per_trial": {}}
     best = min(cost.values())
     chosen = min(k for k, v in cost.items() if v <= 1.1 * best)
-    return {"pack_size": chosen, "seconds_per_trial": {str(k): round(v, 4) for k, v in cost.items()}}
+    return {"pack_size": chosen, "seconds_per_trial": {str(k): round(v, 4) for k, v in cost.items()}, **result}
+
+
+def probe_key(trial: Trial, dataset: Dataset) -> str:
+    """Everything that changes a pack's cost per epoch: data shapes and dtype, the trial's architecture, batch,
+    epochs and optimizer (not its learning rate), the classes, the device, the backend and hhscan's version."""
+    import keras
+    from hhscan import __version__
+
+    x_train, x_val = dataset.part(TRAIN)[0], dataset.part(VALIDATION)[0]
+    return json.dumps(
+        {
+            "backend": keras.backend.backend(),
+            "device": model.device_description(),
+            "hhscan": __version__,
+            "train": list(x_train.shape),
+            "validation": len(x_val),
+            "dtype": str(x_train.dtype),
+            "classes": len(dataset.class_names),
+            "hyperparameters": {k: v for k, v in trial.hyperparameters.items() if k != "learning_rate"},
+        },
+        sort_keys=True,
+        default=str,
+    )
+
+
+def store_probe(cache: Path, key: str, value: dict[str, Any]) -> None:
+    """Add one answer to ``cache``: under a lock, merged with what other tasks wrote meanwhile, replaced atomically
+    (a reader never sees a partial file; concurrent writers never drop each other's answers)."""
+    import fcntl
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_name(cache.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = _read_probes(cache)
+        known[key] = value
+        atomic_write_text(cache, json.dumps(known, indent=1, sort_keys=True))
+
+
+def _read_probes(cache: Path) -> dict[str, Any]:
+    try:
+        known = json.loads(cache.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError:  # a file not written by hhscan (writes are atomic): measure again
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def probed_pack_size(trial: Trial, dataset: Dataset, parameters: Parameters, cache: Path) -> int:
-    """``probe_pack_size``, measured once per device, backend and trial shape, and kept in ``cache``."""
-    import keras
-
-    hp = trial.hyperparameters
-    key = "|".join(
-        str(part)
-        for part in (keras.backend.backend(), model.device_description(), dataset.part(TRAIN)[0].shape,
-                     hp["batch_size"], hp["epochs"], hp["layers"], hp["neurons"], len(dataset.class_names))
-    )  # fmt: skip
-    known = json.loads(cache.read_text()) if cache.exists() else {}
-    if key not in known:
-        known[key] = probe_pack_size(trial, dataset, parameters)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache, json.dumps(known, indent=1))
-    return int(known[key]["pack_size"])
+    """``probe_pack_size``, measured once per ``probe_key`` and kept in ``cache`` (shared by a workspace's jobs)."""
+    key = probe_key(trial, dataset)
+    known = _read_probes(cache).get(key)
+    if known is None:
+        known = probe_pack_size(trial, dataset, parameters)
+        store_probe(cache, key, known)
+    return int(known["pack_size"])

@@ -24,6 +24,8 @@ def cluster():
     subprocess.run([str(SCRIPT), "start"], check=True, capture_output=True, text=True, timeout=600)
     conf = subprocess.run([str(SCRIPT), "env"], check=True, capture_output=True, text=True).stdout
     os.environ["SLURM_CONF"] = conf.strip().split("=", 1)[1]
+    # The cluster's GPUs are emulated (character devices, no CUDA): its jobs train on the CPU on purpose.
+    os.environ["HHSCAN_ALLOW_CPU"] = "1"
     return os.environ["SLURM_CONF"]
 
 

@@ -1,0 +1,301 @@
+"""The GPU benchmark, one command: what a GPU user runs to measure hhscan's packing on their GPU.
+
+    pip install -e ".[cuda]" && python bench/gpu.py     # full sizes; writes the GPU section of bench/RESULTS.md
+    python bench/gpu.py --tiny --output /tmp/R.md       # tiny sizes, runs on a CPU (the test suite runs it)
+
+Sections, every figure a ratio against a baseline measured in the same run on the same device:
+- pack scaling: trials/s of the example grid repeated, in packs of K = 1 … 256, against K = 1;
+- the example scan: ``hhscan run --local`` against a plain Keras ``fit`` loop on TensorFlow and on JAX;
+- training against the device: trained events/s × FLOP per event against a jitted matmul of the MLP's shape;
+- memory: the largest pack K that trains and validates with 1M validation events (doubling to out-of-memory).
+Each measurement runs in a fresh process (a Keras backend is per process); times exclude imports. ``--tiny``
+runs the JAX measurements in its own process (seconds, not minutes: a smoke check of the code, not a figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import run as bench_run  # noqa: E402  (the CPU benchmark's project copy, data and plain loop)
+
+FULL = {"sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256], "trials": 256, "epochs": 5, "scan_epochs": 10,
+        "grid": bench_run.EXAMPLE_GRID, "mlp": (30, 256, 3), "batch": 1024, "events": 1_000_000,
+        "machine_packs": [1, 16, 64], "validation": 1_000_000, "largest": 1024}  # fmt: skip
+TINY = {"sizes": [1, 2], "trials": 2, "epochs": 1, "scan_epochs": 1, "split": [0.1, 0.05, 0.85],
+        "grid": {**bench_run.EXAMPLE_GRID, "layers": [1], "neurons": [8], "learning_rate": [0.003]},
+        "mlp": (8, 16, 2), "batch": 256, "events": 4096, "machine_packs": [1, 2], "validation": 3000,
+        "largest": 2}  # fmt: skip
+
+
+def _project(root: Path, sizes: dict, epochs: int) -> Path:
+    import yaml
+
+    bench_run._project(root, epochs)
+    path = root / "parameters" / "scan.yaml"
+    parameters = yaml.safe_load(path.read_text())
+    parameters["hyperparameters"] = {**sizes["grid"], "epochs": [epochs]}
+    if "split" in sizes:  # fewer events: a smoke check
+        parameters["split"].update(zip(("train", "validation", "test"), sizes["split"], strict=True))
+    path.write_text(yaml.safe_dump(parameters))
+    return root
+
+
+# ----------------------------------------------------------------------------------------------------- workers
+
+
+def worker_plain(root: str, backend: str) -> dict:
+    """The project's grid, one ``model.fit`` per trial: what a scan without hhscan does."""
+    os.environ["KERAS_BACKEND"] = backend
+    import keras
+
+    _, _, data = bench_run._dataset(Path(root))
+    x, y, w = data.part(0)
+    xv, yv, wv = data.part(1)
+    grid = [dict(zip(bench_run.EXAMPLE_GRID, v, strict=True)) for v in _product(_grid_of(root))]
+    started = time.perf_counter()
+    aucs = [bench_run._plain_fit(keras, hp, x, y.astype("float32"), w, xv, yv.astype("float32"), wv) for hp in grid]
+    return {"wall_s": time.perf_counter() - started, "best_val_auc": max(aucs), "backend": backend,
+            "trials": len(grid)}  # fmt: skip
+
+
+def _grid_of(root: str) -> dict:
+    import yaml
+
+    grid = yaml.safe_load((Path(root) / "parameters" / "scan.yaml").read_text())["hyperparameters"]
+    return {key: grid[key] for key in bench_run.EXAMPLE_GRID}
+
+
+def _product(grid: dict) -> list[tuple]:
+    import itertools
+
+    return list(itertools.product(*grid.values()))
+
+
+def worker_machine(mlp: tuple[int, int, int], batch: int, events: int, packs: list[int]) -> dict:
+    """Fused training's events/s against a jitted matmul of the MLP's hidden shape, on the default device."""
+    from hhscan import fused, model, training
+
+    model.choose_backend("jax")
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    model.keep_tensorflow_out()
+    inputs, neurons, layers = mlp
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(events, inputs)).astype("float32")
+    y = (x[:, 0] + rng.normal(size=events) > 0).astype("float32").reshape(-1, 1)
+    w = np.ones(events, dtype="float32")
+    hp = {"layers": layers, "neurons": neurons, "activation": "relu", "dropout": 0.0, "l2": 0.0, "optimizer": "adam",
+          "learning_rate": 1e-3}  # fmt: skip
+    table, counts = fused.batch_table(training.epoch_order(events, 0, 0), batch)
+    rates = {}
+    for size in packs:
+        nets = [model.build_model(hp, inputs, 2, x.mean(0), x.var(0)) for _ in range(size)]
+        for net in nets:
+            model.compile_model(net, hp, 2)
+            net.optimizer.build(net.trainable_variables)
+        engine = fused.make_engine(nets, [n.optimizer for n in nets], "binary_crossentropy", (x, y, w),
+                                   (x[:1000], y[:1000], w[:1000]))  # fmt: skip
+        active = np.ones(size, bool)
+        engine.train_epoch(table, counts, active)  # compilation
+        started = time.perf_counter()
+        engine.train_epoch(table, counts, active)
+        rates[size] = size * events / (time.perf_counter() - started)
+        del engine
+        keras.backend.clear_session()
+    matmul = jax.jit(lambda a, b: a @ b)
+    a = jnp.asarray(rng.normal(size=(65536, neurons)).astype("float32"))
+    b = jnp.asarray(rng.normal(size=(neurons, neurons)).astype("float32"))
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20):
+            out = matmul(a, b)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - started) / 20)
+    ceiling = 2 * 65536 * neurons * neurons / best
+    # Forward + backward ≈ 3 × 2 × (multiply-adds of every layer) FLOP per event.
+    flop_per_event = 3 * 2 * (inputs * neurons + (layers - 1) * neurons * neurons + neurons)
+    return {"events_per_s": rates, "ceiling_flops": ceiling, "flop_per_event": flop_per_event,
+            "device": model.device_description()}  # fmt: skip
+
+
+def worker_largest(mlp: tuple[int, int, int], validation: int, largest: int) -> dict:
+    """Double K until the pack does not train and validate any more (the backend's out-of-memory error)."""
+    from hhscan import fused, model, training
+
+    model.choose_backend("jax")
+    import keras
+
+    model.keep_tensorflow_out()
+    inputs, neurons, layers = mlp
+    rng = np.random.default_rng(1)
+    n_train = 65536 if validation >= 100_000 else 2048
+    x = rng.normal(size=(n_train + validation, inputs)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32").reshape(-1, 1)
+    w = np.ones(len(x), dtype="float32")
+    train, valid = (x[:n_train], y[:n_train], w[:n_train]), (x[n_train:], y[n_train:], w[n_train:])
+    hp = {"layers": layers, "neurons": neurons, "activation": "relu", "dropout": 0.0, "l2": 0.0, "optimizer": "adam",
+          "learning_rate": 1e-3}  # fmt: skip
+    table, counts = fused.batch_table(training.epoch_order(n_train, 0, 0), 1024)
+    fitted, stopped, seconds, chunk = 0, None, {}, None
+    size = 1
+    while size <= largest:
+        engine = None
+        try:
+            nets = [model.build_model(hp, inputs, 2, x.mean(0), x.var(0)) for _ in range(size)]
+            for net in nets:
+                model.compile_model(net, hp, 2)
+                net.optimizer.build(net.trainable_variables)
+            engine = fused.make_engine(nets, [n.optimizer for n in nets], "binary_crossentropy", train, valid)
+            engine.train_epoch(table, counts, np.ones(size, bool))
+            started = time.perf_counter()
+            engine.validate()
+            seconds[size] = time.perf_counter() - started
+            chunk = engine.chunk
+        except fused.out_of_memory_errors() as error:
+            if not fused.is_out_of_memory(error):
+                raise
+            stopped = size
+            break
+        finally:
+            del engine
+            keras.backend.clear_session()
+        fitted = size
+        size *= 2
+    return {"largest": fitted, "out_of_memory_at": stopped, "validate_s": seconds, "chunk": chunk,
+            "device": model.device_description()}  # fmt: skip
+
+
+def _in_process(name: str, *args) -> dict:
+    """Run a worker in a fresh interpreter; it prints its result as JSON on the last line."""
+    code = (f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from bench.gpu import *; "
+            f"print(json.dumps({name}(*{args!r})))")  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("KERAS_BACKEND", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _run(name: str, *args, fresh: bool = True) -> dict:
+    """A worker of this file or of bench/run.py, in a fresh process or (``fresh=False``, JAX only) in this one."""
+    if fresh:
+        return (_in_process if name in globals() else bench_run._in_process)(name, *args)
+    worker = globals().get(name) or getattr(bench_run, name)
+    return json.loads(json.dumps(worker(*args)))  # as from a process: keys as strings
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+
+
+def measure(sizes: dict, fresh: bool = True) -> dict:
+    """Every section's raw figures; ``fresh=False`` runs the JAX workers in this process (TensorFlow never)."""
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as directory:
+        root = _project(Path(directory) / "packing", sizes, sizes["epochs"])
+        results["packing"] = _run("worker_packing", str(root), sizes["sizes"], sizes["trials"], fresh=fresh)
+        results["scan"] = {}
+        for tool, worker, args in (
+            ("plain Keras loop (TensorFlow)", "worker_plain", ("tensorflow",)),
+            ("plain Keras loop (JAX)", "worker_plain", ("jax",)),
+            ("hhscan run --local", "worker_hhscan", ()),
+        ):
+            project = _project(Path(directory) / f"scan-{len(results['scan'])}", sizes, sizes["scan_epochs"])
+            results["scan"][tool] = _run(worker, str(project), *args, fresh=fresh or "tensorflow" in args)
+        # Still inside the directory: in this process, JAX's compilation cache may point into it.
+        results["machine"] = _run("worker_machine", sizes["mlp"], sizes["batch"], sizes["events"],
+                                  sizes["machine_packs"], fresh=fresh)  # fmt: skip
+        results["largest"] = _run("worker_largest", sizes["mlp"], sizes["validation"], sizes["largest"],
+                                  fresh=fresh)  # fmt: skip
+    return results
+
+
+def render(results: dict, sizes: dict) -> list[str]:
+    """The GPU section of RESULTS.md."""
+    packing, machine, largest = results["packing"], results["machine"], results["largest"]
+    device = machine["device"]
+    base = packing["trials_per_s"]["1"]
+    lines = [f"## GPU: measured {time.strftime('%Y-%m-%d')} on {device}", "",
+             f"`python bench/gpu.py{' --tiny' if sizes is TINY else ''}`. Pack scaling: the example grid repeated to "
+             f"{sizes['trials']} trials, {sizes['epochs']} epochs, compilation included (pack size 1 trains the "
+             f"first {min(8, sizes['trials'])}).", "",
+             "| pack size K | trials/s | vs K = 1 | best val AUC |", "|---|---|---|---|"]  # fmt: skip
+    for size in sizes["sizes"]:
+        rate = packing["trials_per_s"][str(size)]
+        lines.append(f"| {size} | {rate:.2f} | {rate / base:.1f}× | {packing['best_val_auc'][str(size)]:.4f} |")
+    scan = results["scan"]
+    plain = scan["plain Keras loop (TensorFlow)"]["wall_s"]
+    lines += ["", f"The example scan ({sizes['scan_epochs']} epochs, imports excluded):", "",
+              "| tool | backend | wall s | vs plain TF-Keras loop | best val AUC |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for tool, row in scan.items():
+        lines.append(f"| {tool} | {row['backend']} | {row['wall_s']:.1f} | {plain / row['wall_s']:.2f}× faster | "
+                     f"{row['best_val_auc']:.4f} |")  # fmt: skip
+    inputs, neurons, layers = sizes["mlp"]
+    ceiling = machine["ceiling_flops"]
+    lines += ["", f"Training against the device: {inputs}→{neurons}×{layers}→1 MLP, batch {sizes['batch']}, "
+              f"{sizes['events']:,} events; jitted matmul ceiling (65536×{neurons} @ {neurons}×{neurons}) "
+              f"{ceiling / 1e9:.1f} GFLOP/s, {machine['flop_per_event']} FLOP per trained event.", "",
+              "| pack size K | trained events/s (events × K) | GFLOP/s | fraction of the ceiling |",
+              "|---|---|---|---|"]  # fmt: skip
+    for size, rate in machine["events_per_s"].items():
+        achieved = rate * machine["flop_per_event"]
+        lines.append(f"| {size} | {rate:,.0f} | {achieved / 1e9:.1f} | **{achieved / ceiling:.2f}** |")
+    stop = (f"out of memory at K = {largest['out_of_memory_at']}" if largest["out_of_memory_at"]
+            else f"no out-of-memory up to K = {sizes['largest']}, the sweep's end")  # fmt: skip
+    lines += ["", f"Largest pack with {sizes['validation']:,} validation events ({inputs}→{neurons}×{layers}→1, "
+              f"validation in chunks of {largest['chunk']:,} events): K = {largest['largest']} ({stop}); "
+              f"validation of that pack {largest['validate_s'][str(largest['largest'])]:.2f} s.", ""]  # fmt: skip
+    rate = {int(k): v / base for k, v in packing["trials_per_s"].items()}
+    hhscan = plain / scan["hhscan run --local"]["wall_s"]
+    lines += ["| target | measured | |", "|---|---|---|"]
+    for label, value, goal in (("trials/s at K = 16 ≥ 10× K = 1", rate.get(16), 10),
+                               ("trials/s at K = 256 ≥ 40× K = 1", rate.get(256), 40),
+                               ("example scan ≥ 10× the plain TF-Keras loop", hhscan, 10)):  # fmt: skip
+        if value is None:
+            lines.append(f"| {label} | not measured at these sizes | |")
+        else:
+            lines.append(f"| {label} | {value:.1f}× on {device} | {'met' if value >= goal else 'not met'} |")
+    return [*lines, ""]
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the GPU section (from ``## GPU`` to the end) of RESULTS.md, keeping everything before it."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    head = old[: old.index("## GPU")] if "## GPU" in old else old.rstrip("\n") + "\n\n"
+    path.write_text(head + section)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke sizes (seconds)")
+    parser.add_argument("--output", default=str(REPO / "bench" / "RESULTS.md"))
+    parser.add_argument("--json", help="also write the raw figures here")
+    arguments = parser.parse_args()
+    sizes = TINY if arguments.tiny else FULL
+    results = measure(sizes, fresh=not arguments.tiny)
+    section = "\n".join(render(results, sizes)) + "\n"
+    print(section, flush=True)
+    write_section(Path(arguments.output), section)
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
