@@ -4,6 +4,7 @@ and the submit-time checks (signal delay, memory baseline). Real files, real pro
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ def _dataset(analysis):
 
 
 def test_of_many_processes_claiming_one_trial_at_once_exactly_one_wins(tmp_path):
-    source = CLAIM.format(src=str(REPO), root=str(tmp_path), start=time.time() + 1.5)
+    # All start claiming at one instant, well after every interpreter has imported hhscan.
+    source = CLAIM.format(src=str(REPO), root=str(tmp_path), start=time.time() + 4)
     processes = [subprocess.Popen([sys.executable, "-c", source, f"job{i}"], stdout=subprocess.PIPE, text=True)
                  for i in range(6)]  # fmt: skip
     outputs = [p.communicate(timeout=60)[0].strip() for p in processes]
@@ -50,6 +52,18 @@ def test_of_many_processes_claiming_one_trial_at_once_exactly_one_wins(tmp_path)
     mine, other = store.claim("t1", leases.Attempt(job_id="next"))
     assert other is None and mine is not None and mine.generation == 2
     assert [lease.generation for lease in store.history("t1")] == [1, 2]
+
+
+def test_a_claim_that_loses_the_race_for_a_generation_looks_again(tmp_path, monkeypatch):
+    """The interleaving a race produces: B read "no lease" before A created generation 1."""
+    store = leases.Leases(tmp_path)
+    first, _ = store.claim("t1", leases.Attempt(job_id="A", pid=os.getppid()))  # a live process, not us
+    reads = iter([None])
+    real_current = leases.Leases.current
+    monkeypatch.setattr(leases.Leases, "current", lambda self, t: next(reads, "real") and real_current(self, t))
+    second, holder = store.claim("t1", leases.Attempt(job_id="B"))
+    assert second is None and holder.attempt == first.attempt
+    assert [lease.job_id for lease in store.history("t1")] == ["A"]
 
 
 def test_a_lease_from_another_host_lives_while_its_heartbeat_is_fresh(tmp_path, monkeypatch):
