@@ -282,6 +282,7 @@ def test_controller_losing_its_state_while_tasks_run_then_resubmit_and_a_reused_
                 "4 trials training")  # fmt: skip
     code, out, _ = run_cli(["status", "lost"], slurm_analysis.root, capsys, monkeypatch)
     assert "running: 4" in out and "pending: 0" in out and "elapsed" in out and "of 10:00" in out
+    assert out.count("(2 trials)") == 2  # one line per job, its trials below it with their epoch
     assert "/200  best val_auc 0." in out, out
     old_jobs = scan.manifest()["jobs"]
     try:
@@ -370,8 +371,11 @@ def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_t
     watch.until(lambda: len(training_epochs(scan)) == 1 and min(training_epochs(scan).values()) > 0, 120,
                 "the first task training")  # fmt: skip
     code, out, _ = run_cli(["status", "spent"], slurm_analysis.root, capsys, monkeypatch)
-    # One task runs, the other waits behind it in the same array: each is shown as what it is.
+    # One task runs, the other waits behind it in the same array: each is shown as what it is, and the log of
+    # the task that has not started is not shown as if it existed.
     assert "running: 1" in out and "pending: 1" in out and "/200  best val_auc" in out, out
+    not_started = [j["stdout"] for j in scan.manifest()["jobs"][1:] if not Path(j["stdout"]).exists()]
+    assert len(not_started) == 1 and not_started[0] not in out.replace("\n", "")
     watch.until(lambda: not slurm.scan_status(scan).of("running", "pending"), 300, "settled")
     watch.sample()
     assert watch.violations == []
