@@ -386,3 +386,26 @@ def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_t
         log = Path(record.log_path).read_text()
         assert f"resuming trial {record.trial_id} from epoch {record.resumed_from_epoch}" in log
     assert not (scan.root / "checkpoints").exists() and not (scan.root / "leases").exists()
+
+
+def test_a_task_past_its_memory_is_killed_and_resubmitted_with_more(slurm_analysis, capsys, monkeypatch):
+    # The cluster enforces --mem (OverMemoryKill): a worker (≈0.6 GB after imports and data) under 0.25 GB is
+    # killed; submit warns with the measured baseline first.
+    slurm_analysis.edit_parameters(hyperparameters={"learning_rate": [0.01]},  # 2 trials, one job each
+                                   slurm={"resources": {"timeout_min": 10, "cpus_per_task": 1, "mem_gb": 0.25}})
+    code, _, err = run_cli(["submit", "--name", "oom"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0 and "hhscan: warning: slurm.resources.mem_gb 0.25 GB" in err and "baseline of" in err, err
+    scan = Workspace(slurm_analysis.root).scan("oom")
+    status = wait_until_settled(scan)
+    # OverMemoryKill ends the job FAILED (OUT_OF_MEMORY is the cgroup OOM killer's state); Slurm says why in
+    # the job's stderr, and status repeats it.
+    assert status.count("missing") == 2 and {t.job_state for t in status.trials} == {"FAILED"}
+    for job in scan.manifest()["jobs"]:
+        assert "exceeded memory limit" in Path(job["stdout"].replace("_log.out", "_log.err")).read_text()
+    code, out, _ = run_cli(["status", "oom"], slurm_analysis.root, capsys, monkeypatch)
+    assert out.count("ended FAILED (killed past its memory limit: raise slurm.resources.mem_gb)") == 2
+    slurm_analysis.edit_parameters(slurm={"resources": {"mem_gb": 2}})
+    code, _, err = run_cli(["resubmit", "oom"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0 and "warning" not in err, err
+    wait_until_settled(scan)
+    records_exactly_once(scan)
