@@ -168,8 +168,8 @@ def _print_data(console, prepared) -> None:
 def _warn_memory(params) -> None:
     from hhscan import runner, slurm
 
-    # This process has done what a worker does before its first trial (imports, data): its size is the baseline.
-    warning = slurm.memory_warning(params.slurm, params.training.worker_memory_gb, runner.resident_memory_gb())
+    # Measured here, after what a worker does before its first trial (data loaded, Keras backend initialised).
+    warning = slurm.memory_warning(params.slurm, params.training.worker_memory_gb, runner.worker_baseline_gb())
     if warning:
         print(f"hhscan: warning: {warning}", file=sys.stderr)
 

@@ -242,7 +242,7 @@ def _identical(entry: dict[str, Any], name: str, submit: float | None) -> bool:
     """The job Slurm describes is the one hhscan submitted: same name, submitted during the submission."""
     if name != entry.get("job_name", name):
         return False
-    if submit is None:
+    if submit is None or "submitted_at" not in entry:  # known only from a live lease, which proves it
         return True
     after = entry.get("submitted_at", 0.0)
     before = entry.get("submitted_before", after - 600)
@@ -252,15 +252,15 @@ def _identical(entry: dict[str, Any], name: str, submit: float | None) -> bool:
 def job_infos(jobs: Sequence[dict[str, Any]]) -> dict[str, JobInfo]:
     """Slurm's view of each job: the queue (one line per array task), then accounting for those that left it.
 
-    A job id that now names another job (ids restart when a cluster is rebuilt) is not ours: such a job, and one
-    unknown to both, is GONE.
+    A job id that now names another job (ids restart when a cluster is rebuilt) is not ours: such a job, one
+    unknown to both, and one accounting still calls active but the queue does not hold, is GONE.
     """
     if not jobs:
         return {}
     by_id = {str(j["job_id"]): j for j in jobs}
     infos: dict[str, JobInfo] = {}
-    queue = _query(["squeue", "-h", "-r", "-o", "%i|%j|%T|%V|%M|%l"]) or ""
-    for line in queue.splitlines():
+    queue = _query(["squeue", "-h", "-r", "-o", "%i|%j|%T|%V|%M|%l"])
+    for line in (queue or "").splitlines():
         fields = line.split("|")
         if len(fields) == 6 and fields[0] in by_id and _identical(by_id[fields[0]], fields[1], _timestamp(fields[3])):
             infos[fields[0]] = JobInfo(fields[2], fields[4], fields[5])
@@ -275,7 +275,11 @@ def job_infos(jobs: Sequence[dict[str, Any]]) -> dict[str, JobInfo]:
             for task in _task_ids(fields[0]):
                 entry = by_id.get(task)
                 if entry is not None and task not in infos and _identical(entry, fields[1], _timestamp(fields[3])):
-                    infos[task] = JobInfo(fields[2].split()[0], fields[4], fields[5])
+                    state = fields[2].split()[0]
+                    # Active in accounting but not in the controller's queue: a controller that lost its state
+                    # never closes the row. The queue is the truth for active jobs.
+                    infos[task] = JobInfo("GONE" if queue is not None and state in ACTIVE_STATES else state,
+                                          fields[4], fields[5])  # fmt: skip
     for job_id in by_id:
         infos.setdefault(job_id, JobInfo("GONE"))
     return infos
@@ -317,7 +321,10 @@ def scan_status(scan: ScanDirectory) -> ScanStatus:
         for trial_id in job["trial_ids"]:
             last_job[trial_id] = job
     wanted = {str(j["job_id"]): j for j in last_job.values()}
-    wanted.update({lease.job_id: {"job_id": lease.job_id} for lease in live.values() if lease.job_id})
+    every_job = {str(j["job_id"]): j for j in jobs}
+    for lease in live.values():  # the job that runs a trial may be an earlier one than its last
+        if lease.job_id:
+            wanted.setdefault(lease.job_id, every_job.get(lease.job_id, {"job_id": lease.job_id}))
     unreachable = unreachable_reason() if wanted else None
     infos = job_infos(list(wanted.values())) if wanted and unreachable is None else {}
     result = ScanStatus(corrupt=corrupt, jobs=infos, unreachable=unreachable, litter=scan.litter())

@@ -26,6 +26,19 @@ def _log(path: str) -> str:
     return f"  log {path}" if path and Path(path).exists() else ""
 
 
+def _killed_for_memory(job: dict) -> str:
+    """Slurm's own words at the end of the job's stderr: a task killed past its ``--mem``."""
+    path = Path(str(job.get("stdout", "")).replace("_log.out", "_log.err"))
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - 4096))
+            tail = handle.read().decode(errors="replace").lower()
+    except OSError:
+        return ""
+    killed = "exceeded memory limit" in tail or "exceeded job memory limit" in tail or "oom-kill" in tail
+    return " (killed past its memory limit: raise slurm.resources.mem_gb)" if killed else ""
+
+
 def _best(item: TrialStatus) -> str:
     lease = item.lease
     assert lease is not None
@@ -76,7 +89,7 @@ def _print_group(
     elif state == "pending" and info is not None:
         detail = f"  {info.state}" + (f"  elapsed {info.elapsed} of {info.limit}" if info.state == "RUNNING" else "")
     elif state == "missing" and items[0].job:
-        detail = f"  ended {items[0].job_state or 'UNKNOWN'}"
+        detail = f"  ended {items[0].job_state or 'UNKNOWN'}" + _killed_for_memory(items[0].job)
     elif state == "failed":
         errors = {i.record.error for i in items if i.record is not None}
         detail = f"  {sorted(errors)[0]}" + (f" (+{len(errors) - 1} other errors)" if len(errors) > 1 else "")

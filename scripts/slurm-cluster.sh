@@ -7,7 +7,7 @@
 #   scripts/slurm-cluster.sh stop      stop them by the pids they wrote (never by name)
 #   scripts/slurm-cluster.sh status    daemons and node state
 #   scripts/slurm-cluster.sh env       print 'export SLURM_CONF=…' for clients (eval "$(… env)")
-#   scripts/slurm-cluster.sh ctld-lose-state   restart slurmctld with an empty state directory (tests)
+#   scripts/slurm-cluster.sh ctld-lose-state   stop slurmd, restart slurmctld with an empty state (tests)
 #
 # Every start is a fresh cluster in a fresh state directory (job ids restart at 1; hhscan never reuses a
 # submitit folder across clusters, see slurm-localhost notes).
@@ -59,7 +59,8 @@ MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
 ReturnToService=2
 StateSaveLocation=$DIR/spool/ctld
 SlurmdSpoolDir=$DIR/spool/d
@@ -75,7 +76,9 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=5
+JobAcctGatherFrequency=2
+# Memory is enforced without cgroups: the gatherer samples each step's RSS and kills it past its --mem.
+JobAcctGatherParams=OverMemoryKill
 KillWait=5
 MinJobAge=300
 SchedulerParameters=sched_interval=1
@@ -162,15 +165,17 @@ start() {
 }
 
 ctld_lose_state() {
-  # What a controller failover without its state directory does: running tasks keep running on the node,
-  # the controller forgets every job, and job ids start again at 1 (accounting keeps the old rows).
+  # What a controller failover without its state directory does: the controller forgets every job and job ids
+  # start again at 1 (accounting keeps the old rows). slurmd is stopped first and left stopped, so running
+  # tasks keep running unknown to Slurm (their slurmstepd lives on) until 'slurmd -f $SLURM_CONF' brings the
+  # node back and the controller kills them as orphans.
   export SLURM_CONF=$DIR/etc/slurm.conf
+  stop_pidfile "$DIR/run/slurmd.pid" slurmd
   stop_pidfile "$DIR/run/slurmctld.pid" slurmctld
   rm -rf "$DIR/spool/ctld" && mkdir -p "$DIR/spool/ctld"
   slurmctld -f "$SLURM_CONF"
   wait_for 30 slurmctld scontrol ping
-  wait_for 60 "node up" sh -c "sinfo -h -N -o %t | grep -Eqx 'idle|mix|alloc'"
-  log "controller restarted without its state"
+  log "controller restarted without its state; slurmd stopped"
 }
 
 stop_pidfile() {

@@ -4,6 +4,7 @@ and the submit-time checks (signal delay, memory baseline). Real files, real pro
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ def _dataset(analysis):
 
 
 def test_of_many_processes_claiming_one_trial_at_once_exactly_one_wins(tmp_path):
-    source = CLAIM.format(src=str(REPO), root=str(tmp_path), start=time.time() + 1.5)
+    # All start claiming at one instant, well after every interpreter has imported hhscan.
+    source = CLAIM.format(src=str(REPO), root=str(tmp_path), start=time.time() + 4)
     processes = [subprocess.Popen([sys.executable, "-c", source, f"job{i}"], stdout=subprocess.PIPE, text=True)
                  for i in range(6)]  # fmt: skip
     outputs = [p.communicate(timeout=60)[0].strip() for p in processes]
@@ -50,6 +52,18 @@ def test_of_many_processes_claiming_one_trial_at_once_exactly_one_wins(tmp_path)
     mine, other = store.claim("t1", leases.Attempt(job_id="next"))
     assert other is None and mine is not None and mine.generation == 2
     assert [lease.generation for lease in store.history("t1")] == [1, 2]
+
+
+def test_a_claim_that_loses_the_race_for_a_generation_looks_again(tmp_path, monkeypatch):
+    """The interleaving a race produces: B read "no lease" before A created generation 1."""
+    store = leases.Leases(tmp_path)
+    first, _ = store.claim("t1", leases.Attempt(job_id="A", pid=os.getppid()))  # a live process, not us
+    reads = iter([None])
+    real_current = leases.Leases.current
+    monkeypatch.setattr(leases.Leases, "current", lambda self, t: next(reads, "real") and real_current(self, t))
+    second, holder = store.claim("t1", leases.Attempt(job_id="B"))
+    assert second is None and holder.attempt == first.attempt
+    assert [lease.job_id for lease in store.history("t1")] == ["A"]
 
 
 def test_a_lease_from_another_host_lives_while_its_heartbeat_is_fresh(tmp_path, monkeypatch):
@@ -105,10 +119,25 @@ def test_a_trial_leased_by_a_live_attempt_is_skipped_shown_running_and_run_once_
         assert "resubmit" not in out  # a running trial is not missing
         status = slurm.scan_status(scan)
         assert slurm.to_resubmit(status) == []
+        # --watch refreshes until nothing runs: the holder dies mid-watch and the trial turns missing.
+        watcher = subprocess.Popen([sys.executable, "-m", "hhscan.cli", "status", "--watch", "0.5"],
+                                   cwd=analysis.root, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(4)
+        assert watcher.poll() is None  # still watching while the trial runs
     finally:
         sleeper.kill()
         sleeper.wait()
+    watched = watcher.communicate(timeout=60)[0]
+    assert watcher.returncode == 0 and watched.count("running: 1") >= 2 and "missing: 1" in watched
     assert [t.trial.id for t in slurm.scan_status(scan).of("missing")] == [held]
+    # Litter a killed writer leaves: a temporary record and a finished trial's checkpoint. Status counts them.
+    litter = [scan.output_dir / f".{held}.csv.abc.tmp", scan.root / "checkpoints" / scan.trials()[1].id / "x.npz"]
+    for path in litter:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"0" * 2**20)
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    code, out, _ = run_cli(["status"], analysis.root, capsys, monkeypatch)
+    assert "leftover: 2 file(s), 2.0 MiB" in out
     code, out, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     records, _ = scan.records()
@@ -218,3 +247,28 @@ def test_memory_below_the_workers_baseline_is_warned_with_the_number():
     assert slurm.memory_warning(SlurmSettings(resources={"mem_gb": 0.8}), None, 0.62) is None  # bound 0.64
     assert slurm.memory_warning(settings, 2.0, 0.62) is None  # an explicit worker_memory_gb decides
     assert slurm.memory_warning(SlurmSettings(resources={}), None, 0.62) is None
+
+
+def test_two_submits_of_one_new_name_at_once_create_it_once(analysis):
+    import threading
+
+    from hhscan import session
+    from hhscan.errors import ScanError
+
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(analysis.sample_list)
+    outcomes = []
+
+    def submit():
+        try:
+            session.prepare(parameters, sample_list, analysis.root, "twin", kind="slurm", must_be_new=True)
+            outcomes.append("created")
+        except ScanError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes)[0] == "created" and "already exists" in sorted(outcomes)[1], outcomes

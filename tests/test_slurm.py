@@ -284,36 +284,47 @@ def test_controller_losing_its_state_while_tasks_run_then_resubmit_and_a_reused_
                 "4 trials training")  # fmt: skip
     code, out, _ = run_cli(["status", "lost"], slurm_analysis.root, capsys, monkeypatch)
     assert "running: 4" in out and "pending: 0" in out and "elapsed" in out and "of 10:00" in out
+    assert out.count("(2 trials)") == 2  # one line per job, its trials below it with their epoch
     assert "/200  best val_auc 0." in out, out
     old_jobs = scan.manifest()["jobs"]
+    try:
+        _lose_state_then_resubmit(scan, old_jobs, watch, slurm_analysis.root, capsys, monkeypatch)
+    finally:
+        subprocess.run(["scancel", "-n", "unrelated"], capture_output=True)
+        if subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode != 0:  # slurmd left stopped
+            subprocess.run(["slurmd", "-f", os.environ["SLURM_CONF"]], capture_output=True)
+    watch.sample()
+    assert watch.violations == []
+    records_exactly_once(scan)
+    for record in scan.records()[0].values():  # each resumed from its own checkpoint, none from scratch
+        assert record.epochs_run == 200 and record.resumed_from_epoch and record.resumed_from_epoch >= 3
+
+
+def _lose_state_then_resubmit(scan, old_jobs, watch, root, capsys, monkeypatch) -> None:
     subprocess.run([str(SCRIPT), "ctld-lose-state"], check=True, capture_output=True, timeout=120)
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""
     # A job unrelated to the scan now carries the scan's first array id (ids restart after a state loss).
     base = old_jobs[0]["job_id"].split("_")[0]
-    unrelated = subprocess.run(["sbatch", f"--jobid={base}", "--array=0-1", "-J", "unrelated", "--hold", "--wrap",
-                                "sleep 300"], capture_output=True, text=True)  # fmt: skip
-    assert unrelated.returncode == 0, unrelated.stderr
-    try:
-        status = slurm.scan_status(scan)
-        # The tasks still train: their leases say so, whatever the controller forgot; the unrelated job's
-        # pending tasks under the same ids are not ours.
-        assert status.count("pending") == 0
-        running = {t.trial.id for t in status.of("running")}
-        code, out, err = run_cli(["resubmit", "lost"], slurm_analysis.root, capsys, monkeypatch)
-        assert code == 0, err
-        submitted = {t for job in scan.manifest()["jobs"][len(old_jobs):] for t in job["trial_ids"]}
-        assert not submitted & running
-        watch.until(lambda: not slurm.scan_status(scan).of("running", "pending"), 300, "old tasks finished")
-        if slurm.scan_status(scan).of("missing"):  # tasks the node lost with the controller: run them again
-            code, _, err = run_cli(["resubmit", "lost"], slurm_analysis.root, capsys, monkeypatch)
-            assert code == 0, err
-            watch.until(lambda: not slurm.scan_status(scan).of("running", "pending", "missing"), 300, "settled")
-    finally:
-        subprocess.run(["scancel", base], capture_output=True)
+    hold = ["sbatch", "--parsable", "--hold", "--wrap", "sleep 300", "-J", "unrelated", "--array=0-1"]
+    while (unrelated := int(subprocess.run(hold, capture_output=True, text=True, check=True).stdout)) < int(base):
+        pass  # held, cancelled at the end
+    assert unrelated == int(base)
+    # The tasks still train, unknown to Slurm: their leases say so; the unrelated job's pending tasks under
+    # the scan's ids are not the scan's.
+    code, out, err = run_cli(["status", "lost"], root, capsys, monkeypatch)
+    assert "running: 4" in out and "pending: 0" in out and "missing: 0" in out, out
+    code, out, err = run_cli(["resubmit", "lost"], root, capsys, monkeypatch)
+    assert code == 0 and "nothing to submit" in out, out + err
+    assert len(scan.manifest()["jobs"]) == len(old_jobs)
     watch.sample()
-    assert watch.violations == []
-    records_exactly_once(scan)
-    assert {r.epochs_run for r in scan.records()[0].values()} == {200}
+    # The node comes back: the controller kills the tasks it does not know; their trials become missing.
+    subprocess.run(["slurmd", "-f", os.environ["SLURM_CONF"]], check=True)
+    watch.until(lambda: slurm.scan_status(scan).count("missing") == 4, 120, "the orphaned tasks killed")
+    code, out, err = run_cli(["status", "lost"], root, capsys, monkeypatch)
+    assert "pending: 0" in out and "missing: 4" in out and "ended " in out, out
+    code, out, err = run_cli(["resubmit", "lost"], root, capsys, monkeypatch)
+    assert code == 0 and "submitted 4 trial(s)" in out, out + err
+    watch.until(lambda: not slurm.scan_status(scan).of("running", "pending", "missing"), 300, "settled")
 
 
 def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_trial(
@@ -362,8 +373,11 @@ def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_t
     watch.until(lambda: len(training_epochs(scan)) == 1 and min(training_epochs(scan).values()) > 0, 120,
                 "the first task training")  # fmt: skip
     code, out, _ = run_cli(["status", "spent"], slurm_analysis.root, capsys, monkeypatch)
-    # One task runs, the other waits behind it in the same array: each is shown as what it is.
+    # One task runs, the other waits behind it in the same array: each is shown as what it is, and the log of
+    # the task that has not started is not shown as if it existed.
     assert "running: 1" in out and "pending: 1" in out and "/200  best val_auc" in out, out
+    not_started = [j["stdout"] for j in scan.manifest()["jobs"][1:] if not Path(j["stdout"]).exists()]
+    assert len(not_started) == 1 and not_started[0] not in out.replace("\n", "")
     watch.until(lambda: not slurm.scan_status(scan).of("running", "pending"), 300, "settled")
     watch.sample()
     assert watch.violations == []
@@ -374,3 +388,26 @@ def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_t
         log = Path(record.log_path).read_text()
         assert f"resuming trial {record.trial_id} from epoch {record.resumed_from_epoch}" in log
     assert not (scan.root / "checkpoints").exists() and not (scan.root / "leases").exists()
+
+
+def test_a_task_past_its_memory_is_killed_and_resubmitted_with_more(slurm_analysis, capsys, monkeypatch):
+    # The cluster enforces --mem (OverMemoryKill): a worker (≈0.6 GB after imports and data) under 0.25 GB is
+    # killed; submit warns with the measured baseline first.
+    slurm_analysis.edit_parameters(hyperparameters={"learning_rate": [0.01]},  # 2 trials, one job each
+                                   slurm={"resources": {"timeout_min": 10, "cpus_per_task": 1, "mem_gb": 0.25}})
+    code, _, err = run_cli(["submit", "--name", "oom"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0 and "hhscan: warning: slurm.resources.mem_gb 0.25 GB" in err and "baseline of" in err, err
+    scan = Workspace(slurm_analysis.root).scan("oom")
+    status = wait_until_settled(scan)
+    # OverMemoryKill ends the job FAILED (OUT_OF_MEMORY is the cgroup OOM killer's state); Slurm says why in
+    # the job's stderr, and status repeats it.
+    assert status.count("missing") == 2 and {t.job_state for t in status.trials} == {"FAILED"}
+    for job in scan.manifest()["jobs"]:
+        assert "exceeded memory limit" in Path(job["stdout"].replace("_log.out", "_log.err")).read_text()
+    code, out, _ = run_cli(["status", "oom"], slurm_analysis.root, capsys, monkeypatch)
+    assert out.count("ended FAILED (killed past its memory limit: raise slurm.resources.mem_gb)") == 2
+    slurm_analysis.edit_parameters(slurm={"resources": {"mem_gb": 2}})
+    code, _, err = run_cli(["resubmit", "oom"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0 and "warning" not in err, err
+    wait_until_settled(scan)
+    records_exactly_once(scan)
