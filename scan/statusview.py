@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hhscan.slurm import ScanStatus, TrialStatus
 from rich.console import Console
+from rich.markup import escape
 
 STATES = ("done", "failed", "running", "pending", "missing", "unknown")
 COLOURS = {"failed": "red", "running": "green", "pending": "cyan", "missing": "yellow", "unknown": "magenta"}
@@ -96,11 +97,12 @@ def _print_group(
     log = ""
     if items[0].job and state in ("missing", "failed", "running", "pending"):
         log = _log(str(items[0].job.get("stdout", "")))
-    console.print(f"  [{colour}]{state:<8}[/] {where}  ({count}){detail}{log if verbose or state != 'pending' else ''}")
+    shown = escape(f"{detail}{log if verbose or state != 'pending' else ''}")  # errors and paths are text
+    console.print(f"  [{colour}]{state:<8}[/] {escape(where)}  ({count}){shown}")
     if state == "running":
         for item in items:
             console.print(f"      {item.trial.id}  {_best(item)}")
     elif verbose:
         for item in items:
             error = f"  {item.record.error}" if state == "failed" and item.record else ""
-            console.print(f"      {item.trial.id}{error}")
+            console.print(f"      {item.trial.id}{error}", markup=False)
