@@ -168,7 +168,8 @@ def test_time_limit_requeues_and_resumes_from_the_last_epoch(analysis, cluster, 
         hyperparameters={"learning_rate": [0.001], "epochs": [2000], "batch_size": [8], "neurons": [256],
                          "layers": [3]},
         training={"early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False}, "checkpoint_interval_s": 0},
-        slurm={"resources": {"timeout_min": 2, "slurm_signal_delay_s": 60, "cpus_per_task": 1, "mem_gb": 2}},
+        slurm={"resources": {"timeout_min": 2, "slurm_signal_delay_s": 60, "cpus_per_task": 1, "mem_gb": 2,
+                                 "max_num_timeout": 8}},  # headroom on a loaded machine
     )
     code, _, err = run_cli(["submit", "--name", "limit"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
