@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -182,15 +181,7 @@ def worker_largest(mlp: tuple[int, int, int], validation: int, largest: int) -> 
 
 
 def _in_process(name: str, *args) -> dict:
-    """Run a worker in a fresh interpreter; it prints its result as JSON on the last line."""
-    code = (f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from bench.gpu import *; "
-            f"print(json.dumps({name}(*{args!r})))")  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("KERAS_BACKEND", None)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
-    if result.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return bench_run._in_process(name, *args, module="bench.gpu")
 
 
 def _run(name: str, *args, fresh: bool = True) -> dict:

@@ -229,9 +229,9 @@ def worker_packing(root: Path, sizes: list[int], n_trials: int) -> dict:
 WORKERS = {"hhscan": worker_hhscan, "plain": worker_plain, "optuna": worker_optuna}
 
 
-def _in_process(name: str, *args) -> dict:
-    """Run a worker in a fresh interpreter; it prints its result as JSON on the last line."""
-    code = (f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from bench.run import *; "
+def _in_process(name: str, *args, module: str = "bench.run") -> dict:
+    """Run a worker of ``module`` in a fresh interpreter; it prints its result as JSON on the last line."""
+    code = (f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from {module} import *; "
             f"print(json.dumps({name}(*{args!r})))")  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("KERAS_BACKEND", None)
