@@ -260,10 +260,17 @@ def job_infos(jobs: Sequence[dict[str, Any]]) -> dict[str, JobInfo]:
     by_id = {str(j["job_id"]): j for j in jobs}
     infos: dict[str, JobInfo] = {}
     queue = _query(["squeue", "-h", "-r", "-o", "%i|%j|%T|%V|%M|%l"])
+    # A requeued job keeps its id and name but gets a new submit time: such a queue row is ours if accounting's
+    # history of the id (sacct -D) holds the original submission.
+    requeued: dict[str, JobInfo] = {}
     for line in (queue or "").splitlines():
         fields = line.split("|")
-        if len(fields) == 6 and fields[0] in by_id and _identical(by_id[fields[0]], fields[1], _timestamp(fields[3])):
+        if len(fields) != 6 or fields[0] not in by_id:
+            continue
+        if _identical(by_id[fields[0]], fields[1], _timestamp(fields[3])):
             infos[fields[0]] = JobInfo(fields[2], fields[4], fields[5])
+        elif _identical(by_id[fields[0]], fields[1], None):
+            requeued[fields[0]] = JobInfo(fields[2], fields[4], fields[5])
     rest = sorted({job_id.split("_")[0] for job_id in by_id if job_id not in infos})
     if rest:
         columns = "JobID,JobName,State,Submit,Elapsed,Timelimit"
@@ -275,6 +282,9 @@ def job_infos(jobs: Sequence[dict[str, Any]]) -> dict[str, JobInfo]:
             for task in _task_ids(fields[0]):
                 entry = by_id.get(task)
                 if entry is not None and task not in infos and _identical(entry, fields[1], _timestamp(fields[3])):
+                    if task in requeued:  # its original submission: the queue's row is the live state
+                        infos[task] = requeued[task]
+                        continue
                     state = fields[2].split()[0]
                     # Active in accounting but not in the controller's queue: a controller that lost its state
                     # never closes the row. The queue is the truth for active jobs.
