@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from hhscan import artifacts, config, metrics, model
+from hhscan import artifacts, config, metrics, model, weights
 from hhscan.config import Parameters, Sample, SampleList
 from hhscan.dataset import Dataset, load_dataset, read_sample
 from hhscan.errors import HhscanError, ModelError, did_you_mean
@@ -153,7 +153,9 @@ def apply_model(
     suffix = ".root" if file_format == "root" else ".h5"
     if output_keys:
         for sample in selected:
-            target = out_dir / f"{sample.name}{suffix}"
+            # Whole samples in their own folder: a test-split file of the same sample never shares their name.
+            target = out_dir / "samples" / f"{sample.name}{suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
             step(f"scoring {sample.name} → {target}")
             result.events[sample.name] = _apply_streaming(keras_model, metadata, sample_list, sample, target,
                                                           file_format, chunk_size)  # fmt: skip
@@ -258,6 +260,11 @@ def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_fo
             columns = _input_columns(part.features, metadata["feature_names"], metadata.get("feature_dtypes", []))
             columns.update({k: v for k, v in part.other.items() if k not in columns})
             columns["event_weight"] = part.event_weight.astype(np.float32)
+            if sample.xsec is not None and sample.event_weight_sum:  # expected events per event, every weight kept
+                columns["yield_weight"] = weights.yield_weight(
+                    part.event_weight, xsec=sample.xsec, lumi=sample.lumi, event_weight_sum=sample.event_weight_sum,
+                    unit_factor=sample_list.units.factor,
+                ).astype(np.float32)
             columns.update(_score_columns(scores, metadata["class_names"]))
             writer.append(_numeric(columns))
             written += len(part.features)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hhscan import __version__, artifacts, leases, model, packing, training
+from hhscan import __version__, artifacts, criteria, leases, model, packing, training
 from hhscan.config import Parameters, SampleList
 from hhscan.dataset import Dataset, load_dataset
 from hhscan.errors import ScanError
@@ -96,6 +96,12 @@ def run_scan_trials(
         keeper.progress(update.trial_ids, update.epoch, update.epochs, update.monitor, update.best)
         if on_epoch is not None:
             on_epoch(update)
+        elif context.job_id:  # a Slurm job's log: one plain line per epoch per pack
+            known = [b for b in update.best if b is not None]
+            best = f"{criteria.metric(update.monitor).best(known):.4g}" if known else "–"
+            print(f"hhscan: pack of {len(update.trial_ids)} epoch {update.epoch}/{update.epochs} "
+                  f"{update.seconds_per_epoch:.2f} s/epoch, {sum(update.active)} training, best {update.monitor} "
+                  f"{best}", flush=True)  # fmt: skip
 
     with keeper:
         for index, pack in enumerate(packs):

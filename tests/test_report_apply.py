@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import uproot
-from conftest import make_events, run_cli, write_root
+from conftest import LUMI, SUMW, XSEC, make_events, run_cli, write_root
 from hhscan import config, dataset
 from hhscan.split import TEST
 from sklearn.metrics import roc_auc_score
@@ -167,6 +167,23 @@ def test_output_on_other_samples_streams_in_chunks(reported, capsys, monkeypatch
         ["test", "--model", "withdata_best", "--output", "tt_2016"], analysis.root, capsys, monkeypatch
     )
     assert code == 1 and "used in training" in err and "--force" in err
+    assert "yield_weight" not in first  # data: no cross-section, no yield
+    # A sample with a cross-section: its whole-sample file carries w × xsec × lumi / Σw, negative weights kept.
+    forced = apply_model(Workspace(analysis.root), "withdata_best", ["tt_2016"], force=True, plots=False,
+                         directory=analysis.root / "forced")  # fmt: skip
+    with uproot.open(forced.outputs["tt_2016"]) as handle:
+        written = handle["Events"].arrays(library="np")
+    with uproot.open(analysis.data / "tt_2016.root") as handle:
+        raw = handle["Events"].arrays(library="np")
+    passing = (raw["x2"] > -6) & ~(raw["njet"] > 4)
+    expected = raw["weight"][passing] * XSEC["2016"]["tt_2016.root"] * LUMI["2016"] / SUMW["2016"]["tt_2016.root"]
+    np.testing.assert_allclose(written["yield_weight"], expected, rtol=1e-6)
+    # The test split of the same sample, in the same directory, is another file: neither overwrites the other.
+    split_file = apply_model(Workspace(analysis.root), "withdata_best", plots=False, directory=analysis.root / "forced")
+    assert forced.outputs["tt_2016"] == analysis.root / "forced" / "samples" / "tt_2016.root"
+    assert split_file.outputs["tt_2016"] == analysis.root / "forced" / "tt_2016.root"
+    with uproot.open(forced.outputs["tt_2016"]) as whole, uproot.open(split_file.outputs["tt_2016"]) as part:
+        assert whole["Events"].num_entries == passing.sum() > part["Events"].num_entries
 
 
 def test_multiclass_report_and_test(analysis3, capsys, monkeypatch):
