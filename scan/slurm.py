@@ -253,13 +253,15 @@ def job_infos(jobs: Sequence[dict[str, Any]]) -> dict[str, JobInfo]:
     """Slurm's view of each job: the queue (one line per array task), then accounting for those that left it.
 
     A job id that now names another job (ids restart when a cluster is rebuilt) is not ours: such a job, one
-    unknown to both, and one accounting still calls active but the queue does not hold, is GONE.
+    unknown to both, and one accounting still calls active but the controller does not hold, is GONE.
     """
     if not jobs:
         return {}
     by_id = {str(j["job_id"]): j for j in jobs}
     infos: dict[str, JobInfo] = {}
-    queue = _query(["squeue", "-h", "-r", "-o", "%i|%j|%T|%V|%M|%l"])
+    # All states: the controller keeps an ended job for MinJobAge (300 s by default) with its final state, while
+    # accounting may still show it running or as one combined array row; the controller is the first truth.
+    queue = _query(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%j|%T|%V|%M|%l"])
     # A requeued job keeps its id and name but gets a new submit time: such a queue row is ours if accounting's
     # history of the id (sacct -D) holds the original submission.
     requeued: dict[str, JobInfo] = {}

@@ -412,3 +412,19 @@ def test_a_task_past_its_memory_is_killed_and_resubmitted_with_more(slurm_analys
     assert code == 0 and "warning" not in err, err
     wait_until_settled(scan)
     records_exactly_once(scan)
+
+
+def test_an_array_task_that_just_ended_has_its_final_state_before_accounting_catches_up(cluster, tmp_path):
+    # slurmdbd lags the controller: for seconds after the tasks end, sacct shows the array as one combined row
+    # (or still running). The controller's ended-job record is the truth then; the CI run on record once called
+    # such tasks GONE and took an out-of-memory kill for a lost job.
+    submitted_before = time.time()
+    job = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--job-name=ends-at-once", "-o", str(tmp_path / "%a"),
+                          "--wrap", "exit 3"], capture_output=True, text=True, check=True).stdout.strip()
+    jobs = [{"job_id": f"{job}_{task}", "job_name": "ends-at-once", "submitted_before": submitted_before,
+             "submitted_at": time.time()} for task in (0, 1)]
+    deadline, states = time.monotonic() + 60, set()
+    while time.monotonic() < deadline and not states - slurm.ACTIVE_STATES:
+        states = {info.state for info in slurm.job_infos(jobs).values()}
+        time.sleep(0.2)
+    assert states == {"FAILED"}, states
