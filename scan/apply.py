@@ -12,7 +12,7 @@ import json
 import os
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +141,14 @@ def apply_model(
     path = resolve_model(workspace, model_name)
     metadata = artifacts.read_metadata(path)
     parameters, sample_list = load_model_config(path)
-    # Refuse unknown or training samples before loading the model (seconds), not after.
-    selected = _selected_samples(sample_list, output_keys, force) if output_keys else []
+    # Refuse unknown or training samples before loading the model (seconds), not after. A k-fold bundle scores its
+    # training samples whole (each event by the model tested on its fold) once the data are checked to fall in the
+    # folds they trained in.
+    kfold = bool(metadata.get("kfold"))
+    selected = _selected_samples(sample_list, output_keys, force or kfold) if output_keys else []
+    if kfold and any(sample.training for sample in selected):
+        step("checking the events' folds against the persisted split")
+        load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
     model.choose_backend("auto")  # a .keras model loads on any backend
     step(f"loading the model {path.name}")
     keras_model, _ = artifacts.load_model_zip(path)
@@ -172,7 +178,10 @@ def apply_model(
     if dataset.feature_names != metadata["feature_names"]:
         raise ModelError(f"{path}: inputs {metadata['feature_names']} differ from the data's {dataset.feature_names}")
     step(f"scoring {len(dataset.features)} events")
-    scores = model.predict(keras_model, dataset.features)
+    if isinstance(keras_model, model.FoldModels):
+        dataset, scores = kfold_scoring_view(dataset, keras_model)
+    else:
+        scores = model.predict(keras_model, dataset.features)
     groups = _group_keys(dataset, sample_list, parameters.split_name)
     test_yields = _test_yields(dataset)
     for key in sorted(set(groups)):
@@ -253,10 +262,12 @@ def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_fo
     written = 0
     try:
         for start in range(0, max(total, 1), chunk_size):
-            part = read_sample(sample_list, sample, apply_selection=False, entries=(start, start + chunk_size))
+            rule = (keras_model.folds, keras_model.variable) if isinstance(keras_model, model.FoldModels) else None
+            part = read_sample(sample_list, sample, apply_selection=False, entries=(start, start + chunk_size),
+                               kfold=rule)  # fmt: skip
             if not len(part.features):
                 continue
-            scores = model.predict(keras_model, part.features)
+            scores = model.predict(keras_model, part.features, fold=part.fold)
             columns = _input_columns(part.features, metadata["feature_names"], metadata.get("feature_dtypes", []))
             columns.update({k: v for k, v in part.other.items() if k not in columns})
             columns["event_weight"] = part.event_weight.astype(np.float32)
@@ -359,3 +370,35 @@ def evaluation_plots(
     for cls, part in frame.groupby("class"):
         paths.append(figures.correlations(part, dataset.feature_names, out_dir / f"correlation_{cls}.png", str(cls)))
     return paths
+
+
+def kfold_scoring_view(dataset: Dataset, bundle: model.FoldModels) -> tuple[Dataset, np.ndarray]:
+    """A k-fold dataset as ``hhscan test`` sees it, with its scores: every event once as a test event, scored by the
+    fold model tested on its fold (the bundle's guard refuses any other), and once as a training event, scored by a
+    fold model that trained on it (for the overtraining comparison). The training copies count as samples of their
+    own with no yield, so test yields are whole-sample yields and written files hold each event once.
+    """
+    if dataset.fold is None or dataset.folds != bundle.folds:
+        raise ModelError(f"{bundle.source}: a {bundle.folds}-fold bundle, but the data are split "
+                         f"{'into ' + str(dataset.folds) + ' folds' if dataset.folds else 'by ratios'}")  # fmt: skip
+    test_scores = bundle.predict(dataset.features, dataset.fold)
+    train_scores = bundle.predict(dataset.features, dataset.fold, role="train")
+    n_samples = len(dataset.sample_names)
+
+    def twice(values: np.ndarray) -> np.ndarray:
+        return np.concatenate([values, values])
+
+    view = replace(
+        dataset,
+        features=twice(dataset.features),
+        labels=twice(dataset.labels),
+        event_weight=twice(dataset.event_weight),
+        yield_weight=np.concatenate([dataset.yield_weight, np.zeros_like(dataset.yield_weight)]),
+        learning_weight=twice(dataset.learning_weight),
+        sample_index=np.concatenate([dataset.sample_index, dataset.sample_index + n_samples]),
+        partition=np.repeat(np.array([TEST, TRAIN], np.int8), len(dataset.labels)),
+        other={name: twice(values) for name, values in dataset.other.items()},
+        sample_names=dataset.sample_names * 2,
+        fold=twice(dataset.fold),
+    )
+    return view, np.concatenate([test_scores, train_scores])

@@ -1,6 +1,8 @@
 """Model zips: the ``.keras`` model (scaler inside) and its metadata, in one self-contained file.
 
-Inside names are fixed (``model.keras``, ``metadata.json``, ``config/…``), so renaming the zip changes nothing.
+Inside names are fixed (``model.keras``, ``metadata.json``, ``config/…``), so renaming the zip changes nothing. A
+k-fold trial's zip is a bundle: ``fold0.keras`` … one model per fold, and the fold rule with each model's roles
+(test, validation, training folds) in the metadata's ``kfold``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,28 @@ METADATA_NAME = "metadata.json"
 FORMAT = "hhscan-model-1"
 
 
+def fold_model_name(fold: int) -> str:
+    return f"fold{fold}.keras"
+
+
+def model_names(metadata: dict[str, Any]) -> list[str]:
+    """The model files a zip must hold: one, or one per fold."""
+    kfold = metadata.get("kfold")
+    return [fold_model_name(f) for f in range(kfold["folds"])] if kfold else [MODEL_NAME]
+
+
 def write_model_zip(path: Path, keras_model, metadata: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+    """``keras_model`` is one model, or the list of fold models of a k-fold trial (``metadata['kfold']`` set)."""
+    models = keras_model if isinstance(keras_model, list) else [keras_model]
+    names = model_names(metadata)
+    if len(names) != len(models):
+        raise ValueError(f"{len(models)} models for the zip's {len(names)} model files")
     with tempfile.TemporaryDirectory() as directory:
-        model_path = Path(directory) / MODEL_NAME
-        keras_model.save(model_path)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.write(model_path, MODEL_NAME)
+            for name, net in zip(names, models, strict=True):
+                net.save(Path(directory) / name)
+                archive.write(Path(directory) / name, name)
             archive.writestr(METADATA_NAME, json.dumps({"format": FORMAT, **metadata}, indent=1, sort_keys=True))
             for name, text in (extra or {}).items():
                 archive.writestr(name, text)
@@ -43,17 +60,26 @@ def read_metadata(path: Path) -> dict[str, Any]:
             names = archive.namelist()
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError):
         raise ModelError(f"{path}: not an hhscan model zip (no {METADATA_NAME} inside)") from None
-    if metadata.get("format") != FORMAT or MODEL_NAME not in names:
+    if metadata.get("format") != FORMAT:
         raise ModelError(f"{path}: not an hhscan model zip (format {metadata.get('format')!r})")
+    missing = [name for name in model_names(metadata) if name not in names]
+    if missing:
+        raise ModelError(f"{path}: the zip lacks {', '.join(missing)}")
     return metadata
 
 
 def load_model_zip(path: Path):
-    """The Keras model and its metadata; plain ``keras.saving.load_model`` on the extracted file."""
+    """The Keras model (a ``model.FoldModels`` for a k-fold bundle) and its metadata; plain
+    ``keras.saving.load_model`` on each extracted file."""
     import keras
+    from hhscan.model import FoldModels
 
     metadata = read_metadata(path)
     with tempfile.TemporaryDirectory() as directory, zipfile.ZipFile(path) as archive:
-        archive.extract(MODEL_NAME, directory)
-        keras_model = keras.saving.load_model(Path(directory) / MODEL_NAME)
-    return keras_model, metadata
+        models = []
+        for name in model_names(metadata):
+            archive.extract(name, directory)
+            models.append(keras.saving.load_model(Path(directory) / name))
+    if metadata.get("kfold"):
+        return FoldModels(models, metadata["kfold"], str(path)), metadata
+    return models[0], metadata

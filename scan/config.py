@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 from hhscan import criteria, expr, hyperparameters
-from hhscan.errors import ConfigError, did_you_mean
+from hhscan.errors import ConfigError, ExpressionError, did_you_mean
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # --------------------------------------------------------------------------------------------- sample list
@@ -203,17 +203,41 @@ class SampleList(_Strict):
 
 
 class SplitSettings(_Strict):
-    """How events are assigned to train/validation/test, persisted under ``name``."""
+    """How events are assigned to train/validation/test, persisted under ``name``.
 
-    kind: Literal["ratio"] = "ratio"
+    ``kind: kfold`` assigns each event the fold ``variable mod folds`` (an integer branch or expression, e.g. the
+    event number): fold model f is tested on fold f, validated on fold f+1 (mod k) and trained on the others, so
+    every event is scored by a model that never saw it.
+    """
+
+    kind: Literal["ratio", "kfold"] = "ratio"
     name: str = "default"
     train: float = 0.6
     validation: float = 0.2
     test: float = 0.2
     seed: int = 42
+    folds: int | None = None
+    variable: str | None = None
+
+    @property
+    def kfold(self) -> bool:
+        return self.kind == "kfold"
 
     @model_validator(mode="after")
     def _ratios(self) -> SplitSettings:
+        if self.kfold:
+            if self.folds is None or self.variable is None:
+                raise ValueError("kind: kfold needs folds (an integer ≥ 3) and variable (an integer branch or "
+                                 "expression, e.g. event)")  # fmt: skip
+            if self.folds < 3:
+                raise ValueError(f"folds is {self.folds}: k-fold needs at least 3 (a test, a validation and a "
+                                 f"training fold per model)")  # fmt: skip
+            try:
+                expr.parse(self.variable)
+            except ExpressionError as error:
+                raise ValueError(f"variable: {error}") from None
+        elif self.folds is not None or self.variable is not None:
+            raise ValueError("folds and variable belong to kind: kfold (this split is kind: ratio)")
         ratios = (self.train, self.validation, self.test)
         if any(r < 0 for r in ratios):
             raise ValueError("split ratios must not be negative")

@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from hhscan.errors import DataError
 from hhscan.fileio import atomic_write_bytes
 from hhscan.readers import read_columns
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 ADDED_COLUMNS = ("$sample", "$era", "$tag", "$class")
 
 
@@ -58,6 +58,7 @@ class SampleArrays:
     other: dict[str, np.ndarray]
     fingerprint: split.SelectionFingerprint
     summary: SampleSummary
+    fold: np.ndarray | None = None  # k-fold: each kept event's fold (variable mod k)
     # Per one-hot input, the distinct values of its expression among the selected events.
     categories: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -83,6 +84,17 @@ class Dataset:
     signal_classes: list[str] = field(default_factory=list)
     feature_dtypes: list[str] = field(default_factory=list)  # each input column's dtype as read (int stays int)
     input_separation: dict[str, float] = field(default_factory=dict)  # single-input AUC, folded to ≥ 0.5
+    # k-fold: each event's fold and the number of folds. ``partition`` is then all TRAIN: each fold model sees its
+    # own partition through ``fold_view``.
+    fold: np.ndarray | None = None
+    folds: int = 0
+
+    def fold_view(self, model_fold: int) -> Dataset:
+        """The dataset as fold model ``model_fold`` sees it (arrays shared): its fold is the test partition, the
+        next one the validation, the rest training."""
+        if self.fold is None:
+            raise ValueError("fold_view of a dataset without k-fold split")
+        return replace(self, partition=split.fold_partition(self.fold, model_fold, self.folds))
 
     @property
     def signal_columns(self) -> list[int]:
@@ -118,11 +130,13 @@ class Dataset:
         return selected
 
 
-def _needed_branches(sample_list: SampleList, sample: Sample) -> tuple[list[expr.Expression], dict[str, str]]:
+def _needed_branches(
+    sample_list: SampleList, sample: Sample, fold_variable: str | None = None
+) -> tuple[list[expr.Expression], dict[str, str]]:
     """The parsed inputs, and every branch to read with what uses it (for error messages)."""
     parsed = [expr.parse(v.expr, where=f"{sample_list.source}:inputs") for v in sample_list.inputs]
     used_by: dict[str, str] = {}
-    for kind, text in (("cut", sample.cut), ("weight", sample.weight)):
+    for kind, text in (("cut", sample.cut), ("weight", sample.weight), ("split.variable", fold_variable)):
         if text:
             used_by.update({b: f"{kind} '{text}'" for b in expr.parse(text).branches if b not in used_by})
     for expression in parsed:
@@ -132,14 +146,19 @@ def _needed_branches(sample_list: SampleList, sample: Sample) -> tuple[list[expr
 
 
 def read_sample(
-    sample_list: SampleList, sample: Sample, apply_selection: bool = True, entries: tuple[int, int] | None = None
+    sample_list: SampleList,
+    sample: Sample,
+    apply_selection: bool = True,
+    entries: tuple[int, int] | None = None,
+    kfold: tuple[int, str] | None = None,
 ) -> SampleArrays:
-    """Read one file (or an entry range of it): evaluate cut, weight and inputs.
+    """Read one file (or an entry range of it): evaluate cut, weight and inputs (and with ``kfold`` = (folds,
+    variable), each kept event's fold).
 
     With ``apply_selection`` (training), events with weight ≤ 0 are dropped and an empty selection is an error;
     without (applying a model), every event passing the cut is kept, whatever its weight.
     """
-    parsed, used_by = _needed_branches(sample_list, sample)
+    parsed, used_by = _needed_branches(sample_list, sample, kfold[1] if kfold else None)
     where = f"{sample.path}:{sample.tree}"
     columns, entries = read_columns(sample.path, sample.tree, list(used_by), used_by, entries)
     added = {
@@ -196,6 +215,10 @@ def read_sample(
         used_weight_sum=float(event_weight[selection].sum()),
     )
     other = {name: np.asarray(columns[name])[selection] for name in sample_list.other_variables}
+    fold = None
+    if kfold is not None:
+        values = np.broadcast_to(expr.parse(kfold[1]).evaluate(columns, where), (entries,))
+        fold = split.fold_numbers(np.asarray(values)[selection], kfold[0], f"{where}: split.variable '{kfold[1]}'")
     return SampleArrays(
         sample=sample,
         features=features,
@@ -205,6 +228,7 @@ def read_sample(
         fingerprint=split.SelectionFingerprint.of(sample.path.stat().st_size, selection),
         summary=summary,
         categories=categories,
+        fold=fold,
     )
 
 
@@ -322,15 +346,17 @@ def load_dataset(
 
 def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: Path) -> Dataset:
     class_names = sample_list.class_names
+    kfold = (split_settings.folds, split_settings.variable) if split_settings.kfold else None
     store = split.SplitStore(
         splits_dir,
         split_settings.name,
         (split_settings.train, split_settings.validation, split_settings.test),
         split_settings.seed,
+        {"folds": kfold[0], "variable": kfold[1]} if kfold else None,
     )
-    parts = [read_sample(sample_list, sample) for sample in sample_list.training_samples]
+    parts = [read_sample(sample_list, sample, kfold=kfold) for sample in sample_list.training_samples]
     check_categories(sample_list, parts)
-    assignments = {p.sample.name: store.assignment(p.sample.name, p.fingerprint) for p in parts}
+    assignments = {p.sample.name: store.assignment(p.sample.name, p.fingerprint, p.fold) for p in parts}
     store.save()
     labels = np.concatenate([np.full(len(p.event_weight), class_names.index(p.sample.class_name), np.int32)
                              for p in parts])  # fmt: skip
@@ -346,7 +372,9 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
             for p in parts
         ]
     )
-    partition = np.concatenate([assignments[p.sample.name] for p in parts])
+    fold = np.concatenate([assignments[p.sample.name] for p in parts]) if kfold else None
+    # k-fold: every event trains some fold model; class sums are equalised over all of them.
+    partition = np.zeros(len(fold), np.int8) if kfold else np.concatenate([assignments[p.sample.name] for p in parts])
     learning = weights.equalise_classes(
         physics, labels, class_names, sample_list.class_weight_factors, reference=partition == split.TRAIN
     )
@@ -384,6 +412,8 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
         input_separation=input_separation(
             features, labels, learning, partition == split.TRAIN, sample_list.feature_names
         ),
+        fold=fold,
+        folds=kfold[0] if kfold else 0,
     )
 
 
@@ -465,8 +495,11 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
         "signal_classes": dataset.signal_classes,
         "feature_dtypes": dataset.feature_dtypes,
         "input_separation": dataset.input_separation,
+        "folds": dataset.folds,
     }
     arrays = {name: getattr(dataset, name) for name in _ARRAYS}
+    if dataset.fold is not None:
+        arrays["fold"] = dataset.fold
     arrays.update({f"other/{name}": values for name, values in dataset.other.items()})
     buffer = io.BytesIO()
     np.savez(buffer, __meta__=np.array(json.dumps(meta)), **arrays)
@@ -478,6 +511,7 @@ def _read_cache(path: Path) -> Dataset:
         meta = json.loads(str(stored["__meta__"]))
         arrays = {name: stored[name] for name in _ARRAYS}
         other = {name: stored[f"other/{name}"] for name in meta["other"]}
+        fold = stored["fold"] if "fold" in stored.files else None
     return Dataset(
         **arrays,
         other=other,
@@ -490,6 +524,8 @@ def _read_cache(path: Path) -> Dataset:
         signal_classes=meta["signal_classes"],
         feature_dtypes=meta["feature_dtypes"],
         input_separation=meta["input_separation"],
+        fold=fold,
+        folds=meta["folds"],
     )
 
 

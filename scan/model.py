@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hhscan.errors import ConfigError, DeviceError
+from hhscan.errors import ConfigError, DeviceError, ModelError
 
 _PREFERENCE = ("jax", "tensorflow")  # the backends the fused trainer supports, fastest first (bench/RESULTS.md)
 _MODULE = {"jax": "jax", "tensorflow": "tensorflow"}
@@ -170,10 +170,61 @@ def targets(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[labels]
 
 
-def predict(model, features: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-    """Scores: P(signal) per event for binary, class probabilities (N, C) for multi-class."""
+def predict(model, features: np.ndarray, batch_size: int = 65536, fold: np.ndarray | None = None) -> np.ndarray:
+    """Scores: P(signal) per event for binary, class probabilities (N, C) for multi-class.
+
+    ``model`` may be a k-fold bundle (:class:`FoldModels`): each event is then scored by the model of its ``fold``.
+    """
+    if isinstance(model, FoldModels):
+        if fold is None:
+            raise ModelError(f"{model.source}: a k-fold bundle scores an event only knowing its fold "
+                             f"('{model.variable}')")  # fmt: skip
+        return model.predict(features, fold, batch_size)
     scores = np.asarray(model.predict(features, batch_size=batch_size, verbose=0))
     return scores[:, 0] if scores.shape[1] == 1 else scores
+
+
+class FoldModels:
+    """The k models of a k-fold trial and their fold rule; scores each event with the model that was *tested* on
+    the event's fold, and refuses (the guard) any event whose model trained or was validated on its fold."""
+
+    def __init__(self, models: list, kfold: dict[str, Any], source: str = "k-fold bundle"):
+        self.models, self.kfold, self.source = models, kfold, source
+        self.folds, self.variable = int(kfold["folds"]), str(kfold["variable"])
+
+    def model_for(self, fold: int, role: str = "test") -> int:
+        """The index of the model whose ``role`` (test, or train for overtraining plots) holds ``fold``, checked
+        against the roles written at training."""
+        roles = self.kfold["roles"]
+        chosen = fold if role == "test" else (fold + 1) % self.folds
+        seen = roles[chosen]["train"] + roles[chosen]["validation"]
+        if fold not in roles[chosen][role] or (role == "test" and fold in seen):
+            raise ModelError(
+                f"{self.source}: fold model {chosen} was not {'tested' if role == 'test' else 'trained'} on fold "
+                f"{fold} (its roles: {roles[chosen]}): refusing to score those events with it"
+            )
+        return chosen
+
+    def predict(
+        self, features: np.ndarray, fold: np.ndarray, batch_size: int = 65536, role: str = "test"
+    ) -> np.ndarray:
+        fold = np.asarray(fold)
+        if len(fold) != len(features):
+            raise ValueError(f"{len(fold)} folds for {len(features)} events")
+        if len(fold) and (fold.min() < 0 or fold.max() >= self.folds):
+            raise ModelError(f"{self.source}: fold numbers outside [0, {self.folds})")
+        scores = None
+        for f in range(self.folds):
+            mine = fold == f
+            if not mine.any():
+                continue
+            part = predict(self.models[self.model_for(f, role)], features[mine], batch_size)
+            if scores is None:
+                scores = np.zeros((len(features), *part.shape[1:]), dtype=part.dtype)
+            scores[mine] = part
+        if scores is None:  # no events: the shape of one model's scores
+            return predict(self.models[0], features[:0], batch_size)
+        return scores
 
 
 def scaler_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

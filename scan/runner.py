@@ -24,6 +24,7 @@ from hhscan.dataset import Dataset, load_dataset
 from hhscan.errors import ScanError
 from hhscan.records import DONE, FAIL, CorruptRecord, TrialRecord, read_record, record_path, write_record
 from hhscan.scandir import ScanDirectory, Workspace
+from hhscan.split import fold_roles
 from hhscan.trial import Trial
 
 
@@ -88,7 +89,7 @@ def run_scan_trials(
     packs = [
         [t for t in pack if t.id in keeper.held]
         for whole in packing.form_packs(wanted, pack_size)
-        for pack in _by_resume_epoch(whole, checkpoints)
+        for pack in _by_resume_epoch(whole, checkpoints, dataset.folds)
     ]
     packs = [pack for pack in packs if pack]
 
@@ -118,10 +119,10 @@ def run_scan_trials(
     return results
 
 
-def _by_resume_epoch(trials: Sequence[Trial], checkpoints: Path) -> list[list[Trial]]:
+def _by_resume_epoch(trials: Sequence[Trial], checkpoints: Path, folds: int = 0) -> list[list[Trial]]:
     groups: dict[int | None, list[Trial]] = {}
     for trial in trials:
-        groups.setdefault(training.checkpoint_epoch(checkpoints, trial.id), []).append(trial)
+        groups.setdefault(training.checkpoint_epoch(checkpoints, trial.id, folds), []).append(trial)
     return list(groups.values())
 
 
@@ -168,7 +169,8 @@ def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Works
     largest = max(Counter(map(packing.step_structure, trials)).values(), default=1)
     if largest <= packing.DEFAULT_PACK_SIZE:
         return largest
-    return training.probed_pack_size(trials[0], dataset, parameters, workspace.cache / "pack_size.json")
+    probed = training.probed_pack_size(trials[0], dataset, parameters, workspace.cache / "pack_size.json")
+    return max(1, probed // max(dataset.folds, 1))  # a k-fold trial is k branches of a pack
 
 
 def is_trial_failure(error: BaseException) -> bool:
@@ -237,7 +239,7 @@ def run_pack(
             record.metrics = result.metrics
             record.best_epoch = result.best_epoch
             record.model_file = model_path.name
-            metadata = model_metadata(record, dataset, scan.name)
+            metadata = model_metadata(record, dataset, scan.name, parameters)
             extra = scan.config_files(context.config_path or None)
             artifacts.write_model_zip(staged, result.model, metadata, extra=extra)
         except Exception as error:  # e.g. a full disk: this trial fails, the others are still written
@@ -339,8 +341,14 @@ def training_settings(parameters: Parameters) -> dict:
     }
 
 
-def model_metadata(record: TrialRecord, dataset: Dataset, scan_name: str) -> dict:
+def model_metadata(record: TrialRecord, dataset: Dataset, scan_name: str, parameters: Parameters) -> dict:
+    """What a model zip says about itself; for k-fold, the fold rule and each fold model's roles (the guard)."""
+    kfold = None
+    if dataset.folds:
+        kfold = {"folds": dataset.folds, "variable": parameters.split.variable, "rule": "variable mod folds",
+                 "roles": [fold_roles(f, dataset.folds) for f in range(dataset.folds)]}  # fmt: skip
     return {
+        "kfold": kfold,
         "scan": scan_name,
         "trial_id": record.trial_id,
         "hyperparameters": record.hyperparameters,

@@ -63,6 +63,43 @@ def assign_partitions(n_events: int, ratios: tuple[float, float, float], seed: i
     return assignment
 
 
+def fold_numbers(values: np.ndarray, folds: int, where: str) -> np.ndarray:
+    """Each event's fold, ``value mod folds`` in [0, folds) (negative values too), from integer values only.
+
+    Floats are accepted only when they hold integers exactly below 2**53: above, two event numbers can share one
+    float and so one fold by accident, and the fold rule would no longer be the one a C++ framework applies.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind == "b":
+        raise SplitError(f"{where}: the k-fold variable is boolean, not an integer")
+    if values.dtype.kind == "f":
+        exact = np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2**53)
+        if not exact.all():
+            bad = values[~exact][0]
+            raise SplitError(f"{where}: the k-fold variable must be an integer; {int((~exact).sum())} events have "
+                             f"values like {bad!r}: use an integer branch (e.g. the event number)")  # fmt: skip
+        values = values.astype(np.int64)
+    elif values.dtype.kind not in "iu":
+        raise SplitError(f"{where}: the k-fold variable has type {values.dtype}, not an integer")
+    return np.mod(values.astype(np.int64), folds).astype(np.int8)
+
+
+def fold_partition(fold: np.ndarray, model_fold: int, folds: int) -> np.ndarray:
+    """The partition of every event for fold model ``model_fold``: its own fold is its test, the next one its
+    validation, the rest its training."""
+    partition = np.full(len(fold), TRAIN, dtype=np.int8)
+    partition[fold == (model_fold + 1) % folds] = VALIDATION
+    partition[fold == model_fold] = TEST
+    return partition
+
+
+def fold_roles(model_fold: int, folds: int) -> dict[str, list[int]]:
+    """Which folds fold model ``model_fold`` was tested, validated and trained on (written into model bundles)."""
+    validation = (model_fold + 1) % folds
+    return {"test": [model_fold], "validation": [validation],
+            "train": [f for f in range(folds) if f not in (model_fold, validation)]}  # fmt: skip
+
+
 def checksum(assignments: dict[str, np.ndarray]) -> str:
     """Checksum of the assignments of the given samples (order independent)."""
     digest = hashlib.sha256()
@@ -97,10 +134,12 @@ def read_assignments(path: Path, meta_path: Path | None = None) -> dict[str, np.
 class SplitStore:
     """The persisted split ``splits/<name>.npz`` (assignments) with ``<name>.json`` (settings, fingerprints)."""
 
-    def __init__(self, directory: Path, name: str, ratios: tuple[float, float, float], seed: int):
+    def __init__(self, directory: Path, name: str, ratios: tuple[float, float, float], seed: int,
+                 kfold: dict | None = None):  # fmt: skip
         self.name = name
         self.ratios = ratios
         self.seed = seed
+        self.kfold = kfold  # {"folds": k, "variable": expression}: assignments are fold numbers
         self.path = directory / f"{name}.npz"
         self.meta_path = directory / f"{name}.json"
         self._assignments: dict[str, np.ndarray] = {}
@@ -116,7 +155,15 @@ class SplitStore:
                 f"both to make the split again (it is deterministic: the same settings give the same split)"
             )
         meta = self._read_meta()
-        if tuple(meta["ratios"]) != tuple(self.ratios) or meta["seed"] != self.seed:
+        if meta.get("kfold") != self.kfold:
+            def described(kfold: dict | None) -> str:
+                return f"{kfold['folds']} folds of '{kfold['variable']}'" if kfold else "ratios"
+
+            raise SplitError(
+                f"split '{self.name}' ({self.meta_path}) was made with {described(meta.get('kfold'))}, the "
+                f"parameters now ask for {described(self.kfold)}: use a new split name or restore the settings"
+            )
+        if not self.kfold and (tuple(meta["ratios"]) != tuple(self.ratios) or meta["seed"] != self.seed):
             raise SplitError(
                 f"split '{self.name}' ({self.meta_path}) was made with ratios {meta['ratios']} and seed "
                 f"{meta['seed']}, the parameters now ask for {list(self.ratios)} and seed {self.seed}: "
@@ -136,11 +183,15 @@ class SplitStore:
             raise SplitError(_unreadable(self.meta_path, error, self.path, self.meta_path)) from None
         return meta
 
-    def assignment(self, sample: str, fingerprint: SelectionFingerprint) -> np.ndarray:
-        """The sample's assignment; made and remembered if new, checked against the data if known."""
+    def assignment(self, sample: str, fingerprint: SelectionFingerprint, folds: np.ndarray | None = None) -> np.ndarray:
+        """The sample's assignment; made and remembered if new, checked against the data if known.
+
+        For k-fold, ``folds`` are the events' folds computed from the data now; they must equal the persisted ones.
+        """
         known = self._fingerprints.get(sample)
         if known is None:
-            self._assignments[sample] = assign_partitions(fingerprint.selected, self.ratios, self.seed, sample)
+            self._assignments[sample] = (np.asarray(folds, dtype=np.int8) if self.kfold else
+                                         assign_partitions(fingerprint.selected, self.ratios, self.seed, sample))
             self._fingerprints[sample] = fingerprint.__dict__
             self._dirty = True
         else:
@@ -150,6 +201,13 @@ class SplitStore:
                     f"sample '{sample}' changed since split '{self.name}' was made "
                     f"({before.differences(fingerprint)}): "
                     f"a re-split would mix results; use a new split name or delete {self.path} and {self.meta_path}"
+                )
+            if self.kfold and not np.array_equal(self._assignments[sample], folds):
+                changed = int(np.count_nonzero(self._assignments[sample] != folds))
+                raise SplitError(
+                    f"sample '{sample}': {changed} events now fall in another fold than when split '{self.name}' "
+                    f"was made ('{self.kfold['variable']}' changed): a fold model would score events it trained "
+                    f"on; use a new split name"
                 )
         return self._assignments[sample]
 
@@ -166,5 +224,7 @@ class SplitStore:
             "seed": self.seed,
             "samples": self._fingerprints,
         }
+        if self.kfold:
+            meta["kfold"] = self.kfold
         atomic_write_bytes(self.meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
         self._dirty = False

@@ -25,7 +25,7 @@ from hhscan import callbacks, criteria, fused, metrics, model, packing
 from hhscan.config import Parameters
 from hhscan.dataset import Dataset
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
-from hhscan.split import TRAIN, VALIDATION
+from hhscan.split import TRAIN, VALIDATION, fold_roles
 from hhscan.trial import Trial
 
 
@@ -55,6 +55,7 @@ class TrainedTrial:
     seconds: float
     metrics: dict[str, float]
     diverged: str = ""  # why the trial diverged ("epoch 3: loss is nan"): it is a failure, never ranked
+    folds: list[TrainedTrial] = field(default_factory=list)  # k-fold: each fold model's own result, in fold order
 
 
 def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> dict[str, float]:
@@ -123,10 +124,12 @@ class _Branch:
     active: bool = True
     best_weights: list[np.ndarray] | None = None
     diverged: str = ""
+    fold: int | None = None  # k-fold: which fold model of the trial this branch is
 
     def state(self) -> dict[str, Any]:
         return {
             "trial_id": self.trial.id,
+            "fold": self.fold,
             "history": self.history,
             "active": self.active,
             "diverged": self.diverged,
@@ -135,11 +138,12 @@ class _Branch:
         }
 
 
-def _new_branch(trial: Trial, parameters: Parameters) -> _Branch:
+def _new_branch(trial: Trial, parameters: Parameters, fold: int | None = None) -> _Branch:
     settings = parameters.training
     es, rl = settings.early_stopping, settings.reduce_lr
     return _Branch(
         trial=trial,
+        fold=fold,
         history={},
         early_stopping=callbacks.EarlyStopping(es.monitor, es.patience, es.min_delta, es.restore_best_weights)
         if es.enabled
@@ -148,9 +152,10 @@ def _new_branch(trial: Trial, parameters: Parameters) -> _Branch:
     )
 
 
-def checkpoint_path(root: Path, trial_id: str) -> Path:
-    """A trial's own checkpoint under ``root``: it follows the trial into whatever pack it runs next."""
-    return root / trial_id / "checkpoint.npz"
+def checkpoint_path(root: Path, trial_id: str, fold: int | None = None) -> Path:
+    """A trial's own checkpoint under ``root`` (one per fold model for k-fold): it follows the trial into whatever
+    pack it runs next."""
+    return root / trial_id / ("checkpoint.npz" if fold is None else f"checkpoint-fold{fold}.npz")
 
 
 def _save_checkpoint(root: Path, epoch: int, branches: list[_Branch], engine) -> None:
@@ -164,18 +169,21 @@ def _save_checkpoint(root: Path, epoch: int, branches: list[_Branch], engine) ->
         own["__state__"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez(buffer, **own)
-        atomic_write_bytes(checkpoint_path(root, branch.trial.id), buffer.getvalue())
+        atomic_write_bytes(checkpoint_path(root, branch.trial.id, branch.fold), buffer.getvalue())
 
 
-def checkpoint_epoch(root: Path | None, trial_id: str) -> int | None:
-    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together."""
-    restored = _load_checkpoint(root, trial_id)
+def checkpoint_epoch(root: Path | None, trial_id: str, folds: int = 0) -> int | None:
+    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together. The
+    fold models of a trial are saved together, so fold 0's epoch is the trial's."""
+    restored = _load_checkpoint(root, trial_id, 0 if folds else None)
     return None if restored is None else restored[0]["epoch"]
 
 
-def _load_checkpoint(root: Path | None, trial_id: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """A trial's checkpoint state and arrays, if it has one that belongs to it."""
-    path = None if root is None else checkpoint_path(root, trial_id)
+def _load_checkpoint(
+    root: Path | None, trial_id: str, fold: int | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """A trial's (fold model's) checkpoint state and arrays, if it has one that belongs to it."""
+    path = None if root is None else checkpoint_path(root, trial_id, fold)
     if path is None or not path.exists():
         return None
     try:
@@ -188,22 +196,31 @@ def _load_checkpoint(root: Path | None, trial_id: str) -> tuple[dict[str, Any], 
         print(f"hhscan: trial {trial_id}: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
               f"training it from epoch 1", flush=True)  # fmt: skip
         return None
-    if state.get("branch", {}).get("trial_id") != trial_id:
+    own = state.get("branch", {})
+    if own.get("trial_id") != trial_id or own.get("fold") != fold:
         return None
     return state, arrays
 
 
 def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple,
-                data_owner: object | None = None, chunk: int | None = None):  # fmt: skip
-    """Each trial's model (its own seed, optimizer built) and the engine that trains them together.
+                data_owner: object | None = None, chunk: int | None = None, folds: Sequence[int | None] = (),
+                members: tuple | None = None):  # fmt: skip
+    """Each branch's model (its own seed, optimizer built) and the engine that trains them together.
 
-    ``data_owner`` (the dataset) lets every pack of a job share one copy of the data on the device.
+    ``data_owner`` (the dataset) lets every pack of a job share one copy of the data on the device. For k-fold,
+    branch k is fold model ``folds[k]`` of ``trials[k]``, ``members`` = (each event's fold, train table, validation
+    table) and each fold model's scaler is made from its own training folds only (its test fold never shapes it).
     """
     x_train = train[0]
-    mean, variance = model.scaler_statistics(x_train)
+    folds = list(folds) or [None] * len(trials)
+    scalers: dict[int | None, tuple] = {}
+    for fold in set(folds):
+        own = slice(None) if fold is None else np.isin(members[0], fold_roles(fold, int(members[1].shape[1]))["train"])
+        scalers[fold] = model.scaler_statistics(x_train[own])
     nets = []
-    for trial in trials:
-        seed_everything((parameters.seed + trial.seed_offset) % (2**31))
+    for trial, fold in zip(trials, folds, strict=True):
+        seed_everything((parameters.seed + trial.seed_offset + (fold or 0) * 7919) % (2**31))
+        mean, variance = scalers[fold]
         net = model.build_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance)
         model.compile_model(net, trial.hyperparameters, n_classes)
         net.optimizer.build(net.trainable_variables)
@@ -213,9 +230,24 @@ def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int,
         x, y, w = part
         return x, model.targets(y, n_classes), w.astype(np.float32)
 
+    train_members = validation_members = None
+    if members is not None:
+        groups, train_table, validation_table = members
+        train_members, validation_members = (groups, train_table), (groups, validation_table)
     engine = fused.make_engine(nets, [n.optimizer for n in nets], model.loss_name(n_classes), arrays(train),
-                               arrays(validation), data_owner, chunk)  # fmt: skip
+                               arrays(validation), data_owner, chunk, train_members, validation_members)  # fmt: skip
     return nets, engine
+
+
+def _fold_tables(folds: Sequence[int], n_folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """(branches, folds) tables of 0/1: which folds each fold model trains on, and which one validates it."""
+    train = np.zeros((len(folds), n_folds), np.float32)
+    validation = np.zeros((len(folds), n_folds), np.float32)
+    for k, fold in enumerate(folds):
+        roles = fold_roles(fold, n_folds)
+        train[k, roles["train"]] = 1.0
+        validation[k, roles["validation"]] = 1.0
+    return train, validation
 
 
 def train_pack(
@@ -231,6 +263,10 @@ def train_pack(
     ``checkpoint`` is a directory holding one checkpoint per trial (:func:`checkpoint_path`); the trials must
     resume from the same epoch (:func:`checkpoint_epoch`). ``on_epoch`` is called after every epoch with the
     pack's progress (it must be cheap: it runs in the loop).
+
+    With a k-fold split each trial is k branches, its fold models, on shared batches of all events: a fold model's
+    loss counts only the events of its training folds (``fused.make_engine``'s members), and it is validated on the
+    next fold. Its result holds each fold's result in ``folds`` and their mean as its metrics.
     """
     model.keep_tensorflow_out()
     started = time.perf_counter()
@@ -239,13 +275,25 @@ def train_pack(
         raise ValueError(f"a pack needs one batch size and one number of epochs, got {sorted(structures)}")
     ((batch_size, epochs),) = structures
     n_classes = len(dataset.class_names)
-    x_train, y_train, w_train = dataset.part(TRAIN)
-    x_val, y_val, w_val = dataset.part(VALIDATION)
-    nets, engine = _build_pack(trials, parameters, n_classes, (x_train, y_train, w_train), (x_val, y_val, w_val),
-                               dataset)  # fmt: skip
-    branches = [_new_branch(t, parameters) for t in trials]
+    n_folds = dataset.folds
+    x_train, y_train, w_train = dataset.part(TRAIN)  # k-fold: every event (each fold model masks its own)
+    if n_folds:
+        x_val, y_val, w_val = x_train, y_train, w_train
+        branch_trials = [t for t in trials for _ in range(n_folds)]
+        branch_folds: list[int | None] = [f for _ in trials for f in range(n_folds)]
+        groups = dataset.fold.astype(np.int32)
+        train_table, validation_table = _fold_tables(branch_folds, n_folds)  # type: ignore[arg-type]
+        members = (groups, train_table, validation_table)
+        own_validation = [validation_table[k][groups] > 0 for k in range(len(branch_folds))]
+    else:
+        x_val, y_val, w_val = dataset.part(VALIDATION)
+        branch_trials, branch_folds, members = list(trials), [None] * len(trials), None
+        own_validation = [slice(None)] * len(trials)
+    nets, engine = _build_pack(branch_trials, parameters, n_classes, (x_train, y_train, w_train),
+                               (x_val, y_val, w_val), dataset, folds=branch_folds, members=members)  # fmt: skip
+    branches = [_new_branch(t, parameters, f) for t, f in zip(branch_trials, branch_folds, strict=True)]
     first_epoch, resumed = 0, None
-    restored = [_load_checkpoint(checkpoint, t.id) for t in trials]
+    restored = [_load_checkpoint(checkpoint, b.trial.id, b.fold) for b in branches]
     if any(r is not None for r in restored):
         epochs_saved = {r[0]["epoch"] if r is not None else None for r in restored}
         if len(epochs_saved) != 1:  # runners group trials by checkpoint epoch; a mixed pack is a caller's bug
@@ -282,7 +330,8 @@ def train_pack(
         for k, branch in enumerate(branches):
             if not branch.active:
                 continue
-            scores = _scores(val_outputs[k])
+            own = own_validation[k]
+            scores = _scores(val_outputs[k][own])
             branch.diverged = _divergence(epoch, train_losses[k], val_losses[k], scores)
             if branch.diverged:  # frozen as it is; it becomes a FAIL record, its weights are never used
                 branch.active = False
@@ -290,8 +339,8 @@ def train_pack(
             logs = {
                 "loss": float(train_losses[k]),
                 "val_loss": float(val_losses[k]),
-                "val_auc": metrics.multiclass_auc(y_val, scores, w_val),
-                "val_accuracy": metrics.weighted_accuracy(y_val, scores, w_val),
+                "val_auc": metrics.multiclass_auc(y_val[own], scores, w_val[own]),
+                "val_accuracy": metrics.weighted_accuracy(y_val[own], scores, w_val[own]),
                 "learning_rate": engine.learning_rate(k),
             }
             for key, value in logs.items():
@@ -306,27 +355,72 @@ def train_pack(
         if branch.early_stopping and branch.early_stopping.restore_best_weights and branch.best_weights is not None:
             engine.set_branch_weights(k, branch.best_weights)
     engine.sync_to_models()
-    both = engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
-    outputs = {TRAIN: both[:, : len(x_train)], VALIDATION: both[:, len(x_train) :]}
+    if n_folds:
+        everything = engine.predict(x_train)
+    else:
+        both = engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
     seconds = (time.perf_counter() - started) / len(trials)
     monitor = best_epoch_monitor(parameters)
     results = []
     for k, branch in enumerate(branches):
-        history = branch.history.get(monitor, [])
-        best = criteria.metric(monitor).best(history) if history else None
-        results.append(
-            TrainedTrial(
-                model=nets[k],
-                history=branch.history,
-                epochs_run=len(branch.history.get("loss", [])) + (1 if branch.diverged else 0),
-                best_epoch=history.index(best) + 1 if history else None,
-                resumed_from_epoch=resumed,
-                seconds=seconds,
-                metrics={} if branch.diverged else evaluate(dataset, {p: _scores(o[k]) for p, o in outputs.items()}),
-                diverged=branch.diverged,
-            )
-        )
-    return results
+        if n_folds:
+            view = dataset.fold_view(branch.fold)  # type: ignore[arg-type]
+            outputs = {p: everything[k][view.partition == p] for p in (TRAIN, VALIDATION)}
+        else:
+            view = dataset
+            outputs = {TRAIN: both[k, : len(x_train)], VALIDATION: both[k, len(x_train) :]}
+        results.append(_result(branch, nets[k], view, outputs, monitor, resumed, seconds))
+    if not n_folds:
+        return results
+    return [_fold_bundle(results[i * n_folds : (i + 1) * n_folds], monitor) for i in range(len(trials))]
+
+
+def _result(branch: _Branch, net, dataset: Dataset, outputs: dict[int, np.ndarray], monitor: str,
+            resumed: int | None, seconds: float) -> TrainedTrial:  # fmt: skip
+    history = branch.history.get(monitor, [])
+    best = criteria.metric(monitor).best(history) if history else None
+    return TrainedTrial(
+        model=net,
+        history=branch.history,
+        epochs_run=len(branch.history.get("loss", [])) + (1 if branch.diverged else 0),
+        best_epoch=history.index(best) + 1 if history else None,
+        resumed_from_epoch=resumed,
+        seconds=seconds,
+        metrics={} if branch.diverged else evaluate(dataset, {p: _scores(o) for p, o in outputs.items()}),
+        diverged=branch.diverged,
+    )
+
+
+def _fold_bundle(folds: list[TrainedTrial], monitor: str) -> TrainedTrial:
+    """A k-fold trial: its fold results, their mean metrics with the spread (``*_std``, ``*_fold<f>``), and the
+    mean history over the epochs every fold ran. One diverged fold makes the trial diverged."""
+    diverged = next((f"fold {i}: {f.diverged}" for i, f in enumerate(folds) if f.diverged), "")
+    merged: dict[str, float] = {}
+    if not diverged:
+        for name in folds[0].metrics:
+            values = np.array([f.metrics[name] for f in folds], dtype=np.float64)
+            merged[name] = float(values.mean())
+            merged[f"{name}_std"] = float(values.std(ddof=1))
+            merged.update({f"{name}_fold{i}": float(v) for i, v in enumerate(values)})
+    history: dict[str, list[float]] = {}
+    for key in folds[0].history:
+        length = min(len(f.history.get(key, [])) for f in folds)
+        history[key] = [float(np.mean([f.history[key][e] for f in folds])) for e in range(length)]
+    for i, fold in enumerate(folds):
+        history.update({f"fold{i}/{key}": values for key, values in fold.history.items()})
+    curve = history.get(monitor, [])
+    best = criteria.metric(monitor).best(curve) if curve else None
+    return TrainedTrial(
+        model=[f.model for f in folds],
+        history=history,
+        epochs_run=max(f.epochs_run for f in folds),
+        best_epoch=curve.index(best) + 1 if curve else None,
+        resumed_from_epoch=folds[0].resumed_from_epoch,
+        seconds=folds[0].seconds,
+        metrics=merged,
+        diverged=diverged,
+        folds=folds,
+    )
 
 
 def best_epoch_monitor(parameters: Parameters) -> str:
@@ -350,15 +444,23 @@ def _divergence(epoch: int, train_loss: float, val_loss: float, scores: np.ndarr
 
 
 def _progress(branches: list[_Branch], epoch: int, epochs: int, seconds: float, monitor: str) -> EpochProgress:
+    """Per trial: a k-fold trial is active while one of its fold models is, its best the mean of theirs."""
     pick = criteria.metric(monitor).best
+    by_trial: dict[str, list[_Branch]] = {}
+    for branch in branches:
+        by_trial.setdefault(branch.trial.id, []).append(branch)
+    bests = []
+    for members in by_trial.values():
+        values = [pick(b.history[monitor]) for b in members if b.history.get(monitor)]
+        bests.append(float(np.mean(values)) if len(values) == len(members) else None)
     return EpochProgress(
-        trial_ids=[b.trial.id for b in branches],
+        trial_ids=list(by_trial),
         epoch=epoch + 1,
         epochs=epochs,
-        active=[b.active for b in branches],
+        active=[any(b.active for b in members) for members in by_trial.values()],
         seconds_per_epoch=seconds,
         monitor=monitor,
-        best=[pick(b.history[monitor]) if b.history.get(monitor) else None for b in branches],
+        best=bests,
     )
 
 

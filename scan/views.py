@@ -252,6 +252,13 @@ def leaderboard_table(scan_name: str, criterion: str, records: dict[str, TrialRe
     for rank, record in enumerate(best[:top], start=1):
         table.add_row(
             str(rank), record.trial_id, *(str(record.hyperparameters.get(c)) for c in columns),
-            _number(criterion_value(record, criterion)), _number(record.metrics.get(train_key)), str(record.epochs_run),
+            _with_spread(record, criterion), _with_spread(record, train_key), str(record.epochs_run),
         )  # fmt: skip
     return table
+
+
+def _with_spread(record: TrialRecord, name: str) -> str:
+    """The value, and for a k-fold trial (ranked by its mean over folds) ± the standard deviation over folds."""
+    value = _number(criterion_value(record, name))
+    spread = record.metrics.get(f"{name}_std")
+    return value if spread is None else f"{value} ± {_number(spread)}"
