@@ -359,9 +359,9 @@ def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_fo
             scores = model.predict(keras_model, part.features)
             columns = _input_columns(part.features, metadata["feature_names"], metadata.get("feature_dtypes", []))
             columns.update({k: v for k, v in part.other.items() if k not in columns})
-            if not sample.is_data:  # real data has no event weight to write
+            if not sample.is_data:  # real data has no event weight (and so no yield weight) to write
                 columns["event_weight"] = part.event_weight.astype(np.float32)
-            if sample.xsec is not None and sample.event_weight_sum:  # expected events per event, every weight kept
+            if not sample.is_data and sample.xsec is not None and sample.event_weight_sum:  # every weight kept
                 columns["yield_weight"] = weights.yield_weight(
                     part.event_weight, xsec=sample.xsec, lumi=sample.lumi, event_weight_sum=sample.event_weight_sum,
                     unit_factor=sample_list.units.factor,
