@@ -149,16 +149,17 @@ def apply_model(
     parameters, sample_list = load_model_config(path)
     # Refuse unknown or training samples before loading the model (seconds), not after.
     if samples is not None:
-        sample_list, selected = _later_samples(path, metadata, sample_list, Path(samples), output_keys or [], force)
+        sample_list, selected, notes = _later_samples(path, metadata, sample_list, Path(samples), output_keys or [],
+                                                      force)  # fmt: skip
     else:
-        selected = _selected_samples(sample_list, output_keys, force) if output_keys else []
+        selected, notes = (_selected_samples(sample_list, output_keys, force) if output_keys else []), []
     model.choose_backend("auto")  # a .keras model loads on any backend
     step(f"loading the model {path.name}")
     keras_model, _ = artifacts.load_model_zip(path)
     model.keep_tensorflow_out()
     out_dir = Path(directory) if directory else workspace.models / path.stem
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = ApplyResult(model=path)
+    result = ApplyResult(model=path, notes=notes)
     suffix = ".root" if file_format == "root" else ".h5"
     if output_keys:
         for sample in selected:
@@ -258,11 +259,11 @@ def _selected_samples(sample_list: SampleList, keys: Iterable[str], force: bool)
 
 def _later_samples(
     model_path: Path, metadata: dict, trained: SampleList, path: Path, keys: list[str], force: bool
-) -> tuple[SampleList, list[Sample]]:
+) -> tuple[SampleList, list[Sample], list[str]]:
     """The samples of a sample list added after training, checked before the model loads or an event is read.
 
-    Returns that list with the model's own inputs (same names and expressions, in the model's order) and the
-    samples the keys name.
+    Returns that list with the model's own inputs (same names and expressions, in the model's order), the
+    samples the keys name, and notes on those that share events with a training sample.
     """
     other = config.load_sample_list(path, scoring=True)
     if not keys:
@@ -273,18 +274,26 @@ def _later_samples(
     _check_inputs(model_path, trained, other)
     other = other.model_copy(update={"inputs": trained.inputs})
     selected = _keyed_samples(other, keys)
+    notes = []
     for sample in selected:
-        twin = _training_twin(sample, trained)
+        twin, overlapping = _training_twin(sample, trained)
         if twin is not None and not force:
             raise HhscanError(
                 f"--output {sample.name}: sample '{sample.name}' of {other.source.name} reads the same file, tree and "
                 f"cut as '{twin.name}', a training sample of {model_path.name}: scoring it whole would hide "
                 f"overfitting (use --force to score it anyway)"
             )
+        if twin is not None:
+            notes.append(f"{sample.name}: the events of training sample '{twin.name}', scored whole (--force)")
+        elif overlapping is not None:  # a cut need not exclude the training events: say so, do not guess
+            notes.append(
+                f"{sample.name}: reads the file and tree of training sample '{overlapping.name}' with another cut: "
+                f"events that pass both cuts were trained on"
+            )
     for sample in selected:
         # Zero entries: every branch the cut, weight, inputs and other variables use is looked up, none is read.
         read_sample(other, sample, apply_selection=False, entries=(0, 0))
-    return other, selected
+    return other, selected, notes
 
 
 def _check_inputs(model_path: Path, trained: SampleList, other: SampleList) -> None:
@@ -337,14 +346,24 @@ def _keyed_samples(sample_list: SampleList, keys: Iterable[str]) -> list[Sample]
     return list(selected.values())
 
 
-def _training_twin(sample: Sample, trained: SampleList) -> Sample | None:
-    """The model's training sample with the same file, tree and cut, whatever either is called."""
-    path = sample.path.resolve()
+def _training_twin(sample: Sample, trained: SampleList) -> tuple[Sample | None, Sample | None]:
+    """The model's training sample with the same file, tree and cut, whatever either is called; else one with the
+    same file and tree but another cut."""
+    overlapping = None
     for candidate in trained.training_samples:
-        if (candidate.path.resolve() == path and candidate.tree == sample.tree
-                and _same_expression(candidate.cut, sample.cut)):  # fmt: skip
-            return candidate
-    return None
+        if candidate.tree != sample.tree or not _same_file(candidate.path, sample.path):
+            continue
+        if _same_expression(candidate.cut, sample.cut):
+            return candidate, None
+        overlapping = overlapping or candidate
+    return None, overlapping
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """One file, however reached: relative or absolute, through '..', a symbolic or a hard link."""
+    if first.resolve() == second.resolve():
+        return True
+    return first.exists() and second.exists() and first.samefile(second)
 
 
 def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_format, chunk_size) -> int:

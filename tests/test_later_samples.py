@@ -6,6 +6,7 @@ own sample list beside it and scores into its own directory.
 
 from __future__ import annotations
 
+import os
 import sys
 import zipfile
 
@@ -124,24 +125,33 @@ def test_new_signal_and_data_are_scored_like_plain_keras(trained, capsys, monkey
         assert set(written) == {"x1", "abs_x2", "btag", "njet_2", "njet_3", "njet_4", "event", "njet", "score"}
 
 
-def test_a_training_sample_under_another_name_is_refused_unless_forced(trained, capsys, monkeypatch, tmp_path):
-    # tt_2016.root of the training, reached through another (unresolved) path, with the same cut spelt otherwise.
-    groups = [{"name": "ttbar", "files": "../sample_lists/../data/tt_2016.root", "tree": "Events",
-               "class": "background"}]  # fmt: skip
+@pytest.mark.parametrize("reached", ["relative", "absolute", "hard link"])
+def test_a_training_sample_under_another_name_is_refused_unless_forced(trained, capsys, monkeypatch, tmp_path,
+                                                                       reached):  # fmt: skip
+    # tt_2016.root of the training, reached by another path, with the same cut spelt otherwise.
+    files = {"relative": "../sample_lists/../data/tt_2016.root", "absolute": str(trained.data / "tt_2016.root"),
+             "hard link": f"tt_link_{tmp_path.name}.root"}[reached]  # fmt: skip
+    if reached == "hard link":
+        os.link(trained.data / "tt_2016.root", trained.data / files)
+    groups = [{"name": "ttbar", "files": files, "tree": "Events", "class": "background"}]
     other = later_list(trained, "twin.yaml", groups)
     args = ["test", "--model", "later_best", "--samples", other, "--output", "ttbar", "--dir", str(tmp_path)]
     code, _, err = run_cli(args, trained.root, capsys, monkeypatch)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "'ttbar'" in err and "'tt_2016'" in err and "--force" in err
     assert not (tmp_path / "samples").exists()
-    code, _, err = run_cli([*args, "--force"], trained.root, capsys, monkeypatch)
+    code, out, err = run_cli([*args, "--force"], trained.root, capsys, monkeypatch)
     assert code == 0, err
     assert (tmp_path / "samples" / "ttbar.root").is_file()
-    # Another tree of the same file, or another cut, is another sample.
-    groups[0]["cut"] = "x1 > 0"
-    later_list(trained, "twin.yaml", groups)
-    code, _, err = run_cli(args, trained.root, capsys, monkeypatch)
+    assert "ttbar: the events of training sample 'tt_2016', scored whole (--force)" in out
+    # Another tree of the same file is another sample; another cut too, with a note (both cuts may pass events).
+    later_list(trained, "twin.yaml", [{**groups[0], "tree": "Other"}])
+    code, out, err = run_cli(args, trained.root, capsys, monkeypatch)
+    assert code == 0 and "training sample" not in out, err
+    later_list(trained, "twin.yaml", [{**groups[0], "cut": "x1 > 0"}])
+    code, out, err = run_cli(args, trained.root, capsys, monkeypatch)
     assert code == 0, err
+    assert "ttbar: reads the file and tree of training sample 'tt_2016' with another cut" in " ".join(out.split())
 
 
 @pytest.mark.parametrize(
