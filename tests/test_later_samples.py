@@ -201,3 +201,28 @@ def test_bad_keys_of_a_later_sample_list(trained, capsys, monkeypatch, tmp_path,
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     for fragment in fragments:
         assert fragment in err
+
+
+def test_a_scoring_list_needs_no_class_weight_or_xsec_for_data_and_a_training_list_still_does(analysis):
+    from hhscan import config
+    from hhscan.errors import ConfigError
+
+    content = analysis.samples_yaml()
+    content["groups"] = [
+        {"name": "data", "files": "tt_2017.root", "tree": "Events"},
+        {"name": "weighted", "files": "hh_2017.root", "tree": "Events", "class": "data", "weight": "1"},
+        {"name": "mc", "files": "hh_2016.root", "tree": "Events", "class": "signal"},
+    ]
+    path = analysis.root / "sample_lists" / "scoring.yaml"
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"scoring.yaml:groups.0.class: required key is missing"):
+        config.load_sample_list(path)
+    scoring = config.load_sample_list(path, scoring=True)
+    data, weighted, mc = scoring.samples
+    assert (data.class_name, data.weight, data.xsec, data.is_data, data.group) == ("data", None, None, True, "data")
+    assert (weighted.weight, weighted.is_data) == ("1", False)  # a weight given to a data group is kept
+    assert (mc.weight, mc.is_data) == ("weight", False)  # simulation inherits the list's weight
+    assert not any(s.training for s in scoring.samples)
+    # The group name is for keys only: snapshots (and so cache keys and model zips) are unchanged.
+    assert "group" not in config.snapshot(config.load_parameters(analysis.parameters), scoring)["sample_list"][
+        "samples"][0]  # fmt: skip
