@@ -2,8 +2,9 @@
 
 Each output holds the inputs as read (unscaled: the scaler is inside the model), the other variables with their
 dtypes, the event and learning weights, and the scores (``score`` for binary, ``score_<class>`` otherwise).
-Whole samples are streamed in chunks, so memory stays flat in the number of events. Files are written under a
-temporary name and renamed when complete.
+Whole samples are streamed in chunks, so memory stays flat in the number of events; they may come from another
+sample list added after training (``--samples``), whose data samples are written without weights. Files are
+written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
