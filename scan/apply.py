@@ -2,12 +2,14 @@
 
 Each output holds the inputs as read (unscaled: the scaler is inside the model), the other variables with their
 dtypes, the event and learning weights, and the scores (``score`` for binary, ``score_<class>`` otherwise).
-Whole samples are streamed in chunks, so memory stays flat in the number of events. Files are written under a
-temporary name and renamed when complete.
+Whole samples are streamed in chunks, so memory stays flat in the number of events; they may come from another
+sample list added after training (``--samples``), whose data samples are written without weights. Files are
+written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import zipfile
@@ -16,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from hhscan import artifacts, config, metrics, model, weights
+from hhscan import artifacts, config, expr, metrics, model, weights
 from hhscan.config import Parameters, Sample, SampleList
 from hhscan.dataset import Dataset, load_dataset, read_sample
-from hhscan.errors import HhscanError, ModelError, did_you_mean
+from hhscan.errors import ConfigError, HhscanError, ModelError, did_you_mean
 from hhscan.readers import count_entries
 from hhscan.scandir import Workspace
 from hhscan.split import TEST, TRAIN
@@ -130,8 +132,13 @@ def apply_model(
     chunk_size: int = 200_000,
     plots: bool = True,
     on_step: Callable[[str], None] | None = None,
+    samples: Path | None = None,
 ) -> ApplyResult:
-    """``on_step`` is told each long step as it starts (loading, reading, scoring, writing, plotting)."""
+    """``on_step`` is told each long step as it starts (loading, reading, scoring, writing, plotting).
+
+    ``samples``: another sample list (added after training) whose samples or groups ``output_keys`` name; it must
+    build the model's inputs the same way, and none of its samples may be a training sample of the model.
+    """
     from hhscan.report import resolve_model
 
     step = on_step or (lambda _text: None)
@@ -145,17 +152,22 @@ def apply_model(
     # training samples whole (each event by the model tested on its fold) once the data are checked to fall in the
     # folds they trained in.
     kfold = bool(metadata.get("kfold"))
-    selected = _selected_samples(sample_list, output_keys, force or kfold) if output_keys else []
-    if kfold and any(sample.training for sample in selected):
-        step("checking the events' folds against the persisted split")
-        load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
+    if samples is not None:
+        sample_list, selected, notes = _later_samples(path, metadata, sample_list, Path(samples), output_keys or [],
+                                                      force)  # fmt: skip
+    else:
+        selected = _selected_samples(sample_list, output_keys, force or kfold) if output_keys else []
+        notes = []
+        if kfold and any(sample.training for sample in selected):
+            step("checking the events' folds against the persisted split")
+            load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
     model.choose_backend("auto")  # a .keras model loads on any backend
     step(f"loading the model {path.name}")
     keras_model, _ = artifacts.load_model_zip(path)
     model.keep_tensorflow_out()
     out_dir = Path(directory) if directory else workspace.models / path.stem
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = ApplyResult(model=path)
+    result = ApplyResult(model=path, notes=notes)
     suffix = ".root" if file_format == "root" else ".h5"
     if output_keys:
         for sample in selected:
@@ -256,6 +268,115 @@ def _selected_samples(sample_list: SampleList, keys: Iterable[str], force: bool)
     return selected
 
 
+def _later_samples(
+    model_path: Path, metadata: dict, trained: SampleList, path: Path, keys: list[str], force: bool
+) -> tuple[SampleList, list[Sample], list[str]]:
+    """The samples of a sample list added after training, checked before the model loads or an event is read.
+
+    Returns that list with the model's own inputs (same names and expressions, in the model's order), the
+    samples the keys name, and notes on those that share events with a training sample.
+    """
+    other = config.load_sample_list(path, scoring=True)
+    if not keys:
+        names = ", ".join(s.name for s in other.samples[:12]) + (", …" if len(other.samples) > 12 else "")
+        raise HhscanError(f"--samples {path}: name the samples to score with --output (samples: {names})")
+    if trained.feature_names != metadata["feature_names"]:
+        raise ModelError(f"{model_path}: its inputs {metadata['feature_names']} differ from its configuration's")
+    _check_inputs(model_path, trained, other)
+    other = other.model_copy(update={"inputs": trained.inputs})
+    selected = _keyed_samples(other, keys)
+    notes = []
+    for sample in selected:
+        twin, overlapping = _training_twin(sample, trained)
+        if twin is not None and not force:
+            raise HhscanError(
+                f"--output {sample.name}: sample '{sample.name}' of {other.source.name} reads the same file, tree and "
+                f"cut as '{twin.name}', a training sample of {model_path.name}: scoring it whole would hide "
+                f"overfitting (use --force to score it anyway)"
+            )
+        if twin is not None:
+            notes.append(f"{sample.name}: the events of training sample '{twin.name}', scored whole (--force)")
+        elif overlapping is not None:  # a cut need not exclude the training events: say so, do not guess
+            notes.append(
+                f"{sample.name}: reads the file and tree of training sample '{overlapping.name}' with another cut: "
+                f"events that pass both cuts were trained on"
+            )
+    for sample in selected:
+        # Zero entries: every branch the cut, weight, inputs and other variables use is looked up, none is read.
+        read_sample(other, sample, apply_selection=False, entries=(0, 0))
+    return other, selected, notes
+
+
+def _check_inputs(model_path: Path, trained: SampleList, other: SampleList) -> None:
+    """Each input of the model, under its name, with the same expression (and one-hot values) in ``other``."""
+    by_name = {variable.name: variable for variable in other.inputs}
+    for needed in trained.inputs:
+        mine = by_name.get(needed.name)
+        if mine is None:
+            raise ConfigError(
+                f"{other.source}:inputs: no input '{needed.name}' ('{needed.expr}'), which {model_path.name} needs "
+                f"({did_you_mean(needed.name, by_name, 'inputs')})"
+            )
+        if not _same_expression(mine.expr, needed.expr):
+            raise ConfigError(
+                f"{other.source}:inputs: input '{needed.name}' is '{mine.expr}' here, but {model_path.name} was "
+                f"trained on '{needed.expr}'"
+            )
+        if mine.one_hot != needed.one_hot:
+            raise ConfigError(
+                f"{other.source}:inputs: input '{needed.name}' is one-hot on {mine.one_hot} here, but "
+                f"{model_path.name} was trained on {needed.one_hot}"
+            )
+
+
+def _same_expression(first: str | None, second: str | None) -> bool:
+    """Equal as parsed: spacing, redundant parentheses and && / and do not make two expressions differ."""
+    if first is None or second is None:
+        return first is second
+    a, b = expr.parse(first), expr.parse(second)
+    return ast.dump(a.tree) == ast.dump(b.tree) and list(a.placeholders.items()) == list(b.placeholders.items())
+
+
+def _keyed_samples(sample_list: SampleList, keys: Iterable[str]) -> list[Sample]:
+    """A key is a sample's name or a group's name (all its samples), in the order given, each sample once."""
+    by_name = {s.name: [s] for s in sample_list.samples}
+    by_group: dict[str, list[Sample]] = {}
+    for sample in sample_list.samples:
+        if sample.group is not None:
+            by_group.setdefault(sample.group, []).append(sample)
+    selected: dict[str, Sample] = {}
+    for key in keys:
+        found = by_name.get(key) or by_group.get(key)
+        if found is None:
+            candidates = [*by_name, *by_group]
+            raise HhscanError(
+                f"--output {key}: no such sample or group in {sample_list.source} "
+                f"({did_you_mean(key, candidates, 'samples')})"
+            )
+        selected.update({s.name: s for s in found})
+    return list(selected.values())
+
+
+def _training_twin(sample: Sample, trained: SampleList) -> tuple[Sample | None, Sample | None]:
+    """The model's training sample with the same file, tree and cut, whatever either is called; else one with the
+    same file and tree but another cut."""
+    overlapping = None
+    for candidate in trained.training_samples:
+        if candidate.tree != sample.tree or not _same_file(candidate.path, sample.path):
+            continue
+        if _same_expression(candidate.cut, sample.cut):
+            return candidate, None
+        overlapping = overlapping or candidate
+    return None, overlapping
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """One file, however reached: relative or absolute, through '..', a symbolic or a hard link."""
+    if first.resolve() == second.resolve():
+        return True
+    return first.exists() and second.exists() and first.samefile(second)
+
+
 def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_format, chunk_size) -> int:
     total = count_entries(sample.path, sample.tree)
     writer = OutputFile(target, file_format)
@@ -270,8 +391,9 @@ def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_fo
             scores = model.predict(keras_model, part.features, fold=part.fold)
             columns = _input_columns(part.features, metadata["feature_names"], metadata.get("feature_dtypes", []))
             columns.update({k: v for k, v in part.other.items() if k not in columns})
-            columns["event_weight"] = part.event_weight.astype(np.float32)
-            if sample.xsec is not None and sample.event_weight_sum:  # expected events per event, every weight kept
+            if not sample.is_data:  # real data has no event weight (and so no yield weight) to write
+                columns["event_weight"] = part.event_weight.astype(np.float32)
+            if not sample.is_data and sample.xsec is not None and sample.event_weight_sum:  # every weight kept
                 columns["yield_weight"] = weights.yield_weight(
                     part.event_weight, xsec=sample.xsec, lumi=sample.lumi, event_weight_sum=sample.event_weight_sum,
                     unit_factor=sample_list.units.factor,

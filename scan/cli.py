@@ -294,6 +294,10 @@ def test_model(
     file_format: Annotated[str, typer.Option("--format", help="root or h5.")] = "root",
     directory: Annotated[Path | None, typer.Option("--dir", help="Output directory (default models/<model>/).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Allow --output on samples used in training.")] = False,
+    samples: Annotated[
+        Path | None,
+        typer.Option("--samples", help="Another sample list (added after training) whose samples --output names."),
+    ] = None,
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Apply a model to the test split (or to other samples): scored ROOT/HDF5 files and evaluation plots."""
@@ -306,8 +310,9 @@ def test_model(
     require_writable([directory if directory is not None else Path(workspace) / "models"])
     with console_views.Steps(console, "loading the model") as steps:
         result = apply_model(
-            Workspace(Path(workspace)), model, output or None, file_format, directory, force, on_step=steps
-        )
+            Workspace(Path(workspace)), model, output or None, file_format, directory, force, on_step=steps,
+            samples=samples,
+        )  # fmt: skip
     for key, path in result.outputs.items():
         console.print(f"{_text(key)}: {result.events[key]} events → {_text(path)}")
     if result.metrics:

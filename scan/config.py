@@ -102,7 +102,18 @@ class Sample(_Strict):
     lumi: float
     is_signal: bool
     training: bool = True
+    # The group's name (a key for ``hhscan test --samples … --output``); kept out of dumps: caches and snapshots
+    # stay as they were.
+    group: str | None = Field(None, exclude=True)
 
+    @property
+    def is_data(self) -> bool:
+        """Real data: class ``data`` and no event weight (no label, weight, cross-section or Σweights to write)."""
+        return self.class_name == DATA_CLASS and self.weight is None
+
+
+# The class of groups in a scoring-only sample list that give none: real data.
+DATA_CLASS = "data"
 
 XSEC_UNITS = {"fb": 1e-3, "pb": 1.0, "nb": 1e3}  # in pb
 LUMI_UNITS = {"fb-1": 1e3, "pb-1": 1.0, "nb-1": 1e-3}  # in pb⁻¹
@@ -429,14 +440,30 @@ def load_parameters(path: str | Path) -> Parameters:
     return parameters.model_copy(update={"source": path.resolve()})
 
 
-def load_sample_list(path: str | Path) -> SampleList:
+def load_sample_list(path: str | Path, scoring: bool = False) -> SampleList:
+    """A sample list, validated; with ``scoring`` one only scored by a trained model (``hhscan test --samples``).
+
+    A scoring-only list trains nothing: its groups are all ``training: false``, may omit ``class`` (then
+    ``data``), a ``data`` group inherits no top-level ``weight`` (real data has none) and needs no cross-section,
+    and the class checks of a training list do not apply (the model's own classes are its outputs).
+    """
     path = Path(path)
-    sample_list: SampleList = _validate(SampleList, _read_yaml(path), path)
+    content = _read_yaml(path)
+    if scoring and isinstance(content.get("groups"), list):
+        content["groups"] = [_scoring_group(group) for group in content["groups"]]
+    sample_list: SampleList = _validate(SampleList, content, path)
     base = (path.parent / sample_list.base_dir).resolve()
-    samples = _resolve_samples(sample_list, base, path)
+    samples = _resolve_samples(sample_list, base, path, scoring)
     sample_list = sample_list.model_copy(update={"source": path.resolve(), "samples": samples})
-    _cross_check(sample_list, path)
+    _cross_check(sample_list, path, scoring)
     return sample_list
+
+
+def _scoring_group(group: Any) -> Any:
+    if not isinstance(group, dict):
+        return group  # validation names what is wrong with it
+    given = "class" in group or "class_name" in group
+    return {**({} if given else {"class": DATA_CLASS}), **group, "training": False}
 
 
 def samples_path(parameters: Parameters) -> Path:
@@ -500,7 +527,7 @@ def _lookup(table: dict[str, float], file: Path, group: str | None) -> float | N
     return None
 
 
-def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sample]:
+def _resolve_samples(sample_list: SampleList, base: Path, path: Path, scoring: bool = False) -> list[Sample]:
     samples: list[Sample] = []
     backgrounds: list[tuple[str, Path, dict[str, float], str, bool]] = []
     tables: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
@@ -541,6 +568,9 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
                     f"({did_you_mean(file.name, sums, 'keys')})"
                 )
             cuts = [c for c in (sample_list.cut, group.cut) if c]
+            weight = group.weight or sample_list.weight
+            if scoring and group.class_name == DATA_CLASS:
+                weight = group.weight  # the list's weight is the simulation's: data has no such branch
             samples.append(
                 Sample(
                     name=name,
@@ -550,12 +580,13 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
                     era=group.era,
                     tag=group.tag or group.class_name,
                     cut=" && ".join(f"({c})" for c in cuts) if cuts else None,
-                    weight=group.weight or sample_list.weight,
+                    weight=weight,
                     xsec=xsec,
                     event_weight_sum=weight_sum,
                     lumi=era.lumi if era else 1.0,
                     is_signal=is_signal,
                     training=group.training,
+                    group=group.name,
                 )
             )
     # A background without a cross-section is fine alone in its class (equalisation cancels the normalisation);
@@ -571,11 +602,17 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path) -> list[Sa
     return samples
 
 
-def _cross_check(sample_list: SampleList, path: Path) -> None:
+def _cross_check(sample_list: SampleList, path: Path, scoring: bool = False) -> None:
     names = [s.name for s in sample_list.samples]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ConfigError(f"{path}: sample name '{duplicated[0]}' is used twice (give groups a name:)")
+    if not scoring:
+        _check_classes(sample_list, path)
+    _check_expressions(sample_list, path)
+
+
+def _check_classes(sample_list: SampleList, path: Path) -> None:
     used = {g.class_name for g in sample_list.groups if g.training}
     classes = sample_list.class_names
     if sample_list.classes:
@@ -596,6 +633,9 @@ def _cross_check(sample_list: SampleList, path: Path) -> None:
             raise ConfigError(
                 f"{path}:class_weight_factors.{cls}: unknown class ({did_you_mean(cls, classes, 'classes')})"
             )
+
+
+def _check_expressions(sample_list: SampleList, path: Path) -> None:
     columns = sample_list.feature_names
     if len(set(columns)) != len(columns):
         raise ConfigError(f"{path}:inputs: two inputs share the column name '{_first_duplicate(columns)}'")
