@@ -1,0 +1,163 @@
+"""k-fold cross-training: the split, fold models fused in one pack, ranking by the mean, the bundle and its guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import uproot
+from conftest import run_cli
+from hhscan import artifacts, config, model, runner, split, training, trial
+from hhscan.errors import ModelError, SplitError
+from hhscan.scandir import Workspace
+from sklearn.metrics import roc_auc_score
+
+KFOLD = {"name": "k3", "kind": "kfold", "folds": 3, "variable": "event", "train": None, "validation": None,
+         "test": None}  # fmt: skip
+
+
+def _kfold(analysis, **hyperparameters) -> None:
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [2], **hyperparameters})
+
+
+@pytest.mark.parametrize(
+    ("split_settings", "expected"),
+    [
+        ({"kind": "kfold", "folds": 3}, "kind: kfold needs folds (an integer ≥ 3) and variable"),
+        ({"kind": "kfold", "folds": 2, "variable": "event"}, "folds is 2: k-fold needs at least 3"),
+        ({"kind": "kfold", "folds": 3, "variable": "event +"}, "split: variable:"),
+        ({"folds": 3}, "folds and variable belong to kind: kfold"),
+    ],
+)
+def test_bad_kfold_settings_are_refused_in_one_line(analysis, capsys, monkeypatch, split_settings, expected):
+    analysis.edit_parameters(split={"train": None, "validation": None, "test": None, **split_settings})
+    code, _, err = run_cli(["run", "--local"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and expected in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_fold_numbers_follow_the_rule_for_negative_and_float_event_numbers():
+    values = np.array([-7, -1, 0, 1, 5, 2**40 + 1], dtype=np.int64)
+    by_hand = [((int(v) % 3) + 3) % 3 for v in values]  # the C++ form of the rule written into bundles
+    assert split.fold_numbers(values, 3, "f").tolist() == by_hand
+    assert split.fold_numbers(values.astype(np.float64), 3, "f").tolist() == by_hand
+    for bad, words in ((np.array([1.5]), "must be an integer"), (np.array([2.0**53 + 2]), "must be an integer"),
+                       (np.array([True]), "boolean")):  # fmt: skip
+        with pytest.raises(SplitError, match=words):
+            split.fold_numbers(bad, 3, "f")
+
+
+def test_a_fold_model_in_a_pack_equals_keras_training_on_its_own_events_alone(analysis):
+    # The independent computation: plain Keras ``train_on_batch`` on each shared batch's events of the fold
+    # model's training folds, from the same initial weights; then its validation loss on its validation fold.
+    import keras
+
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [2], "learning_rate": [0.01]},
+                             training={"early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    (only,) = trial.expand(parameters)
+    (result,) = training.train_pack([only], data, parameters, shuffle=False)
+    x, y, w = data.part(split.TRAIN)  # every event
+    hp = only.hyperparameters
+    for fold, folded in enumerate(result.folds):
+        roles = split.fold_roles(fold, 3)
+        own = np.isin(data.fold, roles["train"])
+        training.seed_everything((parameters.seed + only.seed_offset + fold * 7919) % (2**31))
+        net = model.build_model(hp, x.shape[1], 2, *model.scaler_statistics(x[own]))
+        model.compile_model(net, hp, 2)
+        targets = model.targets(y, 2)
+        for _ in range(2):
+            for start in range(0, len(x), int(hp["batch_size"])):
+                batch = np.arange(start, min(start + int(hp["batch_size"]), len(x)))
+                batch = batch[own[batch]]
+                net.train_on_batch(x[batch], targets[batch], sample_weight=w[batch].astype(np.float32))
+        for mine, theirs in zip(net.get_weights(), folded.model.get_weights(), strict=True):
+            np.testing.assert_allclose(mine, theirs, atol=2e-5)
+        validation = data.fold == roles["validation"][0]
+        loss = net.evaluate(x[validation], targets[validation], sample_weight=w[validation].astype(np.float32),
+                            verbose=0, batch_size=len(x))  # fmt: skip
+        assert folded.history["val_loss"][-1] == pytest.approx(float(np.ravel(loss)[0]), abs=2e-5)
+    keras.backend.clear_session()
+
+
+def _fold_of_file(path, tree="Events") -> np.ndarray:
+    return np.mod(uproot.open(path)[tree]["event"].array(library="np").astype(np.int64), 3)
+
+
+def test_three_fold_scan_end_to_end_ranks_by_the_mean_and_scores_each_event_with_its_own_fold(
+    analysis, capsys, monkeypatch
+):
+    _kfold(analysis, learning_rate=[0.01, 0.003])
+    code, _, err = run_cli(["run", "--local", "--name", "kf"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    code, out, err = run_cli(["report", "kf"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    workspace = Workspace(analysis.root)
+    records, _ = workspace.scan("kf").records()
+    for record in records.values():
+        per_fold = [record.metrics[f"val_auc_fold{f}"] for f in range(3)]
+        assert record.value == pytest.approx(np.mean(per_fold)) and record.metrics["val_auc_std"] == pytest.approx(
+            np.std(per_fold, ddof=1))  # fmt: skip
+        assert f"{record.metrics['val_auc']:.4g} ± {record.metrics['val_auc_std']:.4g}" in out
+    best = max(records.values(), key=lambda r: r.value)
+    bundle, metadata = artifacts.load_model_zip(workspace.models / "kf_best.zip")
+    assert isinstance(bundle, model.FoldModels) and metadata["trial_id"] == best.trial_id
+    assert [r["test"] for r in metadata["kfold"]["roles"]] == [[0], [1], [2]]
+
+    # Each fold model's recorded val_auc, recomputed with sklearn on its validation fold (the next one).
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), workspace)
+    for f in range(3):
+        validation = data.fold == (f + 1) % 3
+        scores = model.predict(bundle.models[f], data.features[validation])
+        expected = roc_auc_score(data.labels[validation], scores, sample_weight=data.learning_weight[validation])
+        assert best.metrics[f"val_auc_fold{f}"] == pytest.approx(expected, abs=1e-5)
+
+    code, _, err = run_cli(["test", "--model", "best"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    written = uproot.open(workspace.models / "kf_best" / "hh_2016.root")["Events"]
+    events = written["event"].array(library="np")
+    source = uproot.open(analysis.data / "hh_2016.root")["Events"].arrays(library="np")
+    # Every selected event of the sample is scored once (k-fold: the whole sample is test), by its own fold's model.
+    selected = data.sample_index == data.sample_names.index("hh_2016")
+    assert len(events) == int(selected.sum())
+    fold = np.mod(events.astype(np.int64), 3)
+    features = data.features[selected]
+    for f in range(3):
+        mine = fold == f
+        expected = model.predict(bundle.models[f], features[mine])
+        np.testing.assert_allclose(written["score"].array(library="np")[mine], expected, atol=1e-6)
+    assert set(np.unique(source["event"])) >= set(events)
+
+
+def _write_uncompressed(path, events) -> None:
+    with uproot.recreate(path, compression=None) as handle:  # the size then depends on the dtypes alone
+        handle.mktree("Events", {k: v.dtype for k, v in events.items()}).extend(events)
+
+
+def test_the_guard_refuses_events_that_moved_fold_and_a_bundle_whose_roles_collide(analysis, capsys, monkeypatch):
+    path = analysis.data / "hh_2016.root"
+    with uproot.open(path) as handle:
+        events = handle["Events"].arrays(library="np")
+    _write_uncompressed(path, events)
+    _kfold(analysis, learning_rate=[0.01])
+    code, _, err = run_cli(["run", "--local", "--name", "kf"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    run_cli(["report", "kf"], analysis.root, capsys, monkeypatch)
+    workspace = Workspace(analysis.root)
+    bundle, _ = artifacts.load_model_zip(workspace.models / "kf_best.zip")
+
+    # A bundle whose fold-0 model says it trained on fold 0 must never score fold-0 events.
+    bundle.kfold["roles"][0] = {"test": [0], "validation": [1], "train": [0, 2]}
+    with pytest.raises(ModelError, match="refusing to score those events"):
+        bundle.predict(np.zeros((3, 6), np.float32), np.array([0, 1, 2]))
+
+    # Events crafted to collide: the same file rewritten with every event number shifted by one (same size, same
+    # events passing the cut) now puts each event in a fold whose model trained on it. hhscan test refuses.
+    size = path.stat().st_size
+    events["event"] = events["event"] + 1
+    _write_uncompressed(path, events)
+    assert path.stat().st_size == size
+    code, _, err = run_cli(["test", "--model", "best"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and "now fall in another fold" in err and "hh_2016" in err, err
+    assert len(err.strip().splitlines()) == 1
