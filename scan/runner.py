@@ -180,9 +180,10 @@ def is_trial_failure(error: BaseException) -> bool:
     ``UncompletedJobError`` (raised from its signal handler when the last requeue is spent) pass through: the job
     ends there, its trials stay unrecorded and resume from their checkpoints when resubmitted.
     """
-    from submitit.core.utils import UncompletedJobError
+    from hhscan import submitit_import
 
-    return isinstance(error, Exception) and not isinstance(error, UncompletedJobError)
+    uncompleted = submitit_import.load().core.utils.UncompletedJobError
+    return isinstance(error, Exception) and not isinstance(error, uncompleted)
 
 
 def run_pack(

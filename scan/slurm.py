@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import submitit
+from hhscan import submitit_import
 from hhscan.config import SlurmSettings
 from hhscan.errors import BackendError, did_you_mean
 from hhscan.leases import Lease, Leases
 from hhscan.records import TrialRecord
 from hhscan.scandir import ScanDirectory
 from hhscan.trial import Trial
+
+submitit = submitit_import.load()
 
 GENERIC = ("timeout_min", "mem_gb", "gpus_per_node", "cpus_per_task", "nodes", "tasks_per_node", "name",
            "stderr_to_stdout")  # fmt: skip

@@ -272,3 +272,22 @@ def test_two_submits_of_one_new_name_at_once_create_it_once(analysis):
     for thread in threads:
         thread.join()
     assert sorted(outcomes)[0] == "created" and "already exists" in sorted(outcomes)[1], outcomes
+
+
+def test_importing_submitit_through_hhscan_keeps_the_process_logging_handlers(tmp_path):
+    # submitit's own first import runs logging.config.dictConfig, which closes every installed handler: a library
+    # user's file log (here) or pytest's capture (how it was found) would then raise on the next record.
+    script = (
+        "import logging, sys\n"
+        f"handler = logging.FileHandler({str(tmp_path / 'user.log')!r})\n"
+        "logging.getLogger().addHandler(handler)\n"
+        "stream = handler.stream\n"
+        "import hhscan.slurm, hhscan.runner\n"
+        "hhscan.runner.is_trial_failure(ValueError())\n"
+        "logging.getLogger().warning('still here')\n"
+        "assert not stream.closed, 'the handler was closed'\n"
+        "assert 'submitit' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "still here" in (tmp_path / "user.log").read_text()
