@@ -42,6 +42,8 @@ FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
     "pow": np.power,
     "min": np.minimum,
     "max": np.maximum,
+    "floor": np.floor,
+    "ceil": np.ceil,
 }
 
 _TOKEN = re.compile(
