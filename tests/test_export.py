@@ -148,3 +148,15 @@ def test_kfold_bundle_exports_one_onnx_per_fold_and_the_fold_rule(analysis, caps
     assert check["max_abs_difference"] == max(c["max_abs_difference"] for c in check["folds"])
     assert description["provenance"]["split_checksum"] == metadata["split_checksum"]
     assert f"max |Δscore| vs Keras {check['max_abs_difference']:.2g} on {len(features)} test events (each fold" in printed
+
+    # Refused (a tolerance no arithmetic meets): every fold file and the JSON are gone, none half-replaced.
+    code = (
+        "from hhscan import export; export.select_backend(); from pathlib import Path; "
+        "from hhscan.scandir import Workspace; z = Path('models/kf_best.zip'); "
+        "f, k = export.model_test_events(z, Workspace(Path('.'))); "
+        "export.export_model(z, 'onnx', Path('models'), f, tolerance=-1.0, test_folds=k)"
+    )
+    refused = subprocess.run([sys.executable, "-c", code], cwd=analysis.root, capture_output=True, text=True,
+                             env={**os.environ, "KERAS_BACKEND": ""})  # fmt: skip
+    assert refused.returncode != 0 and "(each fold model on its own test fold, 3 folds)" in refused.stderr
+    assert not list(models.glob("kf_best*.onnx")) and not (models / "kf_best.onnx.json").exists()
