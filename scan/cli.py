@@ -342,12 +342,14 @@ def export_command(
     out_dir = directory if directory is not None else space.models
     require_writable([out_dir])
     export.select_backend()
-    features = export.model_test_features(path, space)
-    result = export.export_model(path, file_format, out_dir, features)
+    features, folds = export.model_test_events(path, space)
+    result = export.export_model(path, file_format, out_dir, features, test_folds=folds)
     console = _console()
+    written = _text(result.path) if len(result.paths) == 1 else ", ".join(_text(p) for p in result.paths)
+    each = "" if len(result.paths) == 1 else " (each fold model on its own test fold; fold rule in the JSON)"
     console.print(
-        f"{_text(result.path)}: max |Δscore| vs Keras {result.max_abs_difference:.2g} on {result.events_checked} "
-        f"test events (allowed {export.TOLERANCE:g}); inputs and outputs in {_text(result.description)}"
+        f"{written}: max |Δscore| vs Keras {result.max_abs_difference:.2g} on {result.events_checked} "
+        f"test events{each} (allowed {export.TOLERANCE:g}); inputs and outputs in {_text(result.description)}"
     )
 
 

@@ -6,7 +6,8 @@ exported graph: Keras' ``Normalization`` keeps its statistics as constants that 
 ``Normalization`` computes (σ = max(√variance, ε)). Before anything is reported, the exported model is run on the
 model's own test split (ONNX Runtime, or TensorFlow for a SavedModel) and compared with Keras: above ``TOLERANCE`` the
 export is removed and refused. A JSON file beside it names the inputs in order (with their expressions), the outputs
-and the model's provenance.
+and the model's provenance. A k-fold bundle exports each fold model to its own file, checked on the events of the
+fold it was tested on, and its JSON adds the fold rule (variable mod folds) and which file scores which fold.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ TOLERANCE = 1e-5  # max |Δscore|: float32 arithmetic in another order differs b
 
 @dataclass
 class ExportResult:
-    path: Path
+    paths: list[Path]  # one file (or SavedModel directory), or one per fold model of a k-fold bundle
     description: Path
     max_abs_difference: float
     events_checked: int
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
 
 
 def check_format(file_format: str) -> None:
@@ -40,11 +45,18 @@ def check_format(file_format: str) -> None:
 
 
 def export_model(
-    zip_path: Path, file_format: str, directory: Path, test_features: np.ndarray, tolerance: float = TOLERANCE
+    zip_path: Path,
+    file_format: str,
+    directory: Path,
+    test_features: np.ndarray,
+    tolerance: float = TOLERANCE,
+    test_folds: np.ndarray | None = None,
 ) -> ExportResult:
     """Export the model in ``zip_path`` to ``directory`` and check it on ``test_features`` against Keras.
 
-    Needs Keras on the TensorFlow backend in this process (``hhscan export`` selects it before importing Keras).
+    A k-fold bundle becomes one export per fold model (``<stem>_fold<f>``), each checked on the events of the fold
+    it was tested on (``test_folds``: each test event's fold), and one JSON with the fold rule. Needs Keras on the
+    TensorFlow backend in this process (``hhscan export`` selects it before importing Keras).
     """
     import keras
 
@@ -54,33 +66,73 @@ def export_model(
             f"export needs Keras on the TensorFlow backend, this process runs '{keras.backend.backend()}': "
             f"run 'hhscan export' (a fresh process)"
         )
-    keras_model, metadata = artifacts.load_model_zip(zip_path)
-    exportable = _with_folded_scaler(keras_model)
-    directory.mkdir(parents=True, exist_ok=True)
+    loaded, metadata = artifacts.load_model_zip(zip_path)
     stem = Path(zip_path).stem
-    target = directory / (f"{stem}.onnx" if file_format == "onnx" else f"{stem}_saved_model")
-    _remove(target)
+    suffix = ".onnx" if file_format == "onnx" else "_saved_model"
+    jobs = _export_jobs(loaded, zip_path, directory, stem, suffix, test_features, test_folds)
+    directory.mkdir(parents=True, exist_ok=True)
+    description = directory / f"{stem}{suffix}.json"
+    written = [target for _, _, target, _ in jobs]
+    for path in [*written, description]:  # an earlier export of the same name must not survive half-replaced
+        _remove(path)
+    checks = []
     try:
-        if file_format == "onnx":
-            exportable.export(str(target), format="onnx", verbose=False)
-            exported = _onnx_scores(target, test_features)
-        else:
-            exportable.export(str(target), format="tf_saved_model", verbose=False)
-            exported = _saved_model_scores(target, test_features)
-        reference = np.asarray(keras_model.predict(test_features, batch_size=65536, verbose=0))
-        difference = float(np.max(np.abs(exported.reshape(reference.shape) - reference)))
+        for fold, keras_model, target, features in jobs:
+            difference = _export_and_check(keras_model, file_format, target, features)
+            checks.append({"fold": fold, "file": target.name, "events": len(features),
+                           "max_abs_difference": difference})  # fmt: skip
+        difference = max(check["max_abs_difference"] for check in checks)
+        events = sum(check["events"] for check in checks)
         if not difference <= tolerance:  # NaN too
+            where = "" if len(checks) == 1 else f" (each fold model on its own test fold, {len(checks)} folds)"
             raise ModelError(
                 f"{zip_path}: the {file_format} export differs from Keras by up to {difference:.3g} on "
-                f"{len(test_features)} test events (allowed {tolerance:g}): nothing was written"
+                f"{events} test events{where} (allowed {tolerance:g}): nothing was written"
             )
     except BaseException:
-        _remove(target)
+        for path in written:
+            _remove(path)
         raise
-    description = directory / f"{target.name}.json"
-    atomic_write_text(description, json.dumps(_description(metadata, zip_path, target, difference,
-                                                            len(test_features)), indent=1))  # fmt: skip
-    return ExportResult(target, description, difference, len(test_features))
+    text = json.dumps(_description(metadata, zip_path, checks, difference, events), indent=1)
+    atomic_write_text(description, text)
+    return ExportResult(written, description, difference, events)
+
+
+def _export_jobs(loaded, zip_path: Path, directory: Path, stem: str, suffix: str, features: np.ndarray,
+                 folds: np.ndarray | None) -> list[tuple[int | None, object, Path, np.ndarray]]:  # fmt: skip
+    """(fold, Keras model, target, its check events) for each export: one, or one per fold of a bundle."""
+    if not isinstance(loaded, model.FoldModels):
+        if len(features) == 0:
+            raise ModelError(f"{zip_path}: no test events to check the export on")
+        return [(None, loaded, directory / f"{stem}{suffix}", features)]
+    if folds is None or len(folds) != len(features):
+        raise ValueError("a k-fold bundle is checked knowing each test event's fold (test_folds)")
+    folds = np.asarray(folds)
+    outside = ~np.isin(folds, np.arange(loaded.folds))
+    if outside.any():
+        raise ModelError(f"{zip_path}: {int(outside.sum())} test events have folds outside [0, {loaded.folds})")
+    jobs = []
+    for fold in range(loaded.folds):
+        # The model tested on this fold scores its events (model_for checks the roles written at training).
+        index = loaded.model_for(fold)
+        mine = features[folds == fold]
+        if len(mine) == 0:
+            raise ModelError(f"{zip_path}: fold {fold} has no events to check its model's export on")
+        jobs.append((fold, loaded.models[index], directory / f"{stem}_fold{index}{suffix}", mine))
+    return jobs
+
+
+def _export_and_check(keras_model, file_format: str, target: Path, features: np.ndarray) -> float:
+    """Export one Keras model (scaler folded in) and return max |Δscore| of the export against Keras."""
+    exportable = _with_folded_scaler(keras_model)
+    if file_format == "onnx":
+        exportable.export(str(target), format="onnx", verbose=False)
+        exported = _onnx_scores(target, features)
+    else:
+        exportable.export(str(target), format="tf_saved_model", verbose=False)
+        exported = _saved_model_scores(target, features)
+    reference = np.asarray(keras_model.predict(features, batch_size=65536, verbose=0))
+    return float(np.max(np.abs(exported.reshape(reference.shape) - reference)))
 
 
 def _with_folded_scaler(keras_model):
@@ -119,7 +171,7 @@ def _saved_model_scores(path: Path, features: np.ndarray) -> np.ndarray:
     return np.asarray(loaded.serve(tf.constant(features, dtype=tf.float32)))
 
 
-def _description(metadata: dict, zip_path: Path, target: Path, difference: float, events: int) -> dict:
+def _description(metadata: dict, zip_path: Path, checks: list[dict], difference: float, events: int) -> dict:
     from hhscan.apply import load_model_config
 
     _, sample_list = load_model_config(zip_path)
@@ -129,8 +181,10 @@ def _description(metadata: dict, zip_path: Path, target: Path, difference: float
             expressions[column] = variable.expr if value is None else f"({variable.expr}) == {value!r}"
     classes = metadata["class_names"]
     outputs = ["score"] if len(classes) == 2 else [f"score_{name}" for name in classes]
-    return {
-        "file": target.name,
+    kfold = metadata.get("kfold")
+    files = {"files": [check["file"] for check in checks]} if kfold else {"file": checks[0]["file"]}
+    description = {
+        **files,
         "inputs": [
             {"index": i, "name": name, "expression": expressions.get(name, name)}
             for i, name in enumerate(metadata["feature_names"])
@@ -146,6 +200,24 @@ def _description(metadata: dict, zip_path: Path, target: Path, difference: float
         "check": {"against": "Keras on the model's test split", "events": events, "max_abs_difference": difference},
         "source": str(zip_path),
     }
+    if kfold:
+        k = int(kfold["folds"])
+        description["kfold"] = {
+            "variable": kfold["variable"],
+            "folds": k,
+            "rule": "variable mod folds",
+            "note": f"the fold is in [0, {k}) for negative values too (Python/NumPy mod); in C++ with an integer "
+            f"v: fold = ((v % {k}) + {k}) % {k}. Score an event only with the file of its fold: the other models "
+            "trained or were validated on it",
+            "file_for_fold": [{"fold": check["fold"], "file": check["file"]} for check in checks],
+        }
+        description["check"] = {
+            "against": "Keras, each fold model on the events of its own test fold",
+            "events": events,
+            "max_abs_difference": difference,
+            "folds": checks,
+        }
+    return description
 
 
 def _remove(path: Path) -> None:
@@ -157,6 +229,12 @@ def _remove(path: Path) -> None:
 
 def model_test_features(zip_path: Path, workspace) -> np.ndarray:
     """The model's own test events (from the persisted split named in its configuration)."""
+    return model_test_events(zip_path, workspace)[0]
+
+
+def model_test_events(zip_path: Path, workspace) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's own test events and, for a k-fold bundle, their folds: there every event is a test event, each
+    of the model tested on its fold (the persisted fold assignment of the scan's split)."""
     from hhscan.apply import load_model_config
     from hhscan.dataset import load_dataset
     from hhscan.split import TEST
@@ -166,7 +244,13 @@ def model_test_features(zip_path: Path, workspace) -> np.ndarray:
     dataset = load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
     if dataset.split_checksum != metadata["split_checksum"]:
         raise ModelError(f"{zip_path}: the model's split {metadata['split_checksum']} is not the data's any more")
-    return np.ascontiguousarray(dataset.features[dataset.partition == TEST])
+    kfold = metadata.get("kfold")
+    if kfold:
+        if dataset.fold is None or dataset.folds != kfold["folds"]:
+            raise ModelError(f"{zip_path}: a {kfold['folds']}-fold bundle, but its data are not split into "
+                             f"{kfold['folds']} folds")  # fmt: skip
+        return np.ascontiguousarray(dataset.features), np.asarray(dataset.fold)
+    return np.ascontiguousarray(dataset.features[dataset.partition == TEST]), None
 
 
 def select_backend() -> None:

@@ -95,3 +95,68 @@ def test_bad_export_input_is_one_line(analysis, capsys, monkeypatch, args, fragm
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     for fragment in fragments:
         assert fragment in err
+
+
+def test_kfold_bundle_exports_one_onnx_per_fold_and_the_fold_rule(analysis, capsys, monkeypatch):
+    """Each event, scored by the ONNX file the JSON names for its fold (``event % 3``, computed here from the files
+    read with uproot, features built by hand), gets the bundle's Keras score."""
+    import onnxruntime
+    import uproot
+    import yaml
+
+    kfold = {"name": "k3", "kind": "kfold", "folds": 3, "variable": "event"}
+    analysis.edit_parameters(split={**kfold, "train": None, "validation": None, "test": None},
+                             hyperparameters={"epochs": [1]})  # fmt: skip
+    # ROOT files only (DY is HDF5), so that every event can be read back here with uproot.
+    samples = yaml.safe_load(analysis.sample_list.read_text())
+    analysis.edit_samples(groups=[group for group in samples["groups"] if group["files"].endswith(".root")])
+    zip_path = _best(analysis, capsys, monkeypatch, "kf")
+    result = _export(analysis, "--model", "kf_best", "--format", "onnx")
+    assert result.returncode == 0, result.stderr[-2000:]
+    models = analysis.root / "models"
+    assert sorted(p.name for p in models.glob("kf_best*.onnx")) == [f"kf_best_fold{f}.onnx" for f in range(3)]
+    printed = " ".join(result.stdout.split())  # rich wraps long lines
+
+    features, fold = [], []
+    for name in ("hh_2016", "tt_2016", "tt_2017", "hh_2017"):
+        events = uproot.open(analysis.data / f"{name}.root")["Events"].arrays(library="np")
+        keep = (events["x2"] > -6) & ~(events["njet"] > 4) & (events["weight"] > 0)  # training drops weight ≤ 0
+        njet = events["njet"][keep]
+        columns = [events["x1"][keep], np.abs(events["x2"][keep]), events["jet_b-tag"][keep]]
+        features.append(np.column_stack([*columns, *(njet == value for value in (2, 3, 4))]).astype(np.float32))
+        fold.append(events["event"][keep] % 3)
+    features, fold = np.concatenate(features), np.concatenate(fold)
+    bundle, metadata = artifacts.load_model_zip(zip_path)
+    assert metadata["feature_names"] == ["x1", "abs_x2", "btag", "njet_2", "njet_3", "njet_4"]
+    reference = bundle.predict(features, fold)
+
+    description = json.loads((models / "kf_best.onnx.json").read_text())
+    rule = description["kfold"]
+    assert rule["variable"] == "event" and rule["folds"] == 3 and rule["rule"] == "variable mod folds"
+    assert "((v % 3) + 3) % 3" in rule["note"]
+    assert description["files"] == [f"kf_best_fold{f}.onnx" for f in range(3)]
+    assert [entry["fold"] for entry in rule["file_for_fold"]] == [0, 1, 2]
+    scores = np.full(len(features), np.nan, np.float32)
+    for entry in rule["file_for_fold"]:
+        session = onnxruntime.InferenceSession(str(models / entry["file"]), providers=["CPUExecutionProvider"])
+        mine = fold == entry["fold"]
+        scores[mine] = session.run(None, {session.get_inputs()[0].name: features[mine]})[0][:, 0]
+    assert np.max(np.abs(scores - reference)) < 1e-5
+    check = description["check"]
+    assert check["events"] == len(features) and check["max_abs_difference"] < 1e-5
+    assert [c["events"] for c in check["folds"]] == [int((fold == f).sum()) for f in range(3)]
+    assert check["max_abs_difference"] == max(c["max_abs_difference"] for c in check["folds"])
+    assert description["provenance"]["split_checksum"] == metadata["split_checksum"]
+    assert f"max |Δscore| vs Keras {check['max_abs_difference']:.2g} on {len(features)} test events (each fold" in printed
+
+    # Refused (a tolerance no arithmetic meets): every fold file and the JSON are gone, none half-replaced.
+    code = (
+        "from hhscan import export; export.select_backend(); from pathlib import Path; "
+        "from hhscan.scandir import Workspace; z = Path('models/kf_best.zip'); "
+        "f, k = export.model_test_events(z, Workspace(Path('.'))); "
+        "export.export_model(z, 'onnx', Path('models'), f, tolerance=-1.0, test_folds=k)"
+    )
+    refused = subprocess.run([sys.executable, "-c", code], cwd=analysis.root, capture_output=True, text=True,
+                             env={**os.environ, "KERAS_BACKEND": ""})  # fmt: skip
+    assert refused.returncode != 0 and "(each fold model on its own test fold, 3 folds)" in refused.stderr
+    assert not list(models.glob("kf_best*.onnx")) and not (models / "kf_best.onnx.json").exists()
