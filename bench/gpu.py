@@ -84,7 +84,7 @@ def _product(grid: dict) -> list[tuple]:
 
 def worker_machine(mlp: tuple[int, int, int], batch: int, events: int, packs: list[int]) -> dict:
     """Fused training's events/s against a jitted matmul of the MLP's hidden shape, on the default device."""
-    from hhscan import fused, model, training
+    from hhscan.learning import fused, model, training
 
     model.choose_backend("jax")
     import jax
@@ -135,7 +135,7 @@ def worker_machine(mlp: tuple[int, int, int], batch: int, events: int, packs: li
 
 def worker_largest(mlp: tuple[int, int, int], validation: int, largest: int) -> dict:
     """Double K until the pack does not train and validate any more (the backend's out-of-memory error)."""
-    from hhscan import fused, model, training
+    from hhscan.learning import fused, model, training
 
     model.choose_backend("jax")
     import keras

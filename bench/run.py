@@ -65,8 +65,9 @@ def _project(root: Path, epochs: int, split: dict | None = None) -> Path:
 
 def _dataset(root: Path):
     root = Path(root)
-    from hhscan import config, runner
-    from hhscan.scandir import Workspace
+    from hhscan.execution import runner
+    from hhscan.execution.scandir import Workspace
+    from hhscan.settings import config
 
     parameters = config.load_parameters(root / "parameters" / "scan.yaml")
     samples = config.load_sample_list(config.samples_path(parameters))
@@ -75,7 +76,9 @@ def _dataset(root: Path):
 
 def worker_hhscan(root: Path) -> dict:
     root = Path(root)
-    from hhscan import config, model, session
+    from hhscan.execution import session
+    from hhscan.learning import model
+    from hhscan.settings import config
 
     parameters = config.load_parameters(root / "parameters" / "scan.yaml")
     samples = config.load_sample_list(config.samples_path(parameters))
@@ -91,7 +94,7 @@ def worker_hhscan(root: Path) -> dict:
 
 
 def _plain_fit(keras, hp, x, y, w, xv, yv, wv):
-    from hhscan import metrics
+    from hhscan.data import metrics
 
     mean, variance = x.mean(axis=0), x.var(axis=0)
     inputs = keras.Input((x.shape[1],))
@@ -149,7 +152,7 @@ def worker_optuna(root: Path, epochs: int) -> dict:
 
 
 def worker_machine(events: int) -> dict:
-    from hhscan import model
+    from hhscan.learning import model
 
     model.choose_backend("auto")  # as hhscan sets up a worker: backend, one host device per core
     import keras
@@ -166,7 +169,7 @@ def worker_machine(events: int) -> dict:
     started = time.perf_counter()
     net.fit(x, y, batch_size=512, epochs=2, verbose=0)
     rates = {"Keras fit, one model": 2 * events / (time.perf_counter() - started)}
-    from hhscan import fused, training
+    from hhscan.learning import fused, training
 
     w = np.ones(events, dtype="float32")
     table, counts = fused.batch_table(training.epoch_order(events, 0, 0), 512)
@@ -210,7 +213,7 @@ def worker_export(root: Path, target: str) -> dict:
 
 def worker_packing(root: Path, sizes: list[int], n_trials: int) -> dict:
     """Trials/s of the example grid (repeated to ``n_trials``) trained in packs of each size, compilation included."""
-    from hhscan import model, training, trial
+    from hhscan.learning import model, training, trial
 
     model.choose_backend("auto")  # as hhscan sets up a worker: backend, one host device per core
     import keras
@@ -363,7 +366,8 @@ def section_machine(quick: bool) -> list[str]:
 def section_data(quick: bool) -> list[str]:
     import uproot
     import yaml
-    from hhscan import config, dataset
+    from hhscan.data import dataset
+    from hhscan.settings import config
 
     n = 200_000 if quick else 1_000_000
     rng = np.random.default_rng(1)
@@ -409,9 +413,9 @@ def section_data(quick: bool) -> list[str]:
 
 
 def section_bookkeeping(quick: bool) -> list[str]:
-    from hhscan import records
-    from hhscan.report import make_report
-    from hhscan.scandir import ScanDirectory, Workspace
+    from hhscan.execution.scandir import ScanDirectory, Workspace
+    from hhscan.learning import records
+    from hhscan.results.report import make_report
 
     n = 2_000 if quick else 10_000
     with tempfile.TemporaryDirectory() as directory:

@@ -68,8 +68,8 @@ def _check_count(option: str, value: int | None, minimum: int) -> None:
 
 def _check_writable(workspace: Path, name: str | None) -> None:
     """Every directory a run writes to, checked before any data is read or trial run."""
+    from hhscan.execution.scandir import ScanDirectory, Workspace
     from hhscan.fileio import require_writable
-    from hhscan.scandir import ScanDirectory, Workspace
 
     space = Workspace(workspace)
     directories = [space.scans, space.splits, space.cache]
@@ -80,7 +80,7 @@ def _check_writable(workspace: Path, name: str | None) -> None:
 
 
 def _load(parameters_path: Path, samples: Path | None):
-    from hhscan import config
+    from hhscan.settings import config
 
     parameters = config.load_parameters(parameters_path)
     sample_list = config.load_sample_list(samples or config.samples_path(parameters))
@@ -101,8 +101,8 @@ def run(
         raise HhscanError("'hhscan run' runs on this machine: add --local (use 'hhscan submit' for Slurm)")
     _check_name(name)
     _check_count("--max-trials", max_trials, 0)
-    from hhscan import session
-    from hhscan import views as console_views
+    from hhscan.execution import session
+    from hhscan.results import views as console_views
 
     console = _console()
     params, sample_list = _load(parameters, samples)
@@ -140,7 +140,7 @@ def submit(
     """Submit a new scan to Slurm through submitit, N trials per job."""
     _check_name(name)
     _check_count("--split", split, 1)
-    from hhscan import session, slurm
+    from hhscan.execution import session, slurm
 
     console = _console()
     params, sample_list = _load(parameters, samples)
@@ -158,7 +158,7 @@ def submit(
 
 
 def _print_data(console, prepared) -> None:
-    from hhscan import views as console_views
+    from hhscan.results import views as console_views
 
     units = prepared.sample_list.units
     console_views.print_summaries(console, prepared.dataset.summaries, prepared.backend, (units.xsec, units.lumi))
@@ -166,7 +166,7 @@ def _print_data(console, prepared) -> None:
 
 
 def _warn_memory(params) -> None:
-    from hhscan import runner, slurm
+    from hhscan.execution import runner, slurm
 
     # Measured here, after what a worker does before its first trial (data loaded, Keras backend initialised).
     warning = slurm.memory_warning(params.slurm, params.training.worker_memory_gb, runner.worker_baseline_gb())
@@ -205,7 +205,7 @@ def resubmit(
     """Submit only the missing (failed, timed out, cancelled, never run) trials into the same scan."""
     _check_name(name)
     _check_count("--split", split, 1)
-    from hhscan import session
+    from hhscan.execution import session
 
     console = _console()
     if not dry_run:
@@ -229,8 +229,9 @@ def status(
     """Trials by state and job: running ones with their epoch and best value, jobs' time against their limit."""
     import time
 
-    from hhscan import slurm, statusview
-    from hhscan.scandir import Workspace
+    from hhscan.execution import slurm
+    from hhscan.execution.scandir import Workspace
+    from hhscan.results import statusview
 
     console = _console()
     scan = Workspace(Path(workspace)).scan(name)
@@ -262,16 +263,16 @@ def report(
     """Rank all trials: top-N table, models/NAME.csv, plots under models/NAME/, best model models/NAME_best.zip."""
     _check_name(name)
     _check_count("--top", top, 0)
-    from hhscan import views as console_views
+    from hhscan.execution.scandir import Workspace
     from hhscan.fileio import require_writable
-    from hhscan.report import make_report
-    from hhscan.scandir import Workspace
+    from hhscan.results import views as console_views
+    from hhscan.results.report import make_report
 
     console = _console()
     space = Workspace(Path(workspace))
     require_writable([space.models])
     if criterion is not None:
-        from hhscan import config
+        from hhscan.settings import config
 
         config.check_criterion(criterion, "--criterion")
     result = make_report(space, name, plots=not no_plots, criterion=criterion)
@@ -301,10 +302,10 @@ def test_model(
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Apply a model to the test split (or to other samples): scored ROOT/HDF5 files and evaluation plots."""
-    from hhscan import views as console_views
-    from hhscan.apply import apply_model
+    from hhscan.execution.scandir import Workspace
     from hhscan.fileio import require_writable
-    from hhscan.scandir import Workspace
+    from hhscan.results import views as console_views
+    from hhscan.results.apply import apply_model
 
     console = _console()
     require_writable([directory if directory is not None else Path(workspace) / "models"])
@@ -331,10 +332,10 @@ def export_command(
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Export a model (scaler inside) as ONNX or a TensorFlow SavedModel, checked against Keras on its test split."""
-    from hhscan import export
+    from hhscan.execution.scandir import Workspace
     from hhscan.fileio import require_writable
-    from hhscan.report import resolve_model
-    from hhscan.scandir import Workspace
+    from hhscan.results import export
+    from hhscan.results.report import resolve_model
 
     export.check_format(file_format)
     space = Workspace(Path(workspace))

@@ -26,9 +26,11 @@ def branches(base: dict) -> list[dict]:
 def compare(project: Path) -> dict:
     """Train the pack (no shuffling) and each trial alone with Keras' fit and callbacks; report the differences."""
     import keras
-    from hhscan import config, model, runner, training, trial
-    from hhscan.scandir import Workspace
-    from hhscan.split import TRAIN, VALIDATION
+    from hhscan.data.split import TRAIN, VALIDATION
+    from hhscan.execution import runner
+    from hhscan.execution.scandir import Workspace
+    from hhscan.learning import model, training, trial
+    from hhscan.settings import config
 
     parameters = config.load_parameters(project / "parameters" / "scan.yaml")
     sample_list = config.load_sample_list(project / "sample_lists" / "analysis.yaml")

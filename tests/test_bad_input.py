@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import LUMI, SUMW, XSEC, Analysis, build_analysis, make_events, run_cli, write_root
-from hhscan import artifacts, config, dataset, training, trial
-from hhscan.scandir import ScanDirectory
+from hhscan.data import dataset
+from hhscan.execution.scandir import ScanDirectory
+from hhscan.learning import artifacts, training, trial
+from hhscan.settings import config
 
 
 def _nan_inputs(analysis):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import uproot
 from conftest import LUMI, SUMW, XSEC, build_analysis, make_events, write_root
-from hhscan import config, dataset, split
+from hhscan.data import dataset, split
 from hhscan.errors import SplitError
+from hhscan.settings import config
 
 
 def load(analysis, cache: bool = False):

@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import pytest
 from conftest import run_cli
-from hhscan import artifacts, runner
-from hhscan.scandir import Workspace
-from hhscan.split import TEST
+from hhscan.data.split import TEST
+from hhscan.execution import runner
+from hhscan.execution.scandir import Workspace
+from hhscan.learning import artifacts
 
 
 def _best(project, capsys, monkeypatch, name: str):
@@ -73,8 +74,8 @@ def test_an_export_that_differs_is_refused_and_removed(analysis, capsys, monkeyp
     """The check is real: with a tolerance no float arithmetic meets, the export is refused and nothing stays."""
     _best(analysis, capsys, monkeypatch, "tight")
     code = (
-        "import sys; from hhscan import export; export.select_backend(); from pathlib import Path; "
-        "from hhscan.scandir import Workspace; w = Workspace(Path('.')); z = Path('models/tight_best.zip'); "
+        "import sys; from hhscan.results import export; export.select_backend(); from pathlib import Path; "
+        "from hhscan.execution.scandir import Workspace; w = Workspace(Path('.')); z = Path('models/tight_best.zip'); "
         "export.export_model(z, 'onnx', Path('out'), export.model_test_features(z, w), tolerance=-1.0)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=analysis.root, capture_output=True, text=True,
@@ -151,8 +152,8 @@ def test_kfold_bundle_exports_one_onnx_per_fold_and_the_fold_rule(analysis, caps
 
     # Refused (a tolerance no arithmetic meets): every fold file and the JSON are gone, none half-replaced.
     code = (
-        "from hhscan import export; export.select_backend(); from pathlib import Path; "
-        "from hhscan.scandir import Workspace; z = Path('models/kf_best.zip'); "
+        "from hhscan.results import export; export.select_backend(); from pathlib import Path; "
+        "from hhscan.execution.scandir import Workspace; z = Path('models/kf_best.zip'); "
         "f, k = export.model_test_events(z, Workspace(Path('.'))); "
         "export.export_model(z, 'onnx', Path('models'), f, tolerance=-1.0, test_folds=k)"
     )

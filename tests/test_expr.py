@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from hhscan import expr
 from hhscan.errors import ExpressionError
+from hhscan.settings import expr
 
 COLUMNS = {
     "pt": np.array([10.0, 40.0, 60.0, 25.0]),

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-from hhscan import config, fused, model, records, runner, training, trial
+from hhscan.data.split import TRAIN, VALIDATION
 from hhscan.errors import DeviceError
-from hhscan.scandir import Workspace
-from hhscan.split import TRAIN, VALIDATION
+from hhscan.execution import runner
+from hhscan.execution.scandir import Workspace
+from hhscan.learning import fused, model, records, training, trial
+from hhscan.settings import config
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -147,7 +149,7 @@ import json, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from hhscan import fused, model, training
+from hhscan.learning import fused, model, training
 model.choose_backend("tensorflow")
 import test_gpu_readiness as t
 from conftest import Analysis
@@ -209,7 +211,7 @@ import json, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from hhscan import model, training
+from hhscan.learning import model, training
 model.choose_backend("jax")
 import jax
 import test_gpu_readiness as t
@@ -340,7 +342,7 @@ def test_the_probe_key_holds_what_changes_the_cost(analysis):
 STORE = """
 import sys
 from pathlib import Path
-from hhscan import training
+from hhscan.learning import training
 for i in range(25):
     training.store_probe(Path(sys.argv[1]), f"{{sys.argv[2]}}-{{i}}", {{"pack_size": i}})
 """

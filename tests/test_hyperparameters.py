@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hhscan import config, hyperparameters, packing, trial
 from hhscan.errors import ConfigError
-from hhscan.hyperparameters import REGISTRY
+from hhscan.learning import packing, trial
+from hhscan.settings import config, hyperparameters
+from hhscan.settings.hyperparameters import REGISTRY
 
 FULL = {"layers": 2, "neurons": 64, "activation": "relu", "dropout": 0.0, "l2": 0.0, "optimizer": "adam",
         "learning_rate": 0.001, "batch_size": 256, "epochs": 20}  # fmt: skip
@@ -107,7 +108,7 @@ def test_activations_are_exactly_the_usable_keras_ones():
 
 
 def test_zero_hidden_layers_builds_a_regression_on_the_scaled_inputs():
-    from hhscan import model
+    from hhscan.learning import model
 
     net = model.build_model({**FULL, "layers": 0}, 3, 2, np.zeros(3), np.ones(3))
     assert [layer.name for layer in net.layers] == ["inputs", "scaler", "score"]
@@ -124,9 +125,10 @@ def test_packing_groups_by_the_registrys_step_structure():
 
 
 def test_zero_hidden_layers_trains_in_a_pack_as_a_logistic_regression(analysis):
-    from hhscan import runner, training
-    from hhscan.scandir import Workspace
-    from hhscan.split import VALIDATION
+    from hhscan.data.split import VALIDATION
+    from hhscan.execution import runner
+    from hhscan.execution.scandir import Workspace
+    from hhscan.learning import training
 
     analysis.edit_parameters(hyperparameters={"layers": [0, 1]})
     parameters = config.load_parameters(analysis.parameters)

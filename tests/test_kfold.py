@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import uproot
 from conftest import run_cli
-from hhscan import artifacts, config, model, runner, split, training, trial
+from hhscan.data import split
 from hhscan.errors import ModelError, SplitError
-from hhscan.scandir import Workspace
+from hhscan.execution import runner
+from hhscan.execution.scandir import Workspace
+from hhscan.learning import artifacts, model, training, trial
+from hhscan.settings import config
 from sklearn.metrics import roc_auc_score
 
 KFOLD = {"name": "k3", "kind": "kfold", "folds": 3, "variable": "event", "train": None, "validation": None,

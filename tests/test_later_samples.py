@@ -204,8 +204,8 @@ def test_bad_keys_of_a_later_sample_list(trained, capsys, monkeypatch, tmp_path,
 
 
 def test_a_scoring_list_needs_no_class_weight_or_xsec_for_data_and_a_training_list_still_does(analysis):
-    from hhscan import config
     from hhscan.errors import ConfigError
+    from hhscan.settings import config
 
     content = analysis.samples_yaml()
     content["groups"] = [

@@ -12,17 +12,19 @@ import time
 import numpy as np
 import pytest
 from conftest import REPO, run_cli
-from hhscan import config, leases, runner, slurm, training, trial
-from hhscan.config import SlurmSettings
 from hhscan.errors import BackendError
-from hhscan.records import read_record, record_path
-from hhscan.scandir import ScanDirectory, Workspace
+from hhscan.execution import leases, runner, slurm
+from hhscan.execution.scandir import ScanDirectory, Workspace
+from hhscan.learning import training, trial
+from hhscan.learning.records import read_record, record_path
+from hhscan.settings import config
+from hhscan.settings.config import SlurmSettings
 
 CLAIM = """
 import sys, time
 sys.path.insert(0, {src!r})
 from pathlib import Path
-from hhscan import leases
+from hhscan.execution import leases
 while time.time() < {start}:
     time.sleep(0.001)
 mine, other = leases.Leases(Path({root!r})).claim("t1", leases.Attempt(job_id=sys.argv[1]))
@@ -252,8 +254,8 @@ def test_memory_below_the_workers_baseline_is_warned_with_the_number():
 def test_two_submits_of_one_new_name_at_once_create_it_once(analysis):
     import threading
 
-    from hhscan import session
     from hhscan.errors import ScanError
+    from hhscan.execution import session
 
     parameters = config.load_parameters(analysis.parameters)
     sample_list = config.load_sample_list(analysis.sample_list)
@@ -282,8 +284,8 @@ def test_importing_submitit_through_hhscan_keeps_the_process_logging_handlers(tm
         f"handler = logging.FileHandler({str(tmp_path / 'user.log')!r})\n"
         "logging.getLogger().addHandler(handler)\n"
         "stream = handler.stream\n"
-        "import hhscan.slurm, hhscan.runner\n"
-        "hhscan.runner.is_trial_failure(ValueError())\n"
+        "import hhscan.execution.slurm, hhscan.execution.runner\n"
+        "hhscan.execution.runner.is_trial_failure(ValueError())\n"
         "logging.getLogger().warning('still here')\n"
         "assert not stream.closed, 'the handler was closed'\n"
         "assert 'submitit' in sys.modules\n"

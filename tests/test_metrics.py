@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hhscan import metrics
+from hhscan.data import metrics
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 

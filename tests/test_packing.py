@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-from hhscan import callbacks, config, packing, runner, training, trial
-from hhscan.scandir import Workspace
+from hhscan.execution import runner
+from hhscan.execution.scandir import Workspace
+from hhscan.learning import callbacks, packing, training, trial
+from hhscan.settings import config
 
 HERE = Path(__file__).resolve().parent
 
@@ -88,7 +90,7 @@ def test_a_failing_trial_does_not_fail_its_pack(analysis, capsys, monkeypatch):
     The configuration now refuses every bad value that used to make Keras raise, so the failure is injected into the
     real build of one trial (neurons 13), where a Keras error would come from.
     """
-    from hhscan import model
+    from hhscan.learning import model
 
     real_build = model.build_model
 

@@ -13,9 +13,11 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import run_cli
-from hhscan import artifacts, config, runner
-from hhscan.scandir import Workspace
-from hhscan.split import TRAIN, VALIDATION
+from hhscan.data.split import TRAIN, VALIDATION
+from hhscan.execution import runner
+from hhscan.execution.scandir import Workspace
+from hhscan.learning import artifacts
+from hhscan.settings import config
 from sklearn.metrics import roc_auc_score
 
 

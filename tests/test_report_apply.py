@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import uproot
 from conftest import LUMI, SUMW, XSEC, make_events, run_cli, write_root
-from hhscan import config, dataset
-from hhscan.split import TEST
+from hhscan.data import dataset
+from hhscan.data.split import TEST
+from hhscan.settings import config
 from sklearn.metrics import roc_auc_score
 
 
@@ -142,8 +143,8 @@ def test_hdf5_outputs_and_split_name_by_class(reported, capsys, monkeypatch, tmp
 
 
 def test_output_on_other_samples_streams_in_chunks(reported, capsys, monkeypatch):
-    from hhscan.apply import apply_model
-    from hhscan.scandir import Workspace
+    from hhscan.execution.scandir import Workspace
+    from hhscan.results.apply import apply_model
 
     analysis, _ = reported
     write_root(analysis.data / "data_2017.root", {"Events": make_events(1000, 0.1, 11)})

@@ -11,9 +11,11 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import REPO, run_cli
-from hhscan import artifacts, config, metrics, records, trial
-from hhscan.scandir import Workspace
-from hhscan.split import TRAIN, VALIDATION
+from hhscan.data import metrics
+from hhscan.data.split import TRAIN, VALIDATION
+from hhscan.execution.scandir import Workspace
+from hhscan.learning import artifacts, records, trial
+from hhscan.settings import config
 
 
 def test_trial_ids_are_canonical_and_stable_across_processes():
@@ -23,7 +25,7 @@ def test_trial_ids_are_canonical_and_stable_across_processes():
     assert trial.trial_id(point, 0) == trial.trial_id(dict(reversed(list(same.items()))), 0)
     assert trial.trial_id(point, 0) != trial.trial_id(point, 1)
     assert trial.trial_id(point, 0) != trial.trial_id({**point, "epochs": 6}, 0)
-    code = f"from hhscan.trial import trial_id; print(trial_id({point!r}, 0))"
+    code = f"from hhscan.learning.trial import trial_id; print(trial_id({point!r}, 0))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"})  # fmt: skip
     assert other.stdout.strip() == trial.trial_id(point, 0)
@@ -72,7 +74,7 @@ def test_model_zip_loads_with_plain_keras_and_reproduces_the_record(analysis, ca
         archive.extract("model.keras", tmp_path)
         metadata = json.loads(archive.read("metadata.json"))
     plain = keras.saving.load_model(tmp_path / "model.keras")  # no custom objects, no side files
-    from hhscan import runner
+    from hhscan.execution import runner
 
     parameters, sample_list = scan.load_config()
     data = runner.prepare_dataset(parameters, sample_list, Workspace(analysis.root))
@@ -185,7 +187,8 @@ def test_cli_help_is_instant_and_lists_commands():
 
 def test_a_trial_resumes_from_its_epoch_checkpoint(analysis, tmp_path):
     """Interrupted after 2 of 4 epochs (the checkpoint a killed job leaves), training continues at epoch 3."""
-    from hhscan import runner, training
+    from hhscan.execution import runner
+    from hhscan.learning import training
 
     analysis.edit_parameters(training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})
     parameters = config.load_parameters(analysis.parameters)

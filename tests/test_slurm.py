@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
-from hhscan import leases, slurm, training
-from hhscan.scandir import Workspace
+from hhscan.execution import leases, slurm
+from hhscan.execution.scandir import Workspace
+from hhscan.learning import training
 
 pytestmark = pytest.mark.slurm
 SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
@@ -123,7 +124,7 @@ def test_split_one_and_resubmit_after_scancel(slurm_analysis, capsys, monkeypatc
 
 
 def test_concurrent_resubmits_never_submit_a_trial_twice(slurm_analysis, capsys, monkeypatch):
-    from hhscan import session
+    from hhscan.execution import session
 
     code, _, err = run_cli(["run", "--local", "--name", "twice", "--max-trials", "2"], slurm_analysis.root, capsys,
                            monkeypatch)  # fmt: skip

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
-from hhscan import plots
-from hhscan.records import DONE, TrialRecord
-from hhscan.training import EpochProgress
-from hhscan.views import RunProgress, leaderboard_table
+from hhscan.learning.records import DONE, TrialRecord
+from hhscan.learning.training import EpochProgress
+from hhscan.results import plots
+from hhscan.results.views import RunProgress, leaderboard_table
 from rich.console import Console
 
 
@@ -267,8 +267,8 @@ def test_run_in_a_terminal_shows_the_epoch_counter_before_the_first_trial_ends(t
     # the model is quick once Keras is imported in this process; the order of all steps is checked below).
     assert "plotting input distributions" in plain
     assert "plots: models/live_best/" in plain
-    from hhscan.apply import apply_model
-    from hhscan.scandir import Workspace
+    from hhscan.execution.scandir import Workspace
+    from hhscan.results.apply import apply_model
 
     steps: list[str] = []
     apply_model(Workspace(tiny.root), "best", directory=tiny.root / "again", on_step=steps.append, plots=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hhscan.slurm import ScanStatus, TrialStatus
+from hhscan.execution.slurm import ScanStatus, TrialStatus
 from rich.console import Console
 from rich.markup import escape
 

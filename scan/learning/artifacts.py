@@ -72,7 +72,7 @@ def load_model_zip(path: Path):
     """The Keras model (a ``model.FoldModels`` for a k-fold bundle) and its metadata; plain
     ``keras.saving.load_model`` on each extracted file."""
     import keras
-    from hhscan.model import FoldModels
+    from hhscan.learning.model import FoldModels
 
     metadata = read_metadata(path)
     with tempfile.TemporaryDirectory() as directory, zipfile.ZipFile(path) as archive:

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from hhscan.criteria import metric
+from hhscan.settings.criteria import metric
 
 
 def _improves(monitor: str, value: float, reference: float | None, min_delta: float) -> bool:

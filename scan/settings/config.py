@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from hhscan import criteria, expr, hyperparameters
 from hhscan.errors import ConfigError, ExpressionError, did_you_mean
+from hhscan.settings import criteria, expr, hyperparameters
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # --------------------------------------------------------------------------------------------- sample list

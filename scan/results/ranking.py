@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hhscan.criteria import is_valid_value, metric
-from hhscan.records import TrialRecord
+from hhscan.learning.records import TrialRecord
+from hhscan.settings.criteria import is_valid_value, metric
 
 
 def criterion_value(record: TrialRecord, criterion: str) -> float | None:

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hhscan import __version__, config
-from hhscan.config import Parameters, SampleList
+from hhscan import __version__
 from hhscan.errors import ScanError, did_you_mean
 from hhscan.fileio import atomic_write_text
-from hhscan.records import TrialRecord, read_records
-from hhscan.trial import Trial
+from hhscan.learning.records import TrialRecord, read_records
+from hhscan.learning.trial import Trial
+from hhscan.settings import config
+from hhscan.settings.config import Parameters, SampleList
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class ScanDirectory:
         self, parameters: Parameters, split_checksum: str | None = None, data_fingerprint: str | None = None
     ) -> None:
         """Refuse to add trials to this scan if its trials or split would change, naming what changed."""
-        from hhscan.trial import expand
+        from hhscan.learning.trial import expand
 
         manifest = self.manifest()
         same_trials = sorted(t.id for t in expand(parameters)) == sorted(t["id"] for t in manifest["trials"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from hhscan import hyperparameters
-from hhscan.trial import Trial
+from hhscan.learning.trial import Trial
+from hhscan.settings import hyperparameters
 
 # Up to this many trials are packed whole without probing: on 2 CPU cores the cost per trial of the example
 # falls 10× from K=1 to K=16 (bench/RESULTS.md), and a GPU only widens that.

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from hhscan import artifacts, model
 from hhscan.errors import HhscanError, ModelError
 from hhscan.fileio import atomic_write_text
+from hhscan.learning import artifacts, model
 
 FORMATS = ("onnx", "saved_model")
 PROVENANCE = ("scan", "trial_id", "split_checksum", "data_fingerprint", "code_version", "hyperparameters")
@@ -172,7 +172,7 @@ def _saved_model_scores(path: Path, features: np.ndarray) -> np.ndarray:
 
 
 def _description(metadata: dict, zip_path: Path, checks: list[dict], difference: float, events: int) -> dict:
-    from hhscan.apply import load_model_config
+    from hhscan.results.apply import load_model_config
 
     _, sample_list = load_model_config(zip_path)
     expressions = {}
@@ -235,9 +235,9 @@ def model_test_features(zip_path: Path, workspace) -> np.ndarray:
 def model_test_events(zip_path: Path, workspace) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's own test events and, for a k-fold bundle, their folds: there every event is a test event, each
     of the model tested on its fold (the persisted fold assignment of the scan's split)."""
-    from hhscan.apply import load_model_config
-    from hhscan.dataset import load_dataset
-    from hhscan.split import TEST
+    from hhscan.data.dataset import load_dataset
+    from hhscan.data.split import TEST
+    from hhscan.results.apply import load_model_config
 
     metadata = artifacts.read_metadata(zip_path)
     parameters, sample_list = load_model_config(zip_path)

@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from hhscan import hyperparameters as registry
-from hhscan.config import Parameters
+from hhscan.settings import hyperparameters as registry
+from hhscan.settings.config import Parameters
 
 
 @dataclass(frozen=True)

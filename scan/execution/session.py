@@ -9,11 +9,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hhscan import model, runner, training, trial
-from hhscan.config import Parameters, SampleList
-from hhscan.dataset import Dataset
-from hhscan.records import TrialRecord
-from hhscan.scandir import ScanDirectory, Workspace
+from hhscan.data.dataset import Dataset
+from hhscan.execution import runner
+from hhscan.execution.scandir import ScanDirectory, Workspace
+from hhscan.learning import model, training, trial
+from hhscan.learning.records import TrialRecord
+from hhscan.settings.config import Parameters, SampleList
 
 
 @dataclass
@@ -40,7 +41,7 @@ def prepare(
     create: bool = True,
 ) -> PreparedScan:
     """Load the data once, then create the scan directory or check the existing one is compatible."""
-    from hhscan.dataset import probable_leaks
+    from hhscan.data.dataset import probable_leaks
     from hhscan.errors import ConfigError, ScanError
 
     workspace = Workspace(Path(workspace_root))
@@ -91,7 +92,7 @@ def run_local(
 
 def submit(prepared: PreparedScan, split: int, trials: Sequence[trial.Trial] | None = None, dry_run: bool = False):
     """Submit the scan's missing trials (or the given ones) to Slurm, ``split`` per job."""
-    from hhscan import slurm
+    from hhscan.execution import slurm
 
     if dry_run:
         return slurm.group(list(trials) if trials is not None else prepared.scan.missing(), split), []
@@ -112,7 +113,8 @@ def resubmit(
     parameters_path: Path | None = None,
 ):
     """Submit only the missing trials of an existing scan, after checking nothing that defines it changed."""
-    from hhscan import config, slurm
+    from hhscan.execution import slurm
+    from hhscan.settings import config
 
     workspace = Workspace(Path(workspace_root))
     scan = workspace.scan(name)

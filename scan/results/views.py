@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from hhscan.dataset import SampleSummary
-from hhscan.ranking import criterion_value, ranked, varying
-from hhscan.records import TrialRecord
-from hhscan.scandir import ScanDirectory
-from hhscan.training import EpochProgress
+from hhscan.data.dataset import SampleSummary
+from hhscan.execution.scandir import ScanDirectory
+from hhscan.learning.records import TrialRecord
+from hhscan.learning.training import EpochProgress
+from hhscan.results.ranking import criterion_value, ranked, varying
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn

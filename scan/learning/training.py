@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hhscan import callbacks, criteria, fused, metrics, model, packing
-from hhscan.config import Parameters
-from hhscan.dataset import Dataset
+from hhscan.data import metrics
+from hhscan.data.dataset import Dataset
+from hhscan.data.split import TRAIN, VALIDATION, fold_roles
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
-from hhscan.split import TRAIN, VALIDATION, fold_roles
-from hhscan.trial import Trial
+from hhscan.learning import callbacks, fused, model, packing
+from hhscan.learning.trial import Trial
+from hhscan.settings import criteria
+from hhscan.settings.config import Parameters
 
 
 @dataclass

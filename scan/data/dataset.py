@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hhscan import expr, split, weights
-from hhscan.config import Sample, SampleList, SplitSettings
+from hhscan.data import split, weights
+from hhscan.data.readers import read_columns
 from hhscan.errors import DataError
 from hhscan.fileio import atomic_write_bytes
-from hhscan.readers import read_columns
+from hhscan.settings import expr
+from hhscan.settings.config import Sample, SampleList, SplitSettings
 
 CACHE_FORMAT = 3
 ADDED_COLUMNS = ("$sample", "$era", "$tag", "$class")
@@ -453,7 +454,7 @@ def input_separation(
     An input that alone separates the classes almost perfectly is a probable label leak. At most
     ``LEAK_CHECK_EVENTS`` training events are used (every k-th): the check costs ~0.2 s whatever the data size.
     """
-    from hhscan import metrics
+    from hhscan.data import metrics
 
     index = np.flatnonzero(training)
     index = index[:: max(1, len(index) // LEAK_CHECK_EVENTS)]

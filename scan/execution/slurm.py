@@ -1,6 +1,6 @@
 """Slurm execution through submitit: groups of trials as job arrays, requeued and resumed on timeout.
 
-Each job runs :func:`hhscan.runner.run_scan_trials` on its group: imports and data once, every finished trial
+Each job runs :func:`hhscan.execution.runner.run_scan_trials` on its group: imports and data once, every finished trial
 written at once. On the signal submitit forwards before the time limit (or on preemption), the job is requeued
 as a :class:`submitit.helpers.Checkpointable`, and the trial in progress resumes from its last finished epoch.
 """
@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hhscan import submitit_import
-from hhscan.config import SlurmSettings
 from hhscan.errors import BackendError, did_you_mean
-from hhscan.leases import Lease, Leases
-from hhscan.records import TrialRecord
-from hhscan.scandir import ScanDirectory
-from hhscan.trial import Trial
+from hhscan.execution import submitit_import
+from hhscan.execution.leases import Lease, Leases
+from hhscan.execution.scandir import ScanDirectory
+from hhscan.learning.records import TrialRecord
+from hhscan.learning.trial import Trial
+from hhscan.settings.config import SlurmSettings
 
 submitit = submitit_import.load()
 
@@ -41,7 +41,7 @@ class TrialGroupJob(submitit.helpers.Checkpointable):
     """What a Slurm job runs: the given trials of a scan. Requeued with the same arguments on timeout."""
 
     def __call__(self, scan_root: str, trial_ids: Sequence[str], config_path: str = "") -> list[str]:
-        from hhscan.runner import JobContext, run_scan_trials
+        from hhscan.execution.runner import JobContext, run_scan_trials
 
         environment = submitit.JobEnvironment()
         context = JobContext(

@@ -18,14 +18,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hhscan import __version__, artifacts, criteria, leases, model, packing, training
-from hhscan.config import Parameters, SampleList
-from hhscan.dataset import Dataset, load_dataset
+from hhscan import __version__
+from hhscan.data.dataset import Dataset, load_dataset
+from hhscan.data.split import fold_roles
 from hhscan.errors import ScanError
-from hhscan.records import DONE, FAIL, CorruptRecord, TrialRecord, read_record, record_path, write_record
-from hhscan.scandir import ScanDirectory, Workspace
-from hhscan.split import fold_roles
-from hhscan.trial import Trial
+from hhscan.execution import leases
+from hhscan.execution.scandir import ScanDirectory, Workspace
+from hhscan.learning import artifacts, model, packing, training
+from hhscan.learning.records import DONE, FAIL, CorruptRecord, TrialRecord, read_record, record_path, write_record
+from hhscan.learning.trial import Trial
+from hhscan.settings import criteria
+from hhscan.settings.config import Parameters, SampleList
 
 
 @dataclass
@@ -180,7 +183,7 @@ def is_trial_failure(error: BaseException) -> bool:
     ``UncompletedJobError`` (raised from its signal handler when the last requeue is spent) pass through: the job
     ends there, its trials stay unrecorded and resume from their checkpoints when resubmitted.
     """
-    from hhscan import submitit_import
+    from hhscan.execution import submitit_import
 
     uncompleted = submitit_import.load().core.utils.UncompletedJobError
     return isinstance(error, Exception) and not isinstance(error, uncompleted)

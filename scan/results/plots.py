@@ -1,7 +1,7 @@
 """Figures in a HEP style (mplhep's ROOT style, scaled for slides), written as PNG.
 
 Each function takes arrays or a DataFrame and a path and writes one PNG atomically. Physics quantities (ROC, AUC,
-KS) come from :mod:`hhscan.metrics`; what this module computes itself is what a histogram needs (folded bins,
+KS) come from :mod:`hhscan.data.metrics`; what this module computes itself is what a histogram needs (folded bins,
 Σw² errors) and the weighted correlation of a correlation matrix, pure functions tested on their own.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from hhscan import metrics
+from hhscan.data import metrics
 from hhscan.fileio import atomic_write_bytes
 
 FOLDED_NOTE = "under- and overflow folded into the first and last bins"

@@ -12,12 +12,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hhscan import artifacts
 from hhscan.errors import ModelError, ScanError, did_you_mean
+from hhscan.execution.scandir import ScanDirectory, Workspace
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
-from hhscan.ranking import criterion_value, ranked, unranked, varying
-from hhscan.records import TrialRecord
-from hhscan.scandir import ScanDirectory, Workspace
+from hhscan.learning import artifacts
+from hhscan.learning.records import TrialRecord
+from hhscan.results.ranking import criterion_value, ranked, unranked, varying
 
 BEST_POINTER = "best.json"
 
@@ -104,7 +104,7 @@ def make_report(
     report.probable_leaks = checks.get("probable_leaks", {})
     report.leak_threshold = checks.get("auc_threshold", report.leak_threshold)
     if plots and best:
-        from hhscan import plots as figures
+        from hhscan.results import plots as figures
 
         directory = workspace.models / scan.name
         directory.mkdir(parents=True, exist_ok=True)

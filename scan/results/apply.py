@@ -18,13 +18,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from hhscan import artifacts, config, expr, metrics, model, weights
-from hhscan.config import Parameters, Sample, SampleList
-from hhscan.dataset import Dataset, load_dataset, read_sample
+from hhscan.data import metrics, weights
+from hhscan.data.dataset import Dataset, load_dataset, read_sample
+from hhscan.data.readers import count_entries
+from hhscan.data.split import TEST, TRAIN
 from hhscan.errors import ConfigError, HhscanError, ModelError, did_you_mean
-from hhscan.readers import count_entries
-from hhscan.scandir import Workspace
-from hhscan.split import TEST, TRAIN
+from hhscan.execution.scandir import Workspace
+from hhscan.learning import artifacts, model
+from hhscan.settings import config, expr
+from hhscan.settings.config import Parameters, Sample, SampleList
 
 TREE = "Events"
 
@@ -139,7 +141,7 @@ def apply_model(
     ``samples``: another sample list (added after training) whose samples or groups ``output_keys`` name; it must
     build the model's inputs the same way, and none of its samples may be a training sample of the model.
     """
-    from hhscan.report import resolve_model
+    from hhscan.results.report import resolve_model
 
     step = on_step or (lambda _text: None)
 
@@ -442,7 +444,7 @@ def evaluation_plots(
     dataset, scores, metadata, sample_list, parameters, out_dir: Path, on_step: Callable[[str], None] | None = None
 ) -> list[Path]:
     import pandas as pd
-    from hhscan import plots as figures
+    from hhscan.results import plots as figures
 
     step = on_step or (lambda _text: None)
     step(f"plotting ROC and rejection → {out_dir}")

@@ -1,0 +1,1 @@
+"""Events: reading files, weights, the persisted split, metrics (pure), the training arrays."""

@@ -1,0 +1,1 @@
+"""Running trials: the scan directory, leases, the runner, Slurm through submitit, sessions."""

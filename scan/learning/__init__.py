@@ -1,0 +1,1 @@
+"""Models and their training: the Keras model, trials, callbacks, fused packs, records, model zips."""

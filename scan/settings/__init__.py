@@ -1,0 +1,1 @@
+"""What the user writes: the hyperparameter and metric registries, the configuration, expressions."""
