@@ -164,3 +164,24 @@ def test_the_guard_refuses_events_that_moved_fold_and_a_bundle_whose_roles_colli
     code, _, err = run_cli(["test", "--model", "best"], analysis.root, capsys, monkeypatch)
     assert code == 1 and "now fall in another fold" in err and "hh_2016" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_kfold_trial_resumes_every_fold_model_from_its_own_checkpoint(analysis, tmp_path):
+    """Interrupted after 2 of 4 epochs, each fold model continues at epoch 3: the same as one uninterrupted run."""
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [2], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    (first,) = trial.expand(parameters)
+    checkpoint = tmp_path / "checkpoints"
+    partial = training.train(first, data, parameters, checkpoint)
+    assert sorted(p.name for p in (checkpoint / first.id).iterdir()) == [f"checkpoint-fold{f}.npz" for f in range(3)]
+    assert training.checkpoint_epoch(checkpoint, first.id, folds=3) == 1
+    longer = trial.Trial(first.id, {**first.hyperparameters, "epochs": 4}, 0)
+    resumed = training.train(longer, data, parameters, checkpoint)
+    uninterrupted = training.train(longer, data, parameters)
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 4
+    for f in range(3):
+        assert resumed.history[f"fold{f}/loss"][:2] == partial.history[f"fold{f}/loss"]
+        np.testing.assert_allclose(resumed.history[f"fold{f}/val_loss"], uninterrupted.history[f"fold{f}/val_loss"],
+                                   rtol=1e-5)  # fmt: skip
