@@ -92,10 +92,10 @@ class Dataset:
 
     def fold_view(self, model_fold: int) -> Dataset:
         """The dataset as fold model ``model_fold`` sees it (arrays shared): its fold is the test partition, the
-        next one the validation, the rest training."""
+        next one the validation, the rest training; a plain train/validation/test dataset from then on."""
         if self.fold is None:
             raise ValueError("fold_view of a dataset without k-fold split")
-        return replace(self, partition=split.fold_partition(self.fold, model_fold, self.folds))
+        return replace(self, partition=split.fold_partition(self.fold, model_fold, self.folds), fold=None, folds=0)
 
     @property
     def signal_columns(self) -> list[int]:

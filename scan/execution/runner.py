@@ -173,7 +173,7 @@ def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Works
     if largest <= packing.DEFAULT_PACK_SIZE:
         return largest
     probed = training.probed_pack_size(trials[0], dataset, parameters, workspace.cache / "pack_size.json")
-    return max(1, probed // max(dataset.folds, 1))  # a k-fold trial is k branches of a pack
+    return max(1, probed // max(dataset.folds, 1))  # a k-fold pack is k engines alive at once, one per fold
 
 
 def is_trial_failure(error: BaseException) -> bool:

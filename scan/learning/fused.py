@@ -121,49 +121,23 @@ def batch_table(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndar
     return table.reshape(n_batches, batch_size), counts
 
 
-Membership = tuple[np.ndarray, np.ndarray]
-
-
-def everyone(n_events: int, n_branches: int) -> Membership:
-    """Every event belongs to every branch: one event group, one column of ones."""
-    return np.zeros(n_events, np.int32), np.ones((n_branches, 1), np.float32)
-
-
 def make_engine(models: Sequence[Any], optimizers: Sequence[Any], loss: str, train, validation,
-                data_owner: object | None = None, chunk: int | None = None,
-                train_members: Membership | None = None, validation_members: Membership | None = None):  # fmt: skip
+                data_owner: object | None = None, chunk: int | None = None):  # fmt: skip
     """The engine for the active Keras backend; ``train``/``validation`` are (features, targets, weights).
 
     ``data_owner`` is the object the arrays come from (a ``Dataset``): the same owner, the same arrays, so they
     go to the device once per job; ``chunk`` sets the events per evaluation call (default: sized from the
     device's free memory).
-
-    ``*_members`` = (each event's group (N,), which groups each branch uses (K, G) of 0/1): a branch's loss counts
-    only its own events of a shared batch, divided by how many of them the batch holds, so it trains as it would
-    on its own events alone in batches of that size (k-fold: the fold models of a trial share batches). Default:
-    every event is every branch's.
     """
     import keras
 
     backend = keras.backend.backend()
     chunk = chunk or chunk_events(models, np.shape(validation[0])[1])
-    train_members = train_members or everyone(len(train[0]), len(models))
-    validation_members = validation_members or everyone(len(validation[0]), len(models))
     if backend == "jax":
-        engine_class = JaxEngine
-    elif backend == "tensorflow":
-        engine_class = TensorflowEngine
-    else:
-        raise ConfigError(f"Keras backend '{backend}': hhscan trains on the jax and tensorflow backends")
-    return engine_class(models, optimizers, loss, train, validation, data_owner, chunk, train_members,
-                        validation_members)  # fmt: skip
-
-
-def _members_per_branch(members: Membership) -> np.ndarray:
-    """How many events each branch has in a membership (its loss normaliser)."""
-    groups, table = members
-    per_group = np.bincount(groups, minlength=table.shape[1]).astype(np.float64)
-    return table.astype(np.float64) @ per_group
+        return JaxEngine(models, optimizers, loss, train, validation, data_owner, chunk)
+    if backend == "tensorflow":
+        return TensorflowEngine(models, optimizers, loss, train, validation, data_owner, chunk)
+    raise ConfigError(f"Keras backend '{backend}': hhscan trains on the jax and tensorflow backends")
 
 
 def _learning_rate_index(optimizer) -> int:
@@ -188,8 +162,7 @@ class JaxEngine:
     """
 
     def __init__(self, models, optimizers, loss: str, train, validation, data_owner: object | None = None,
-                 chunk: int = MAX_CHUNK, train_members: Membership | None = None,
-                 validation_members: Membership | None = None):  # fmt: skip
+                 chunk: int = MAX_CHUNK):  # fmt: skip
         import jax
         import jax.numpy as jnp
         import keras
@@ -238,17 +211,8 @@ class JaxEngine:
         def put(array):
             return jax.device_put(array, self._replicated)
 
-        train_members = train_members or everyone(len(train[0]), len(self.models))
-        validation_members = validation_members or everyone(len(validation[0]), len(self.models))
         self.train_arrays = resident(data_owner, ("jax", "train", device_ids), train, put)
         self.validation_arrays = resident(data_owner, ("jax", "validation", device_ids), validation, put)
-        # Event groups go with the data (once per job); each group's member table is the pack's own (padded order).
-        self.train_groups = resident(data_owner, ("jax", "train-groups", device_ids), train_members[:1], put)[0]
-        self.validation_groups = resident(data_owner, ("jax", "validation-groups", device_ids),
-                                          validation_members[:1], put)[0]  # fmt: skip
-        self.train_tables = [put(train_members[1][padded]) for padded in self._padded]
-        self.validation_tables = [put(validation_members[1][padded]) for padded in self._padded]
-        self.validation_sizes = np.maximum(_members_per_branch(validation_members), 1.0)
         self.chunk = int(min(chunk, max(len(validation[0]), 1)))
         loss_fn = keras.losses.get(loss)
         representatives = [(self.models[m[0]], self.optimizers[m[0]]) for m in self.groups]
@@ -268,59 +232,51 @@ class JaxEngine:
             net, optimizer = representatives[g]
 
             def update(trainable, non_trainable, optimizer_state, active, x, y, w, count):
-                # A branch with none of its events in this batch takes no step (as training on its events alone).
                 (loss, (nt, _)), grads = jax.value_and_grad(
-                    lambda t: member_loss(net, t, non_trainable, x, y, w, jnp.maximum(count, 1.0), True),
-                    has_aux=True,
+                    lambda t: member_loss(net, t, non_trainable, x, y, w, count, True), has_aux=True
                 )(trainable)
                 t, o = optimizer.stateless_apply(optimizer_state, grads, trainable)
-                stepped = active & (count > 0)
 
                 def keep(new, old):
-                    return [jnp.where(stepped, a, b) for a, b in zip(new, old, strict=True)]
+                    return [jnp.where(active, a, b) for a, b in zip(new, old, strict=True)]
 
                 return keep(t, trainable), keep(nt, non_trainable), keep(o, optimizer_state), loss
 
-            return jax.vmap(update, in_axes=(0, 0, 0, 0, None, None, 0, 0))
+            return jax.vmap(update, in_axes=(0, 0, 0, 0, None, None, None, None))
 
         steps = [group_step(g) for g in range(len(self.groups))]
 
-        def epoch(state, table, counts, active, tables, x, y, w, groups):
+        def epoch(state, table, counts, active, x, y, w):
             batch = table.shape[1]
 
             def step(carry, inputs):
-                state, sums, seen = carry
+                state, sums = carry
                 index, count = inputs
                 xb, yb = x[index], y[index]
-                real = (jnp.arange(batch) < count).astype(w.dtype)
-                wb, gb = w[index] * real, groups[index]
-                new_state, new_sums, new_seen = [], [], []
+                wb = w[index] * (jnp.arange(batch) < count).astype(w.dtype)
+                new_state, new_sums = [], []
                 for g, (trainable, non_trainable, optimizer_state) in enumerate(state):
-                    mine = tables[g][:, gb] * real  # (members, batch): each member's own events of the batch
-                    own = jnp.sum(mine, axis=1)
-                    t, nt, o, loss = steps[g](trainable, non_trainable, optimizer_state, active[g], xb, yb,
-                                              wb * mine, own)  # fmt: skip
+                    t, nt, o, loss = steps[g](trainable, non_trainable, optimizer_state, active[g], xb, yb, wb, count)
                     new_state.append((t, nt, o))
-                    new_sums.append(sums[g] + loss * own)
-                    new_seen.append(seen[g] + own)
-                return (new_state, new_sums, new_seen), None
+                    new_sums.append(sums[g] + loss * count)
+                return (new_state, new_sums), None
 
             sums = [jnp.zeros(len(padded), jnp.float32) for padded in self._padded]
-            (state, sums, seen), _ = jax.lax.scan(step, (state, sums, list(sums)), (table, counts))
-            return state, [s / jnp.maximum(n, 1.0) for s, n in zip(sums, seen, strict=True)]
+            (state, sums), _ = jax.lax.scan(step, (state, sums), (table, counts))
+            return state, [s / jnp.sum(counts) for s in sums]
 
         size = self.chunk
 
-        def validate_chunk(state, tables, x, y, w, groups, start, first_new):
+        def validate_chunk(state, x, y, w, start, first_new):
             # One chunk of ``size`` events from ``start``; those before ``first_new`` were counted already.
-            xc, yc, wc, gc = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, y, w, groups))
+            xc, yc, wc = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, y, w))
             wc = wc * (start + jnp.arange(size) >= first_new).astype(wc.dtype)
             results = []
             for g, (trainable, non_trainable, _) in enumerate(state):
                 net = representatives[g][0]
                 total, regularization, _, out = jax.vmap(
-                    lambda t, nt, wm, net=net: member_parts(net, t, nt, xc, yc, wm, False)
-                )(trainable, non_trainable, wc * tables[g][:, gc])
+                    lambda t, nt, net=net: member_parts(net, t, nt, xc, yc, wc, False)
+                )(trainable, non_trainable)
                 results.append((total, regularization, out))
             return results
 
@@ -346,28 +302,25 @@ class JaxEngine:
         """One epoch over the batches of ``table``; returns each branch's mean training loss."""
         active_by_group = [np.asarray([bool(active[k]) for k in members] + [False] * (len(padded) - len(members)))
                            for members, padded in zip(self.groups, self._padded, strict=True)]  # fmt: skip
-        self.state, losses = self._epoch(self.state, table, counts, active_by_group, self.train_tables,
-                                         *self.train_arrays, self.train_groups)  # fmt: skip
+        self.state, losses = self._epoch(self.state, table, counts, active_by_group, *self.train_arrays)
         return self._per_branch(losses).astype(np.float64)
 
     def validate(self) -> tuple[np.ndarray, np.ndarray]:
         """Each branch's validation loss (K,) and scores (K, N, outputs), ``self.chunk`` events per call.
 
-        The loss is the sum of the weighted event losses over all chunks divided by the branch's own number of
-        validation events, plus the regularization: the same number as one call over its events. Scores are of
-        every validation event (a caller keeps each branch's own).
+        The loss is the sum of the weighted event losses over all chunks divided by N, plus the regularization:
+        the same number as one call over all events.
         """
         n = len(self.validation_arrays[0])
         totals = np.zeros(len(self.models))
         regularization, pieces = None, []
         for start, first_new in chunk_starts(n, self.chunk):
-            results = self._validate_chunk(self.state, self.validation_tables, *self.validation_arrays,
-                                           self.validation_groups, start, first_new)  # fmt: skip
+            results = self._validate_chunk(self.state, *self.validation_arrays, start, first_new)
             totals += self._per_branch([r[0] for r in results]).astype(np.float64)
             if regularization is None:
                 regularization = self._per_branch([r[1] for r in results]).astype(np.float64)
             pieces.append(self._per_branch([r[2] for r in results])[:, first_new - start :])
-        return totals / self.validation_sizes + regularization, np.concatenate(pieces, axis=1)
+        return totals / n + regularization, np.concatenate(pieces, axis=1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Scores of every branch (K, N, outputs), in fixed-size chunks: one compiled shape for any N."""
@@ -439,23 +392,13 @@ class TensorflowEngine:
     """The same contract on TensorFlow: stateful Keras variables, one ``tf.function`` per epoch."""
 
     def __init__(self, models, optimizers, loss: str, train, validation, data_owner: object | None = None,
-                 chunk: int = MAX_CHUNK, train_members: Membership | None = None,
-                 validation_members: Membership | None = None):  # fmt: skip
+                 chunk: int = MAX_CHUNK):  # fmt: skip
         import keras
         import tensorflow as tf
 
         self.models, self.optimizers = list(models), list(optimizers)
-        train_members = train_members or everyone(len(train[0]), len(self.models))
-        validation_members = validation_members or everyone(len(validation[0]), len(self.models))
         self.train_arrays = resident(data_owner, ("tensorflow", "train"), train, tf.constant)
         self.validation_arrays = resident(data_owner, ("tensorflow", "validation"), validation, tf.constant)
-        self.train_groups = resident(data_owner, ("tensorflow", "train-groups"), train_members[:1], tf.constant)[0]
-        self.validation_groups = resident(data_owner, ("tensorflow", "validation-groups"), validation_members[:1],
-                                          tf.constant)[0]  # fmt: skip
-        # (groups, branches): row g says which branches an event of group g belongs to.
-        self.train_table = tf.constant(np.ascontiguousarray(train_members[1].T))
-        self.validation_table = tf.constant(np.ascontiguousarray(validation_members[1].T))
-        self.validation_sizes = np.maximum(_members_per_branch(validation_members), 1.0)
         self.chunk = int(min(chunk, max(len(validation[0]), 1)))
         loss_fn = keras.losses.get(loss)
         self._tf = tf
@@ -473,9 +416,8 @@ class TensorflowEngine:
         self._epochs: dict[tuple[bool, ...], Any] = {}
 
         @tf.function
-        def validate_chunk(x, y, w, groups):
-            mine = tf.gather(self.validation_table, groups)  # (events, branches)
-            results = [branch_parts(net, x, y, w * mine[:, k], False) for k, net in enumerate(self.models)]
+        def validate_chunk(x, y, w):
+            results = [branch_parts(net, x, y, w, False) for net in self.models]
             return [tf.stack([r[i] for r in results]) for i in range(3)]
 
         @tf.function
@@ -491,28 +433,23 @@ class TensorflowEngine:
         n_branches = len(self.models)
 
         @tf.function
-        def epoch(table, counts, x, y, w, groups):
-            sums, seen = tf.zeros(n_branches), tf.zeros(n_branches)
+        def epoch(table, counts, x, y, w):
+            sums = tf.zeros(n_branches)
             batch = tf.shape(table)[1]
             for i in tf.range(tf.shape(table)[0]):
                 index, count = table[i], counts[i]
                 mask = tf.cast(tf.range(batch) < tf.cast(count, tf.int32), w.dtype)
                 xb, yb, wb = tf.gather(x, index), tf.gather(y, index), tf.gather(w, index) * mask
-                mine = tf.gather(self.train_table, tf.gather(groups, index)) * mask[:, None]  # (batch, branches)
-                own = tf.reduce_sum(mine, axis=0)
                 with tf.GradientTape() as tape:
-                    losses = [self._branch_loss(self.models[k], xb, yb, wb * mine[:, k], tf.maximum(own[k], 1.0),
-                                                True)[0] for k in live]  # fmt: skip
+                    losses = [self._branch_loss(self.models[k], xb, yb, wb, count, True)[0] for k in live]
                     total = tf.add_n(losses)
                 variables = [self.models[k].trainable_variables for k in live]
                 grads = tape.gradient(total, variables)
                 for position, k in enumerate(live):
-                    # A branch with none of its events in this batch takes no step.
-                    if own[k] > 0:
-                        self.optimizers[k].apply(grads[position], variables[position])
-                update = tf.scatter_nd([[k] for k in live], tf.stack(losses) * tf.gather(own, live), [n_branches])
-                sums, seen = sums + update, seen + own
-            return sums / tf.maximum(seen, 1.0)
+                    self.optimizers[k].apply(grads[position], variables[position])
+                update = tf.scatter_nd([[k] for k in live], tf.stack(losses) * count, [n_branches])
+                sums = sums + update
+            return sums / tf.reduce_sum(counts)
 
         return epoch
 
@@ -520,24 +457,23 @@ class TensorflowEngine:
         key = tuple(bool(a) for a in active)
         if key not in self._epochs:
             self._epochs[key] = self._epoch_function(key)
-        losses = self._epochs[key](table, counts, *self.train_arrays, self.train_groups)
+        losses = self._epochs[key](table, counts, *self.train_arrays)
         return np.asarray(losses, dtype=np.float64)
 
     def validate(self) -> tuple[np.ndarray, np.ndarray]:
         """As on JAX: ``self.chunk`` events per call, the loss summed over chunks."""
         x, y, w = self.validation_arrays
-        groups = self.validation_groups
         n = int(x.shape[0])
         totals = np.zeros(len(self.models))
         regularization, pieces = None, []
         for start, first_new in chunk_starts(n, self.chunk):
             end = start + min(self.chunk, n)
             mask = self._tf.cast(self._tf.range(start, end) >= first_new, w.dtype)
-            total, reg, out = self._validate_chunk(x[start:end], y[start:end], w[start:end] * mask, groups[start:end])
+            total, reg, out = self._validate_chunk(x[start:end], y[start:end], w[start:end] * mask)
             totals += np.asarray(total, dtype=np.float64)
             regularization = np.asarray(reg, dtype=np.float64) if regularization is None else regularization
             pieces.append(np.asarray(out)[:, first_new - start :])
-        return totals / self.validation_sizes + regularization, np.concatenate(pieces, axis=1)
+        return totals / n + regularization, np.concatenate(pieces, axis=1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         pieces = [np.asarray(self._forward(x[s : s + self.chunk])) for s in range(0, len(x), self.chunk)]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from hhscan.data import metrics
 from hhscan.data.dataset import Dataset
-from hhscan.data.split import TRAIN, VALIDATION, fold_roles
+from hhscan.data.split import TRAIN, VALIDATION
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
 from hhscan.learning import callbacks, fused, model, packing
 from hhscan.learning.trial import Trial
@@ -205,24 +205,17 @@ def _load_checkpoint(
 
 
 def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple,
-                data_owner: object | None = None, chunk: int | None = None, folds: Sequence[int | None] = (),
-                members: tuple | None = None):  # fmt: skip
-    """Each branch's model (its own seed, optimizer built) and the engine that trains them together.
+                data_owner: object | None = None, chunk: int | None = None, fold: int | None = None):  # fmt: skip
+    """Each trial's model (its own seed, optimizer built) and the engine that trains them together.
 
-    ``data_owner`` (the dataset) lets every pack of a job share one copy of the data on the device. For k-fold,
-    branch k is fold model ``folds[k]`` of ``trials[k]``, ``members`` = (each event's fold, train table, validation
-    table) and each fold model's scaler is made from its own training folds only (its test fold never shapes it).
+    ``data_owner`` (the dataset) lets every pack of a job share one copy of the data on the device. ``fold``: the
+    models are that fold's models of the trials (their own seeds), on that fold's training events.
     """
     x_train = train[0]
-    folds = list(folds) or [None] * len(trials)
-    scalers: dict[int | None, tuple] = {}
-    for fold in set(folds):
-        own = slice(None) if fold is None else np.isin(members[0], fold_roles(fold, int(members[1].shape[1]))["train"])
-        scalers[fold] = model.scaler_statistics(x_train[own])
+    mean, variance = model.scaler_statistics(x_train)
     nets = []
-    for trial, fold in zip(trials, folds, strict=True):
+    for trial in trials:
         seed_everything((parameters.seed + trial.seed_offset + (fold or 0) * 7919) % (2**31))
-        mean, variance = scalers[fold]
         net = model.build_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance)
         model.compile_model(net, trial.hyperparameters, n_classes)
         net.optimizer.build(net.trainable_variables)
@@ -232,24 +225,35 @@ def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int,
         x, y, w = part
         return x, model.targets(y, n_classes), w.astype(np.float32)
 
-    train_members = validation_members = None
-    if members is not None:
-        groups, train_table, validation_table = members
-        train_members, validation_members = (groups, train_table), (groups, validation_table)
     engine = fused.make_engine(nets, [n.optimizer for n in nets], model.loss_name(n_classes), arrays(train),
-                               arrays(validation), data_owner, chunk, train_members, validation_members)  # fmt: skip
+                               arrays(validation), data_owner, chunk)  # fmt: skip
     return nets, engine
 
 
-def _fold_tables(folds: Sequence[int], n_folds: int) -> tuple[np.ndarray, np.ndarray]:
-    """(branches, folds) tables of 0/1: which folds each fold model trains on, and which one validates it."""
-    train = np.zeros((len(folds), n_folds), np.float32)
-    validation = np.zeros((len(folds), n_folds), np.float32)
-    for k, fold in enumerate(folds):
-        roles = fold_roles(fold, n_folds)
-        train[k, roles["train"]] = 1.0
-        validation[k, roles["validation"]] = 1.0
-    return train, validation
+@dataclass
+class _Part:
+    """The branches trained by one engine on one set of events: the whole pack, or for k-fold one fold's models
+    of all the pack's trials (they share that fold's training events exactly, so nothing is masked or wasted)."""
+
+    view: Dataset
+    branches: list[_Branch]
+    nets: list[Any]
+    engine: Any
+    train: tuple[np.ndarray, np.ndarray, np.ndarray]
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _parts(trials: Sequence[Trial], dataset: Dataset, parameters: Parameters) -> list[_Part]:
+    n_classes = len(dataset.class_names)
+    views = [(dataset, None, dataset)] if not dataset.folds else [
+        (dataset.fold_view(f), f, None) for f in range(dataset.folds)]  # fmt: skip
+    parts = []
+    for view, fold, owner in views:
+        train, validation = view.part(TRAIN), view.part(VALIDATION)
+        nets, engine = _build_pack(trials, parameters, n_classes, train, validation, owner, fold=fold)
+        branches = [_new_branch(t, parameters, fold) for t in trials]
+        parts.append(_Part(view, branches, nets, engine, train, validation))
+    return parts
 
 
 def train_pack(
@@ -266,9 +270,10 @@ def train_pack(
     resume from the same epoch (:func:`checkpoint_epoch`). ``on_epoch`` is called after every epoch with the
     pack's progress (it must be cheap: it runs in the loop).
 
-    With a k-fold split each trial is k branches, its fold models, on shared batches of all events: a fold model's
-    loss counts only the events of its training folds (``fused.make_engine``'s members), and it is validated on the
-    next fold. Its result holds each fold's result in ``folds`` and their mean as its metrics.
+    With a k-fold split each trial is k fold models. The fold-f models of all the pack's trials train as one fused
+    engine on fold f's own training events (``Dataset.fold_view``), and the k engines step through the epochs
+    together, so a pack checkpoints and resumes as one. A trial's result holds each fold's result in ``folds``
+    and their mean as its metrics.
     """
     model.keep_tensorflow_out()
     started = time.perf_counter()
@@ -276,43 +281,15 @@ def train_pack(
     if len(structures) != 1:
         raise ValueError(f"a pack needs one batch size and one number of epochs, got {sorted(structures)}")
     ((batch_size, epochs),) = structures
-    n_classes = len(dataset.class_names)
-    n_folds = dataset.folds
-    x_train, y_train, w_train = dataset.part(TRAIN)  # k-fold: every event (each fold model masks its own)
-    if n_folds:
-        x_val, y_val, w_val = x_train, y_train, w_train
-        branch_trials = [t for t in trials for _ in range(n_folds)]
-        branch_folds: list[int | None] = [f for _ in trials for f in range(n_folds)]
-        groups = dataset.fold.astype(np.int32)
-        train_table, validation_table = _fold_tables(branch_folds, n_folds)  # type: ignore[arg-type]
-        members = (groups, train_table, validation_table)
-        own_validation = [validation_table[k][groups] > 0 for k in range(len(branch_folds))]
-    else:
-        x_val, y_val, w_val = dataset.part(VALIDATION)
-        branch_trials, branch_folds, members = list(trials), [None] * len(trials), None
-        own_validation = [slice(None)] * len(trials)
-    nets, engine = _build_pack(branch_trials, parameters, n_classes, (x_train, y_train, w_train),
-                               (x_val, y_val, w_val), dataset, folds=branch_folds, members=members)  # fmt: skip
-    branches = [_new_branch(t, parameters, f) for t, f in zip(branch_trials, branch_folds, strict=True)]
+    parts = _parts(trials, dataset, parameters)
     first_epoch, resumed = 0, None
-    restored = [_load_checkpoint(checkpoint, b.trial.id, b.fold) for b in branches]
-    if any(r is not None for r in restored):
-        epochs_saved = {r[0]["epoch"] if r is not None else None for r in restored}
+    restored = [[_load_checkpoint(checkpoint, b.trial.id, b.fold) for b in part.branches] for part in parts]
+    if any(r is not None for found in restored for r in found):
+        epochs_saved = {r[0]["epoch"] if r is not None else None for found in restored for r in found}
         if len(epochs_saved) != 1:  # runners group trials by checkpoint epoch; a mixed pack is a caller's bug
             raise ValueError(f"a pack's trials resume from different epochs: {sorted(map(str, epochs_saved))}")
-        arrays = engine.export_state()
-        for k, (branch, (state, saved)) in enumerate(zip(branches, restored, strict=True)):  # type: ignore[misc]
-            arrays.update({f"b{k}_{key[3:]}": value for key, value in saved.items() if key.startswith("b0_")})
-            own = state["branch"]
-            branch.history, branch.active = own["history"], own["active"]
-            branch.diverged = own.get("diverged", "")
-            if branch.early_stopping and own["early_stopping"]:
-                branch.early_stopping = callbacks.EarlyStopping(**own["early_stopping"])
-            if branch.reduce_lr and own["reduce_lr"]:
-                branch.reduce_lr = callbacks.ReduceLROnPlateau(**own["reduce_lr"])
-            best = sorted((key for key in saved if key.startswith("best0_")), key=lambda n: int(n.split("_")[1]))
-            branch.best_weights = [saved[key] for key in best] or None
-        engine.import_state(arrays)
+        for part, found in zip(parts, restored, strict=True):
+            _restore(part, found)
         first_epoch = resumed = epochs_saved.pop() + 1
         for trial in trials:  # the job log says so: a resumed trial is not a fresh one
             print(f"hhscan: resuming trial {trial.id} from epoch {first_epoch} ({first_epoch} of {epochs} done)",
@@ -321,60 +298,83 @@ def train_pack(
     last_saved = time.monotonic()
     per_epoch = ("val_loss", "val_auc", "val_accuracy")
     monitor = parameters.eval_criterion if parameters.eval_criterion in per_epoch else "val_loss"
+    branches = [b for part in parts for b in part.branches]
     for epoch in range(first_epoch, epochs):
-        active = np.array([b.active for b in branches])
-        if not active.any():
+        if not any(b.active for b in branches):
             break
         epoch_started = time.perf_counter()
-        table, counts = fused.batch_table(epoch_order(len(x_train), parameters.seed, epoch, shuffle), batch_size)
-        train_losses = engine.train_epoch(table, counts, active)
-        val_losses, val_outputs = engine.validate()
-        for k, branch in enumerate(branches):
-            if not branch.active:
-                continue
-            own = own_validation[k]
-            scores = _scores(val_outputs[k][own])
-            branch.diverged = _divergence(epoch, train_losses[k], val_losses[k], scores)
-            if branch.diverged:  # frozen as it is; it becomes a FAIL record, its weights are never used
-                branch.active = False
-                continue
-            logs = {
-                "loss": float(train_losses[k]),
-                "val_loss": float(val_losses[k]),
-                "val_auc": metrics.multiclass_auc(y_val[own], scores, w_val[own]),
-                "val_accuracy": metrics.weighted_accuracy(y_val[own], scores, w_val[own]),
-                "learning_rate": engine.learning_rate(k),
-            }
-            for key, value in logs.items():
-                branch.history.setdefault(key, []).append(value)
-            _end_of_epoch(branch, k, epoch, logs, engine)
+        for part in parts:
+            _train_epoch(part, epoch, batch_size, parameters.seed, shuffle)
         if checkpoint is not None and interval is not None and time.monotonic() - last_saved >= interval:
-            _save_checkpoint(checkpoint, epoch, branches, engine)
+            for part in parts:
+                _save_checkpoint(checkpoint, epoch, part.branches, part.engine)
             last_saved = time.monotonic()
         if on_epoch is not None:
             on_epoch(_progress(branches, epoch, epochs, time.perf_counter() - epoch_started, monitor))
-    for k, branch in enumerate(branches):
-        if branch.early_stopping and branch.early_stopping.restore_best_weights and branch.best_weights is not None:
-            engine.set_branch_weights(k, branch.best_weights)
-    engine.sync_to_models()
-    if n_folds:
-        everything = engine.predict(x_train)
-    else:
-        both = engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
     seconds = (time.perf_counter() - started) / len(trials)
     monitor = best_epoch_monitor(parameters)
-    results = []
-    for k, branch in enumerate(branches):
-        if n_folds:
-            view = dataset.fold_view(branch.fold)  # type: ignore[arg-type]
-            outputs = {p: everything[k][view.partition == p] for p in (TRAIN, VALIDATION)}
-        else:
-            view = dataset
-            outputs = {TRAIN: both[k, : len(x_train)], VALIDATION: both[k, len(x_train) :]}
-        results.append(_result(branch, nets[k], view, outputs, monitor, resumed, seconds))
-    if not n_folds:
-        return results
-    return [_fold_bundle(results[i * n_folds : (i + 1) * n_folds], monitor) for i in range(len(trials))]
+    per_part = []
+    for part in parts:
+        for k, branch in enumerate(part.branches):
+            if branch.early_stopping and branch.early_stopping.restore_best_weights and branch.best_weights is not None:
+                part.engine.set_branch_weights(k, branch.best_weights)
+        part.engine.sync_to_models()
+        x_train, x_val = part.train[0], part.validation[0]
+        both = part.engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
+        outputs = [{TRAIN: both[k, : len(x_train)], VALIDATION: both[k, len(x_train) :]}
+                   for k in range(len(part.branches))]  # fmt: skip
+        per_part.append([_result(b, part.nets[k], part.view, outputs[k], monitor, resumed, seconds)
+                         for k, b in enumerate(part.branches)])  # fmt: skip
+    if not dataset.folds:
+        return per_part[0]
+    return [_fold_bundle([results[i] for results in per_part], monitor) for i in range(len(trials))]
+
+
+def _restore(part: _Part, restored: list) -> None:
+    """A part's branches and engine from their checkpoints (every branch has one: they are saved together)."""
+    arrays = part.engine.export_state()
+    for k, (branch, (state, saved)) in enumerate(zip(part.branches, restored, strict=True)):
+        arrays.update({f"b{k}_{key[3:]}": value for key, value in saved.items() if key.startswith("b0_")})
+        own = state["branch"]
+        branch.history, branch.active = own["history"], own["active"]
+        branch.diverged = own.get("diverged", "")
+        if branch.early_stopping and own["early_stopping"]:
+            branch.early_stopping = callbacks.EarlyStopping(**own["early_stopping"])
+        if branch.reduce_lr and own["reduce_lr"]:
+            branch.reduce_lr = callbacks.ReduceLROnPlateau(**own["reduce_lr"])
+        best = sorted((key for key in saved if key.startswith("best0_")), key=lambda n: int(n.split("_")[1]))
+        branch.best_weights = [saved[key] for key in best] or None
+    part.engine.import_state(arrays)
+
+
+def _train_epoch(part: _Part, epoch: int, batch_size: int, seed: int, shuffle: bool) -> None:
+    """One epoch of a part's active branches, then validation, logs and callbacks per branch."""
+    active = np.array([b.active for b in part.branches])
+    if not active.any():
+        return
+    x_train = part.train[0]
+    _, y_val, w_val = part.validation
+    table, counts = fused.batch_table(epoch_order(len(x_train), seed, epoch, shuffle), batch_size)
+    train_losses = part.engine.train_epoch(table, counts, active)
+    val_losses, val_outputs = part.engine.validate()
+    for k, branch in enumerate(part.branches):
+        if not branch.active:
+            continue
+        scores = _scores(val_outputs[k])
+        branch.diverged = _divergence(epoch, train_losses[k], val_losses[k], scores)
+        if branch.diverged:  # frozen as it is; it becomes a FAIL record, its weights are never used
+            branch.active = False
+            continue
+        logs = {
+            "loss": float(train_losses[k]),
+            "val_loss": float(val_losses[k]),
+            "val_auc": metrics.multiclass_auc(y_val, scores, w_val),
+            "val_accuracy": metrics.weighted_accuracy(y_val, scores, w_val),
+            "learning_rate": part.engine.learning_rate(k),
+        }
+        for key, value in logs.items():
+            branch.history.setdefault(key, []).append(value)
+        _end_of_epoch(branch, k, epoch, logs, part.engine)
 
 
 def _result(branch: _Branch, net, dataset: Dataset, outputs: dict[int, np.ndarray], monitor: str,
