@@ -43,6 +43,8 @@ class EpochProgress:
 
 
 EpochCallback = Callable[[EpochProgress], None]
+# An adaptive search's pruner: (trial id, epoch from 1, the trial's history so far) → stop this trial now.
+PruneCallback = Callable[[str, int, dict[str, list[float]]], bool]
 
 
 @dataclass
@@ -55,6 +57,7 @@ class TrainedTrial:
     seconds: float
     metrics: dict[str, float]
     diverged: str = ""  # why the trial diverged ("epoch 3: loss is nan"): it is a failure, never ranked
+    pruned_epoch: int | None = None  # the epoch (from 1) after which the search's pruner stopped it
 
 
 def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> dict[str, float]:
@@ -123,6 +126,7 @@ class _Branch:
     active: bool = True
     best_weights: list[np.ndarray] | None = None
     diverged: str = ""
+    pruned_epoch: int | None = None
 
     def state(self) -> dict[str, Any]:
         return {
@@ -130,6 +134,7 @@ class _Branch:
             "history": self.history,
             "active": self.active,
             "diverged": self.diverged,
+            "pruned_epoch": self.pruned_epoch,
             "early_stopping": self.early_stopping.state() if self.early_stopping else None,
             "reduce_lr": self.reduce_lr.state() if self.reduce_lr else None,
         }
@@ -225,12 +230,14 @@ def train_pack(
     checkpoint: Path | None = None,
     shuffle: bool = True,
     on_epoch: EpochCallback | None = None,
+    prune: PruneCallback | None = None,
 ) -> list[TrainedTrial]:
     """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order.
 
     ``checkpoint`` is a directory holding one checkpoint per trial (:func:`checkpoint_path`); the trials must
     resume from the same epoch (:func:`checkpoint_epoch`). ``on_epoch`` is called after every epoch with the
-    pack's progress (it must be cheap: it runs in the loop).
+    pack's progress (it must be cheap: it runs in the loop). ``prune`` (an adaptive search's pruner) is asked after
+    every epoch for each branch still training; a pruned branch is frozen as early stopping freezes it.
     """
     model.keep_tensorflow_out()
     started = time.perf_counter()
@@ -256,6 +263,7 @@ def train_pack(
             own = state["branch"]
             branch.history, branch.active = own["history"], own["active"]
             branch.diverged = own.get("diverged", "")
+            branch.pruned_epoch = own.get("pruned_epoch")
             if branch.early_stopping and own["early_stopping"]:
                 branch.early_stopping = callbacks.EarlyStopping(**own["early_stopping"])
             if branch.reduce_lr and own["reduce_lr"]:
@@ -297,6 +305,10 @@ def train_pack(
             for key, value in logs.items():
                 branch.history.setdefault(key, []).append(value)
             _end_of_epoch(branch, k, epoch, logs, engine)
+            # Not after the last epoch: a trial that trained them all is finished, there is nothing left to save.
+            if prune is not None and branch.active and epoch + 1 < epochs and prune(branch.trial.id, epoch + 1,
+                                                                                     branch.history):  # fmt: skip
+                branch.active, branch.pruned_epoch = False, epoch + 1  # frozen, as early stopping freezes it
         if checkpoint is not None and interval is not None and time.monotonic() - last_saved >= interval:
             _save_checkpoint(checkpoint, epoch, branches, engine)
             last_saved = time.monotonic()
@@ -324,6 +336,7 @@ def train_pack(
                 seconds=seconds,
                 metrics={} if branch.diverged else evaluate(dataset, {p: _scores(o[k]) for p, o in outputs.items()}),
                 diverged=branch.diverged,
+                pruned_epoch=branch.pruned_epoch,
             )
         )
     return results
