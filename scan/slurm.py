@@ -21,7 +21,7 @@ import submitit
 from hhscan.config import SlurmSettings
 from hhscan.errors import BackendError, did_you_mean
 from hhscan.leases import Lease, Leases
-from hhscan.records import TrialRecord
+from hhscan.records import PRUNED, TrialRecord
 from hhscan.scandir import ScanDirectory
 from hhscan.trial import Trial
 
@@ -300,7 +300,7 @@ def job_infos(jobs: Sequence[dict[str, Any]]) -> dict[str, JobInfo]:
 @dataclass
 class TrialStatus:
     trial: Trial
-    state: str  # done, failed, running, pending, missing, unknown
+    state: str  # done, pruned, failed, running, pending, missing, unknown
     record: TrialRecord | None = None
     job: dict[str, Any] | None = None
     job_state: str = ""
@@ -314,6 +314,8 @@ class ScanStatus:
     jobs: dict[str, JobInfo] = field(default_factory=dict)
     unreachable: str | None = None  # why Slurm could not be asked; states then come from records and leases
     litter: list[Path] = field(default_factory=list)
+    budget: int | None = None  # an adaptive scan's search.trials (None for a grid): trials beyond those asked
+    unasked: int = 0  # … the budget's trials not asked yet
 
     def count(self, state: str) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -340,11 +342,17 @@ def scan_status(scan: ScanDirectory) -> ScanStatus:
     unreachable = unreachable_reason() if wanted else None
     infos = job_infos(list(wanted.values())) if wanted and unreachable is None else {}
     result = ScanStatus(corrupt=corrupt, jobs=infos, unreachable=unreachable, litter=scan.litter())
-    for trial in scan.trials():
+    expected = scan.trials()
+    if "search" in scan.manifest():  # adaptive: the asked trials, and the rest of the budget not asked yet
+        result.budget = scan.load_config()[0].search.trials
+        result.unasked = max(0, (result.budget or 0) - len(expected))
+    for trial in expected:
         record, job, lease = records.get(trial.id), last_job.get(trial.id), live.get(trial.id)
         job_state = infos[str(job["job_id"])].state if job and str(job["job_id"]) in infos else ""
         if record is not None and record.done:
             state = "done"
+        elif record is not None and record.status == PRUNED:  # finished: never missing, never resubmitted
+            state = "pruned"
         elif lease is not None:
             state = "running"
         elif unreachable is not None and job is not None:
