@@ -282,6 +282,10 @@ def build_study(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's own handler holds the sys.stderr of its first use (a closed stream later, under a capturing
+    # caller); through Python's logging its warnings reach whatever sys.stderr is at the time.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     space, fixed = search_space(parameters)
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(
