@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -198,9 +199,23 @@ def test_one_worker_and_a_fixed_seed_give_the_same_trials_in_the_same_order(anal
 
 
 @pytest.fixture(scope="module")
-def pruned_scan(tmp_path_factory) -> tuple[Path, config.Parameters]:
-    """Eight random trials of 4 epochs, one per pack, pruned by the median rule after one finished trial."""
-    analysis = build_analysis(tmp_path_factory.mktemp("pruning") / "project")
+def pruned_scan(tmp_path_factory) -> Callable[[], tuple[Path, config.Parameters]]:
+    """Eight random trials of 4 epochs, one per pack, pruned by the median rule after one finished trial; trained
+    once, by the first test that asks (in its call: training in a fixture's setup leaves a logging handler on
+    the setup's captured stream, and a later failure report then dies on it)."""
+    made: list[tuple[Path, config.Parameters]] = []
+    directory = tmp_path_factory.mktemp("pruning")
+
+    def get() -> tuple[Path, config.Parameters]:
+        if not made:
+            made.append(_train_pruned(directory))
+        return made[0]
+
+    return get
+
+
+def _train_pruned(directory: Path) -> tuple[Path, config.Parameters]:
+    analysis = build_analysis(directory / "project")
     analysis.edit_parameters(
         hyperparameters={"learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True}, "neurons": [2, 8],
                          "epochs": [4]},
@@ -216,7 +231,7 @@ def pruned_scan(tmp_path_factory) -> tuple[Path, config.Parameters]:
 
 
 def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_scan):
-    root, _ = pruned_scan
+    root, _ = pruned_scan()
     scan = Workspace(root).scan("pruned")
     found, _ = scan.records()
     order = _slots(scan.root)
@@ -246,7 +261,7 @@ def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_sc
 
 
 def test_status_and_report_count_pruned_trials_as_finished_never_ranked(pruned_scan, capsys, monkeypatch):
-    root, _ = pruned_scan
+    root, _ = pruned_scan()
     found, _ = Workspace(root).scan("pruned").records()
     n_pruned = sum(r.status == records.PRUNED for r in found.values())
     code, out, err = run_cli(["status", "pruned"], root, capsys, monkeypatch)
@@ -272,7 +287,7 @@ def test_status_and_report_count_pruned_trials_as_finished_never_ranked(pruned_s
 def test_the_study_rebuilt_from_records_has_the_best_value_computed_by_hand(pruned_scan):
     import optuna
 
-    root, parameters = pruned_scan
+    root, parameters = pruned_scan()
     scan = Workspace(root).scan("pruned")
     found, _ = scan.records()
     rebuilt = search.build_study(parameters, scan.name, search.read_asked(scan.root), found)
