@@ -156,10 +156,11 @@ def pruning_monitor(parameters: Parameters) -> str:
 
 
 def intermediate_values(parameters: Parameters, history: Mapping[str, Sequence[float]]) -> dict[int, float]:
-    """A trial's intermediate values by epoch (from 1), in the study's direction."""
+    """A trial's intermediate values by step, in the study's direction. Step = epoch − 1, Optuna's convention
+    (``n_warmup_steps: 2`` spares the first two epochs; Hyperband's ``max_resource`` is the last step + 1)."""
     monitor = pruning_monitor(parameters)
     flip = criteria.metric(monitor).direction != criteria.metric(parameters.eval_criterion).direction
-    return {epoch: (-v if flip else v) for epoch, v in enumerate(history.get(monitor, []), start=1)
+    return {step: (-v if flip else v) for step, v in enumerate(history.get(monitor, []))
             if isinstance(v, (int, float)) and math.isfinite(v)}  # fmt: skip
 
 
@@ -259,7 +260,7 @@ class SearchStudy:
         if internal is None or not self.prunes:
             return False
         values = intermediate_values(self.parameters, history)
-        if epoch not in values:
+        if epoch - 1 not in values:
             return False  # a value that is not finite: the trial diverges, which is its own failure
         known = self.storage.get_trial(internal).intermediate_values
         for step, value in values.items():

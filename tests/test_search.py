@@ -198,11 +198,15 @@ def test_one_worker_and_a_fixed_seed_give_the_same_trials_in_the_same_order(anal
 # ------------------------------------------------------------------------------------ pruning and the study
 
 
+WARMUP = 1  # epochs never pruned
+
+
 @pytest.fixture(scope="module")
 def pruned_scan(tmp_path_factory) -> Callable[[], tuple[Path, config.Parameters]]:
-    """Eight random trials of 4 epochs, one per pack, pruned by the median rule after one finished trial; trained
-    once, by the first test that asks (in its call: training in a fixture's setup leaves a logging handler on
-    the setup's captured stream, and a later failure report then dies on it)."""
+    """Eight random trials of 4 epochs, one per pack, pruned by the median rule after one finished trial and from
+    the second epoch on. Trained once, by the first test that asks, in its call and under its ``capsys`` (as
+    ``run_cli`` trains): trained in a fixture's setup or under pytest's global capture, a later test's capture
+    fails ("I/O operation on closed file") and pytest dies reporting it."""
     made: list[tuple[Path, config.Parameters]] = []
     directory = tmp_path_factory.mktemp("pruning")
 
@@ -219,8 +223,8 @@ def _train_pruned(directory: Path) -> tuple[Path, config.Parameters]:
     analysis.edit_parameters(
         hyperparameters={"learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True}, "neurons": [2, 8],
                          "epochs": [4]},
-        search={"sampler": "random", "trials": 8, "pruner": "median", "pruner_settings": {"n_startup_trials": 1},
-                "seed": 3},
+        search={"sampler": "random", "trials": 8, "pruner": "median", "seed": 3,
+                "pruner_settings": {"n_startup_trials": 1, "n_warmup_steps": WARMUP}},
         training={"pack_size": 1, "early_stopping": {"enabled": False}},
     )  # fmt: skip
     parameters = config.load_parameters(analysis.parameters)
@@ -230,7 +234,7 @@ def _train_pruned(directory: Path) -> tuple[Path, config.Parameters]:
     return analysis.root, parameters
 
 
-def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_scan):
+def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_scan, capsys):
     root, _ = pruned_scan()
     scan = Workspace(root).scan("pruned")
     found, _ = scan.records()
@@ -243,7 +247,7 @@ def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_sc
         # One worker, one trial per pack: every earlier slot had finished; the median is over the DONE ones.
         earlier = [found[i] for i in order[:position] if found[i].status == records.DONE]
         expected = None
-        for epoch in range(1, epochs):  # never after the last epoch
+        for epoch in range(WARMUP + 1, epochs):  # steps are epochs from 0: the first WARMUP spared; never the last
             if epoch > len(auc) or not earlier:
                 break
             at_epoch = [r.history["val_auc"][epoch - 1] for r in earlier if len(r.history["val_auc"]) >= epoch]
@@ -284,7 +288,7 @@ def test_status_and_report_count_pruned_trials_as_finished_never_ranked(pruned_s
     assert ranked.iloc[0]["trial_id"] == best.trial_id
 
 
-def test_the_study_rebuilt_from_records_has_the_best_value_computed_by_hand(pruned_scan):
+def test_the_study_rebuilt_from_records_has_the_best_value_computed_by_hand(pruned_scan, capsys):
     import optuna
 
     root, parameters = pruned_scan()
@@ -299,4 +303,4 @@ def test_the_study_rebuilt_from_records_has_the_best_value_computed_by_hand(prun
     assert states.count(optuna.trial.TrialState.COMPLETE) == len(done)
     assert states.count(optuna.trial.TrialState.PRUNED) == len(found) - len(done)
     for frozen, trial_id in zip(rebuilt.study.trials, _slots(scan.root), strict=True):  # slot order, own epochs
-        assert frozen.intermediate_values == dict(enumerate(found[trial_id].history["val_auc"], start=1))
+        assert frozen.intermediate_values == dict(enumerate(found[trial_id].history["val_auc"]))
