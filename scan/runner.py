@@ -190,7 +190,8 @@ def _next_pack(
     """
     records, _ = scan.records()
     asked = search.read_asked(scan.root)
-    live = keeper.leases.live()
+    # Live leases of other attempts; this job's own earlier run (requeued) holds nothing it cannot take back.
+    live = {t: lease for t, lease in keeper.leases.live().items() if not keeper.attempt.may_take_over(lease)}
     orphans = [a.trial for a in asked if a.trial.id not in records and a.trial.id not in live]
     keeper.claim(t.id for t in orphans[:want])
     pack = [t for t in orphans[:want] if t.id in keeper.held]

@@ -304,3 +304,74 @@ def test_the_study_rebuilt_from_records_has_the_best_value_computed_by_hand(prun
     assert states.count(optuna.trial.TrialState.PRUNED) == len(found) - len(done)
     for frozen, trial_id in zip(rebuilt.study.trials, _slots(scan.root), strict=True):  # slot order, own epochs
         assert frozen.intermediate_values == dict(enumerate(found[trial_id].history["val_auc"]))
+
+
+def test_slurm_workers_of_an_adaptive_scan_cover_the_budget_not_finished(analysis, capsys, monkeypatch):
+    """Without Slurm: the worker groups a submission would send, and status, from slots and records alone."""
+    from hhscan import slurm
+
+    _adaptive(analysis, sampler="random", trials=5)
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(config.samples_path(parameters))
+    prepared = session.prepare(parameters, sample_list, analysis.root, "workers", kind="slurm")
+    groups, jobs = session.submit(prepared, 2, prepared.trials, dry_run=True)
+    assert [len(g) for g in groups] == [2, 2, 1] and jobs == []
+    assert all(slurm.is_worker_group(g) for g in groups) and not slurm.is_worker_group(["0a3d14a2161b"])
+    # Two trials asked: one recorded DONE, one left by a killed worker (no record, no lease).
+    _, fixed = search.search_space(parameters)
+    done, orphan = (search.point_trial({"learning_rate": lr, "neurons": 8}, fixed) for lr in (0.01, 0.02))
+    for point in (done, orphan):
+        assert search.take_slot(prepared.scan.root, search.Asked(-1, point), 5) is not None
+    records.write_record(prepared.scan.output_dir, records.TrialRecord(done.id, records.DONE, 0, done.hyperparameters,
+                                                                       "val_auc", metrics={"val_auc": 0.7}))  # fmt: skip
+    status = slurm.scan_status(prepared.scan)
+    assert (status.budget, status.unasked) == (5, 3)
+    assert {t.trial.id: t.state for t in status.trials} == {done.id: "done", orphan.id: "missing"}
+    groups, _ = session.submit(prepared, 2, prepared.trials, dry_run=True)
+    assert [len(g) for g in groups] == [2, 2]  # the orphan and the 3 not asked
+    code, out, err = run_cli(["status", "workers"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    assert "(5 trials, 2 asked)  done: 1  pruned: 0  failed: 0" in out and "missing: 1  not yet asked: 3" in out
+
+
+def _tell_by_hand(parameters, scan_root: Path, n: int) -> list[str]:
+    """n asks, each from a study rebuilt from the slots and records, each told at once as a DONE record whose
+    value is a smooth function of the point (no training): the sampler's view across rebuilds."""
+    output = scan_root / "output"
+    for _ in range(n):
+        found = records.read_records(output)[0]
+        point, asked = search.build_study(parameters, "s", search.read_asked(scan_root), found).ask()
+        assert point.id not in found
+        assert search.take_slot(scan_root, asked, n) is not None
+        value = 0.9 - (np.log10(point.hyperparameters["learning_rate"]) + 2) ** 2 / 10
+        records.write_record(output, records.TrialRecord(point.id, records.DONE, 0, point.hyperparameters, "val_auc",
+                                                         metrics={"val_auc": value}))  # fmt: skip
+    return _slots(scan_root)
+
+
+def test_qmc_rebuilt_from_files_asks_the_sequence_of_one_persistent_study(analysis, tmp_path):
+    import optuna
+
+    _adaptive(analysis, sampler="qmc", trials=8, seed=5)
+    parameters = config.load_parameters(analysis.parameters)
+    _tell_by_hand(parameters, tmp_path, 8)
+    asked = [a.trial.hyperparameters for a in search.read_asked(tmp_path)]
+    space, _ = search.search_space(parameters)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        sampler = optuna.samplers.QMCSampler(seed=5, warn_independent_sampling=False)
+    persistent = optuna.create_study(sampler=sampler, direction="maximize", storage=optuna.storages.InMemoryStorage())
+    for hp in asked:
+        t = persistent.ask(space)
+        assert t.params == {k: hp[k] for k in space}
+        persistent.tell(t, 0.5)
+
+
+def test_cmaes_keeps_its_generations_across_rebuilds(analysis, tmp_path):
+    _adaptive(analysis, sampler="cmaes", trials=14, seed=5)
+    parameters = config.load_parameters(analysis.parameters)
+    slots = _tell_by_hand(parameters, tmp_path, 14)
+    assert len(set(slots)) == 14
+    generations = [a.system_attrs.get("cma:generation") for a in search.read_asked(tmp_path)]
+    # The first ask is independent (nothing finished to learn the space from); then a population of 6 (two
+    # dimensions) per generation: the optimizer, kept in the slots' attributes, moves on across rebuilds.
+    assert generations == [None, *[0] * 6, *[1] * 6, 2], generations
