@@ -24,6 +24,7 @@ import json
 import math
 import os
 import secrets
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +191,9 @@ def _sampler(parameters: Parameters, n_asked: int) -> optuna.samplers.BaseSample
     search = parameters.search
     seed = parameters.seed if search.seed is None else search.seed
     if search.sampler == "qmc":  # its sequence is fixed by the seed; the position is the study's sample counter
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+        with warnings.catch_warnings():  # "experimental" once per rebuild says nothing to a user who chose it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
     # A rebuilt study has a fresh sampler: its seed moves on with the number of points asked, so each rebuild
     # draws new points, and a rerun from the same records draws the same ones.
     derived = int(np.random.SeedSequence([seed % 2**32, n_asked]).generate_state(1)[0] % 2**31)

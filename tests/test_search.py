@@ -375,3 +375,28 @@ def test_cmaes_keeps_its_generations_across_rebuilds(analysis, tmp_path):
     # The first ask is independent (nothing finished to learn the space from); then a population of 6 (two
     # dimensions) per generation: the optimizer, kept in the slots' attributes, moves on across rebuilds.
     assert generations == [None, *[0] * 6, *[1] * 6, 2], generations
+
+
+def test_asha_rungs_are_kept_in_the_records_for_the_next_rebuild(analysis, capsys, monkeypatch):
+    analysis.edit_parameters(
+        hyperparameters={"learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True}, "epochs": [4]},
+        search={"sampler": "random", "trials": 4, "pruner": "asha", "seed": 2,
+                "pruner_settings": {"min_resource": 1, "reduction_factor": 2}},
+        training={"pack_size": 2, "early_stopping": {"enabled": False}},
+    )  # fmt: skip
+    code, _, err = run_cli(["run", "--local", "--name", "asha"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    found = records.read_records(analysis.root / "slurm" / "asha" / "output")[0]
+    assert len(found) == 4
+    for record in found.values():
+        rungs = record.search_state["system_attrs"]
+        auc = record.history["val_auc"]
+        # Rung r is reached at step min_resource × factor^r (steps are epochs from 0): epochs 2 and 3.
+        assert rungs["completed_rung_0"] == auc[1]
+        if "completed_rung_1" in rungs:
+            assert rungs["completed_rung_1"] == auc[2]
+    parameters = config.load_parameters(analysis.parameters)
+    scan_root = analysis.root / "slurm" / "asha"
+    rebuilt = search.build_study(parameters, "asha", search.read_asked(scan_root), found)
+    assert [t.system_attrs for t in rebuilt.study.trials] == [found[i].search_state["system_attrs"]
+                                                              for i in _slots(scan_root)]  # fmt: skip
