@@ -400,3 +400,29 @@ def test_asha_rungs_are_kept_in_the_records_for_the_next_rebuild(analysis, capsy
     rebuilt = search.build_study(parameters, "asha", search.read_asked(scan_root), found)
     assert [t.system_attrs for t in rebuilt.study.trials] == [found[i].search_state["system_attrs"]
                                                               for i in _slots(scan_root)]  # fmt: skip
+
+
+def test_shipped_example_runs_an_adaptive_search_end_to_end(example, capsys, monkeypatch):
+    """The shipped HIGGS example with a TPE search over ranges and a median pruner: run, status, report."""
+    example.edit_parameters(
+        hyperparameters={"learning_rate": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+                         "neurons": {"low": 16, "high": 64, "step": 16}, "layers": [1, 2], "epochs": [2]},
+        search={"sampler": "tpe", "trials": 3, "pruner": "median"},
+        training={"pack_size": 2},
+    )  # fmt: skip
+    code, out, err = run_cli(["run", "--local", "--name", "tpe"], example.root, capsys, monkeypatch)
+    assert code == 0, err
+    assert "tpe search, pruner median, 3 trials: 0 finished, up to 3 to run" in out
+    scan = Workspace(example.root).scan("tpe")
+    found, corrupt = scan.records()
+    assert len(found) == 3 and not corrupt and all(r.finished for r in found.values())
+    for record in found.values():
+        hp = record.hyperparameters
+        assert 1.0e-3 <= hp["learning_rate"] <= 1.0e-2 and hp["neurons"] in (16, 32, 48, 64) and hp["layers"] in (1, 2)
+        assert record.trial_id == trial.trial_id(hp, 0)
+    code, out, err = run_cli(["status", "tpe"], example.root, capsys, monkeypatch)
+    assert code == 0 and "(3 trials, 3 asked)" in out and "not yet asked: 0" in out, err
+    code, out, err = run_cli(["report", "tpe", "--no-plots"], example.root, capsys, monkeypatch)
+    assert code == 0, err
+    best = max((r for r in found.values() if r.done), key=lambda r: r.metrics["val_auc"])
+    assert json.loads((example.root / "models" / "best.json").read_text())["trial_id"] == best.trial_id
