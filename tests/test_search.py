@@ -426,3 +426,30 @@ def test_shipped_example_runs_an_adaptive_search_end_to_end(example, capsys, mon
     assert code == 0, err
     best = max((r for r in found.values() if r.done), key=lambda r: r.metrics["val_auc"])
     assert json.loads((example.root / "models" / "best.json").read_text())["trial_id"] == best.trial_id
+
+
+def test_two_workers_at_once_share_the_budget_exactly_once(analysis):
+    """Two processes run one adaptive scan at the same time: the budget's trials, each trained by one of them."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    _adaptive(analysis, sampler="tpe", trials=6, pack_size=1)
+    # The scan and its split made once before the race (their own concurrency is tested elsewhere).
+    parameters = config.load_parameters(analysis.parameters)
+    session.prepare(parameters, config.load_sample_list(config.samples_path(parameters)), analysis.root, "two",
+                    kind="local")  # fmt: skip
+    command = [sys.executable, "-m", "hhscan.cli", "run", "--local", "--name", "two"]
+    workers = [subprocess.Popen(command, cwd=analysis.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "KERAS_BACKEND": "jax"}) for _ in range(2)]  # fmt: skip
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), [err[-2000:] for _, err in outputs]
+    trained = [re.findall(r"^([0-9a-f]{12}) (?:val_auc=|PRUNED)", out, re.MULTILINE) for out, _ in outputs]
+    scan_root = analysis.root / "slurm" / "two"
+    found = records.read_records(scan_root / "output")[0]
+    slots = _slots(scan_root)
+    assert len(found) == len(slots) == len(set(slots)) == 6 and set(found) == set(slots)
+    assert sorted(trained[0] + trained[1]) == sorted(found)  # each trial trained by exactly one worker
+    assert not set(trained[0]) & set(trained[1])
+    assert len({r.attempt for r in found.values()}) == sum(1 for ids in trained if ids)  # one attempt per worker
