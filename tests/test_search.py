@@ -458,13 +458,16 @@ def test_two_workers_at_once_share_the_budget_exactly_once(analysis):
 def test_a_point_another_worker_holds_is_asked_again_not_given_a_slot(analysis, tmp_path):
     """The race two workers' samplers can run into: both ask the same point before either took its slot. The one
     that does not hold the point's lease never takes a slot for it; its sampler is asked again."""
+    import os
+
     from hhscan import leases
     from hhscan.scandir import ScanDirectory
 
     _adaptive(analysis, sampler="random", trials=3, seed=4)
     parameters = config.load_parameters(analysis.parameters)
     first = search.build_study(parameters, "race", [], {}).ask()[0]
-    other = leases.LeaseKeeper(leases.Leases(tmp_path), leases.Attempt(job_id="other"))
+    # Another live process (this one's parent): a lease of this very pid would be this process's own, restarted.
+    other = leases.LeaseKeeper(leases.Leases(tmp_path), leases.Attempt(job_id="other", pid=os.getppid()))
     assert not other.claim([first.id])  # the other worker holds it, its slot not taken yet
     mine = leases.LeaseKeeper(leases.Leases(tmp_path), leases.Attempt())
     pack, _ = runner._next_pack(ScanDirectory(tmp_path), parameters, mine, 3, 1)
