@@ -170,7 +170,8 @@ def run_adaptive(
                         on_trial_end(record)
                 keeper.release(t.id for t in group)
     asked = search.read_asked(scan.root)
-    if len(asked) >= budget and not scan.missing():  # the whole budget asked and finished: no worker needs leases
+    # The whole budget asked and recorded (a FAIL is told, not retried): no worker needs leases or checkpoints.
+    if len(asked) >= budget and not scan.missing(skip_failed=True):
         scan.clean_litter()
     return results
 
