@@ -342,6 +342,15 @@ class Search(_Strict):
             if key not in allowed:
                 known = f"{did_you_mean(key, allowed, 'settings')}" if allowed else "it takes none"
                 raise KeyedError(f"pruner_settings.{key}", f"not a setting of pruner {self.pruner} ({known})")
+        if self.pruner_settings:  # their values, by Optuna itself (imported only for a configured pruner)
+            import optuna
+
+            kind = {"median": optuna.pruners.MedianPruner, "asha": optuna.pruners.SuccessiveHalvingPruner,
+                    "hyperband": optuna.pruners.HyperbandPruner}[self.pruner]  # fmt: skip
+            try:
+                kind(**self.pruner_settings)
+            except (ValueError, TypeError) as error:
+                raise KeyedError("pruner_settings", " ".join(str(error).split())) from None
         return self
 
 

@@ -72,6 +72,10 @@ def test_ranges_are_read_with_every_key_and_typed(analysis):
         ({}, {"sampler": "random", "trials": 3, "pruner": "median", "pruner_settings": {"warmup": 1}},
          "search.pruner_settings.warmup", "not a setting of pruner median (closest: n_warmup_steps"),
         ({}, {"sampler": "random", "trials": 0}, "search.trials", "greater than or equal to 1"),
+        ({}, {"sampler": "random", "trials": 3, "pruner": "asha", "pruner_settings": {"reduction_factor": 1}},
+         "search.pruner_settings", "`reduction_factor >= 2`"),
+        ({}, {"sampler": "random", "trials": 3, "pruner": "median", "pruner_settings": {"n_warmup_steps": -1}},
+         "search.pruner_settings", "Number of warmup steps cannot be negative"),
     ],
 )  # fmt: skip
 def test_bad_ranges_and_search_settings_are_one_line_naming_the_key(analysis, hyperparameters, search_section, key,
