@@ -110,22 +110,46 @@ def run(
     with console_views.Steps(console, "reading the samples and building the split"):
         prepared = session.prepare(params, sample_list, Path(workspace), name, kind="local")
     _print_data(console, prepared)
-    todo = prepared.scan.missing()[: max_trials if max_trials is not None else None]
-    console.print(
-        f"scan [bold]{name}[/]: {len(prepared.trials)} trials, {len(todo)} to run → {_text(prepared.scan.root)}"
-    )
-    with console_views.RunProgress(console, len(todo)) as progress:
-        finished = session.run_local(
-            prepared, [t.id for t in todo], on_trial_end=progress.trial_done, on_epoch=progress.epoch
+    if params.search.adaptive:
+        finished = _run_adaptive(console, prepared, max_trials)
+    else:
+        todo = prepared.scan.missing()[: max_trials if max_trials is not None else None]
+        console.print(
+            f"scan [bold]{name}[/]: {len(prepared.trials)} trials, {len(todo)} to run → {_text(prepared.scan.root)}"
         )
+        with console_views.RunProgress(console, len(todo)) as progress:
+            finished = session.run_local(
+                prepared, [t.id for t in todo], on_trial_end=progress.trial_done, on_epoch=progress.epoch
+            )
     console_views.print_scan_leaderboard(console, prepared.scan)
-    if finished and not any(record.done for record in finished):
+    if finished and not any(record.finished for record in finished):
         raise HhscanError(
             f"all {len(finished)} trial(s) of scan '{name}' failed: their errors are in the FAIL records under "
             f"{prepared.scan.output_dir.absolute()} ('hhscan status {name}' lists them)"
         )
     console.print(f"next: [bold]hhscan report {name}[/] (ranks every trial, exports the best model), "
                   f"then [bold]hhscan test --model best[/] (scores the test split, draws the plots)")  # fmt: skip
+
+
+def _run_adaptive(console, prepared, max_trials: int | None) -> list:
+    """An adaptive scan here: this process is one worker, asking and training packs until the budget is spent."""
+    from hhscan.execution import runner, search
+    from hhscan.results import views as console_views
+
+    settings, scan = prepared.parameters.search, prepared.scan
+    records, _ = scan.records()
+    asked = search.read_asked(scan.root)
+    finished = sum(1 for a in asked if search.finished_state(records.get(a.trial.id)))
+    left = max(settings.trials - finished, 0)
+    todo = left if max_trials is None else min(left, max_trials)
+    pruner = f", pruner {settings.pruner}" if settings.pruner != "none" else ""
+    console.print(
+        f"scan [bold]{scan.name}[/]: {settings.sampler} search{pruner}, {settings.trials} trials: {finished} finished, "
+        f"up to {todo} to run → {_text(scan.root)}"
+    )
+    with console_views.RunProgress(console, todo) as progress:
+        return runner.run_adaptive(scan, on_trial_end=progress.trial_done, dataset=prepared.dataset,
+                                   on_epoch=progress.epoch, max_trials=max_trials)  # fmt: skip
 
 
 @app.command()

@@ -22,10 +22,19 @@ from hhscan import __version__
 from hhscan.data.dataset import Dataset, load_dataset
 from hhscan.data.split import fold_roles
 from hhscan.errors import ScanError
-from hhscan.execution import leases
+from hhscan.execution import leases, search
 from hhscan.execution.scandir import ScanDirectory, Workspace
 from hhscan.learning import artifacts, model, packing, training
-from hhscan.learning.records import DONE, FAIL, CorruptRecord, TrialRecord, read_record, record_path, write_record
+from hhscan.learning.records import (
+    DONE,
+    FAIL,
+    PRUNED,
+    CorruptRecord,
+    TrialRecord,
+    read_record,
+    record_path,
+    write_record,
+)
 from hhscan.learning.trial import Trial
 from hhscan.settings import criteria
 from hhscan.settings.config import Parameters, SampleList
@@ -57,19 +66,7 @@ def run_scan_trials(
     ``on_trial_end`` is called with each record as it is written, ``on_epoch`` after every epoch of a pack.
     """
     context = context or JobContext()
-    parameters, sample_list = scan.load_config(context.config_path or None)
-    manifest = scan.manifest()
-    backend = model.choose_backend(parameters.training.backend)
-    model.check_device(parameters.slurm.resources)  # GPUs given but not seen: fail now, not after hours on the CPU
-    workspace = Workspace(Path(manifest["workspace"]))
-    model.enable_compilation_cache(workspace.cache / "xla")
-    if dataset is None:
-        dataset = prepare_dataset(parameters, sample_list, workspace)
-    if dataset.split_checksum != manifest["split_checksum"]:
-        raise ScanError(
-            f"scan '{scan.name}': the data's split checksum {dataset.split_checksum} differs from the scan's "
-            f"{manifest['split_checksum']}: the data or the split changed since submission"
-        )
+    parameters, workspace, dataset, backend = _setup(scan, context, dataset)
     by_id = {t.id: t for t in scan.trials()}
     unknown = [i for i in trial_ids or [] if i not in by_id]
     if unknown:
@@ -81,7 +78,7 @@ def run_scan_trials(
     memory_bound = worker_memory_bound(parameters)
     results = []
     keeper = leases.LeaseKeeper(leases.Leases(scan.root), leases.Attempt(job_id=context.job_id))
-    todo = [t for t in wanted if not (t.id in done_records and done_records[t.id].done)]
+    todo = [t for t in wanted if not (t.id in done_records and done_records[t.id].finished)]
     held_elsewhere = keeper.claim(t.id for t in todo)
     for trial_id, lease in held_elsewhere.items():
         print(f"hhscan: trial {trial_id} skipped: attempt {lease.attempt} (job {lease.job_id or '–'} on "
@@ -96,17 +93,7 @@ def run_scan_trials(
     ]
     packs = [pack for pack in packs if pack]
 
-    def progress(update: training.EpochProgress) -> None:
-        keeper.progress(update.trial_ids, update.epoch, update.epochs, update.monitor, update.best)
-        if on_epoch is not None:
-            on_epoch(update)
-        elif context.job_id:  # a Slurm job's log: one plain line per epoch per pack
-            known = [b for b in update.best if b is not None]
-            best = f"{criteria.metric(update.monitor).best(known):.4g}" if known else "–"
-            print(f"hhscan: pack of {len(update.trial_ids)} epoch {update.epoch}/{update.epochs} "
-                  f"{update.seconds_per_epoch:.2f} s/epoch, {sum(update.active)} training, best {update.monitor} "
-                  f"{best}", flush=True)  # fmt: skip
-
+    progress = _job_log_progress(keeper, context, on_epoch)
     with keeper:
         for index, pack in enumerate(packs):
             for record in run_pack(scan, pack, parameters, dataset, backend, context, progress, keeper):
@@ -120,6 +107,139 @@ def run_scan_trials(
     if not scan.missing():
         scan.clean_litter()
     return results
+
+
+def _setup(
+    scan: ScanDirectory, context: JobContext, dataset: Dataset | None
+) -> tuple[Parameters, Workspace, Dataset, str]:
+    """What every worker does first: configuration, backend, device check, data (checked against the scan's split)."""
+    parameters, sample_list = scan.load_config(context.config_path or None)
+    manifest = scan.manifest()
+    backend = model.choose_backend(parameters.training.backend)
+    model.check_device(parameters.slurm.resources)  # GPUs given but not seen: fail now, not after hours on the CPU
+    workspace = Workspace(Path(manifest["workspace"]))
+    model.enable_compilation_cache(workspace.cache / "xla")
+    if dataset is None:
+        dataset = prepare_dataset(parameters, sample_list, workspace)
+    if dataset.split_checksum != manifest["split_checksum"]:
+        raise ScanError(
+            f"scan '{scan.name}': the data's split checksum {dataset.split_checksum} differs from the scan's "
+            f"{manifest['split_checksum']}: the data or the split changed since submission"
+        )
+    return parameters, workspace, dataset, backend
+
+
+def _job_log_progress(keeper: leases.LeaseKeeper, context: JobContext,
+                      on_epoch: training.EpochCallback | None) -> training.EpochCallback:  # fmt: skip
+    def progress(update: training.EpochProgress) -> None:
+        keeper.progress(update.trial_ids, update.epoch, update.epochs, update.monitor, update.best)
+        if on_epoch is not None:
+            on_epoch(update)
+        elif context.job_id:  # a Slurm job's log: one plain line per epoch per pack
+            known = [b for b in update.best if b is not None]
+            best = f"{criteria.metric(update.monitor).best(known):.4g}" if known else "–"
+            print(f"hhscan: pack of {len(update.trial_ids)} epoch {update.epoch}/{update.epochs} "
+                  f"{update.seconds_per_epoch:.2f} s/epoch, {sum(update.active)} training, best {update.monitor} "
+                  f"{best}", flush=True)  # fmt: skip
+
+    return progress
+
+
+def run_adaptive(
+    scan: ScanDirectory,
+    context: JobContext | None = None,
+    on_trial_end: Callable[[TrialRecord], None] | None = None,
+    dataset: Dataset | None = None,
+    on_epoch: training.EpochCallback | None = None,
+    max_trials: int | None = None,
+) -> list[TrialRecord]:
+    """One worker of an adaptive scan: ask a pack of trials, train it fused, record, ask again, until the budget
+    (``search.trials``) is spent, or this worker has trained ``max_trials``.
+
+    Slots left by a killed worker (asked, no record, no live lease) are trained first. A new point is claimed
+    (lease) before its slot is taken, and its slot only while a free one is left, so at most the budget is ever
+    asked and no point is trained twice, however many workers share the scan (``search.py``).
+    """
+    context = context or JobContext()
+    parameters, _, dataset, backend = _setup(scan, context, dataset)
+    budget = int(parameters.search.trials or 0)
+    setting = parameters.training.pack_size
+    pack_size = int(setting) if setting != "auto" else max(1, min(packing.DEFAULT_PACK_SIZE, budget))
+    keeper = leases.LeaseKeeper(leases.Leases(scan.root), leases.Attempt(job_id=context.job_id))
+    progress = _job_log_progress(keeper, context, on_epoch)
+    results: list[TrialRecord] = []
+    trained = 0
+    with keeper:
+        while max_trials is None or trained < max_trials:
+            want = pack_size if max_trials is None else min(pack_size, max_trials - trained)
+            pack, study = _next_pack(scan, parameters, keeper, budget, want)
+            if not pack:
+                break
+            trained += len(pack)
+            for group in _by_structure_and_resume(pack, scan.root / "checkpoints", dataset.folds):
+                for record in run_pack(scan, group, parameters, dataset, backend, context, progress, keeper, study):
+                    results.append(record)
+                    if on_trial_end is not None:
+                        on_trial_end(record)
+                keeper.release(t.id for t in group)
+    asked = search.read_asked(scan.root)
+    # The whole budget asked and recorded (a FAIL is told, not retried): no worker needs leases or checkpoints.
+    if len(asked) >= budget and not scan.missing(skip_failed=True):
+        scan.clean_litter()
+    return results
+
+
+def _by_structure_and_resume(trials: Sequence[Trial], checkpoints: Path, folds: int = 0) -> list[list[Trial]]:
+    return [group for whole in packing.form_packs(trials, max(1, len(trials)))
+            for group in _by_resume_epoch(whole, checkpoints, folds)]  # fmt: skip
+
+
+def _next_pack(
+    scan: ScanDirectory, parameters: Parameters, keeper: leases.LeaseKeeper, budget: int, want: int
+) -> tuple[list[Trial], search.SearchStudy]:
+    """Up to ``want`` trials claimed by this worker, and the study rebuilt from the scan's files they train with.
+
+    First slots whose trial has no record and no live lease (a killed worker's), then new points asked of the
+    sampler while free slots are left.
+    """
+    records, _ = scan.records()
+    asked = search.read_asked(scan.root)
+    # Live leases of other attempts; this job's own earlier run (requeued) holds nothing it cannot take back.
+    live = {t: lease for t, lease in keeper.leases.live().items() if not keeper.attempt.may_take_over(lease)}
+    orphans = [a.trial for a in asked if a.trial.id not in records and a.trial.id not in live]
+    keeper.claim(t.id for t in orphans[:want])
+    pack = [t for t in orphans[:want] if t.id in keeper.held]
+    study = search.build_study(parameters, scan.name, asked, records)
+    if pack:
+        return pack, study
+    known = {a.trial.id for a in asked}
+    duplicates = 0
+    while len(pack) < want and len(asked) + len(pack) < budget and duplicates < search.MAX_DUPLICATES:
+        point, slot = study.ask()
+        if point.id in known or point.id in records:
+            record = records.get(point.id)
+            study.tell_duplicate(point.id, search.objective_value(parameters, record) if record else None)
+            duplicates += 1
+            continue
+        keeper.claim([point.id])
+        # Claimed, then looked up again: a worker that asked the same point first holds its lease until its
+        # record is written, so the point is either still held (not ours) or now visible in the slots.
+        if point.id not in keeper.held or point.id in {a.trial.id for a in search.read_asked(scan.root)}:
+            keeper.release([point.id])
+            known.add(point.id)
+            study.tell_duplicate(point.id, None)
+            duplicates += 1
+            continue
+        if search.take_slot(scan.root, slot, budget) is None:  # other workers took the last slots
+            keeper.release([point.id])
+            break
+        duplicates = 0
+        known.add(point.id)
+        pack.append(point)
+    if duplicates >= search.MAX_DUPLICATES and not pack:
+        print(f"hhscan: scan '{scan.name}': the sampler proposed only points already asked "
+              f"{search.MAX_DUPLICATES} times in a row: the search space seems exhausted", flush=True)  # fmt: skip
+    return pack, study
 
 
 def _by_resume_epoch(trials: Sequence[Trial], checkpoints: Path, folds: int = 0) -> list[list[Trial]]:
@@ -198,8 +318,12 @@ def run_pack(
     context: JobContext,
     on_epoch: training.EpochCallback | None = None,
     keeper: leases.LeaseKeeper | None = None,
+    study: search.SearchStudy | None = None,
 ) -> list[TrialRecord]:
     """Train a pack, save each trial's model and record; a failure becomes FAIL records and the scan goes on.
+
+    With an adaptive search's ``study``, its pruner is asked after every epoch; a pruned trial is a PRUNED record
+    (with its epoch and metrics, no model), and each record keeps the attributes the sampler and pruner attached.
 
     When a pack fails as a whole (one trial's bad value, memory), its trials are retried alone, so one trial's
     error is never another trial's. Results are written only while ``keeper`` still holds the trial's lease, and
@@ -210,14 +334,15 @@ def run_pack(
     started = time.perf_counter()
     checkpoints = scan.root / "checkpoints"
     try:
-        trained = training.train_pack(trials, dataset, parameters, checkpoints, on_epoch=on_epoch)
+        prune = study.should_prune if study is not None and study.prunes else None
+        trained = training.train_pack(trials, dataset, parameters, checkpoints, on_epoch=on_epoch, prune=prune)
     except Exception as error:
         if not is_trial_failure(error):
             raise
         keras.backend.clear_session()
         if len(trials) > 1:
             return [record for trial in trials for record in run_pack(scan, [trial], parameters, dataset, backend,
-                                                                       context, on_epoch, keeper)]  # fmt: skip
+                                                                       context, on_epoch, keeper, study)]  # fmt: skip
         seconds = time.perf_counter() - started
         record = _failed(_record(trials[0], parameters, dataset, backend, context, 1), error, seconds)
         return [written] if (written := _commit(scan, record, keeper)) is not None else []
@@ -228,8 +353,17 @@ def run_pack(
         record.epochs_run = result.epochs_run
         record.resumed_from_epoch = result.resumed_from_epoch
         record.seconds = result.seconds
+        if study is not None:
+            record.search_state = study.trial_state(trial.id)
         if result.diverged:  # a failure with its history, never a model to rank
             record.error = result.diverged
+            if (written := _commit(scan, record, keeper)) is not None:
+                records.append(written)
+            continue
+        if result.pruned_epoch is not None:  # finished, not ranked: its metrics are kept, its model is not
+            record.status, record.pruned_epoch = PRUNED, result.pruned_epoch
+            record.metrics, record.best_epoch = result.metrics, result.best_epoch
+            record.value = result.metrics.get(parameters.eval_criterion)
             if (written := _commit(scan, record, keeper)) is not None:
                 records.append(written)
             continue
@@ -254,7 +388,7 @@ def run_pack(
             records.append(written)
         staged.unlink(missing_ok=True)
     for trial in trials:
-        if (existing := read_existing(scan, trial.id)) is not None and existing.done:
+        if (existing := read_existing(scan, trial.id)) is not None and existing.finished:
             shutil.rmtree(checkpoints / trial.id, ignore_errors=True)
     keras.backend.clear_session()
     return records
@@ -276,8 +410,9 @@ def _may_write(scan: ScanDirectory, trial_id: str, keeper: leases.LeaseKeeper | 
               flush=True)  # fmt: skip
         return False
     existing = read_existing(scan, trial_id)
-    if existing is not None and existing.done:
-        print(f"hhscan: trial {trial_id} is already DONE (job {existing.job_id or '–'}); this result is discarded",
+    if existing is not None and existing.finished:
+        print(f"hhscan: trial {trial_id} is already {existing.status} (job {existing.job_id or '–'}); this result is "
+              f"discarded",
               flush=True)  # fmt: skip
         return False
     return True

@@ -134,6 +134,8 @@ class ScanDirectory:
             "trials": [{"id": t.id, "hyperparameters": t.hyperparameters, "repetition": t.repetition} for t in trials],
             "jobs": [],
         }
+        if parameters.search.adaptive:  # its trials are asked as it runs: slots under asked/ (search.py)
+            manifest["search"] = parameters.search.model_dump(mode="json")
         self.root.mkdir(parents=True, exist_ok=True)
         self.write_config(parameters, sample_list)
         self._write_manifest(manifest)
@@ -172,6 +174,21 @@ class ScanDirectory:
         from hhscan.learning.trial import expand
 
         manifest = self.manifest()
+        if ("search" in manifest) != parameters.search.adaptive:
+            raise ScanError(
+                f"scan '{self.name}' is {'an adaptive' if 'search' in manifest else 'a grid'} scan; the parameters "
+                f"now ask for {'an adaptive' if parameters.search.adaptive else 'a grid'} one: start a new scan with "
+                f"another --name"
+            )
+        if "search" in manifest and manifest["dictionary_hash"] != parameters.dictionary_hash():
+            before = {**manifest["search"], "hyperparameters": manifest["hyperparameters"]}
+            now = {**parameters.search.model_dump(mode="json"), "hyperparameters": parameters.hyperparameters}
+            changed = sorted(k for k in before if k != "trials" and before[k] != now.get(k))
+            raise ScanError(
+                f"scan '{self.name}': the search space or its sampler, seed or pruner changed since it was created "
+                f"({', '.join(changed)}); only search.trials (the budget) may change: restore it or start a new scan "
+                f"with another --name"
+            )
         same_trials = sorted(t.id for t in expand(parameters)) == sorted(t["id"] for t in manifest["trials"])
         if not same_trials:  # 0 vs 0.0 or a reordered list give the same trials: not a change
             before, now = manifest["hyperparameters"], parameters.hyperparameters
@@ -218,18 +235,25 @@ class ScanDirectory:
         return json.loads(self.input_checks_path.read_text()) if self.input_checks_path.exists() else {}
 
     def trials(self) -> list[Trial]:
-        return [Trial(t["id"], t["hyperparameters"], t["repetition"]) for t in self.manifest()["trials"]]
+        """The expected trials: the grid's, or the points an adaptive search asked so far, in slot order."""
+        manifest = self.manifest()
+        listed = [Trial(t["id"], t["hyperparameters"], t["repetition"]) for t in manifest["trials"]]
+        if "search" in manifest:
+            from hhscan.execution import search
+
+            listed += [asked.trial for asked in search.read_asked(self.root)]
+        return listed
 
     def records(self) -> tuple[dict[str, TrialRecord], dict[str, str]]:
         return read_records(self.output_dir)
 
     def missing(self, skip_failed: bool = False) -> list[Trial]:
-        """Expected trials without a valid DONE record (FAIL counts as missing unless ``skip_failed``)."""
+        """Expected trials without a valid DONE (or PRUNED) record (FAIL counts as missing unless ``skip_failed``)."""
         records, _ = self.records()
         result = []
         for trial in self.trials():
             record = records.get(trial.id)
-            if record is None or not (record.done or (skip_failed and record.status == "FAIL")):
+            if record is None or not (record.finished or (skip_failed and record.status == "FAIL")):
                 result.append(trial)
         return result
 
@@ -250,9 +274,9 @@ class ScanDirectory:
         files (``.*.tmp``, staged ``.*.zip``, lease ``.*.claim``) untouched for ``min_age_s``."""
         records, _ = self.records()
         found = [p for p in sorted((self.root / "checkpoints").glob("*/*")) if p.parent.name in records
-                 and records[p.parent.name].done]  # fmt: skip
+                 and records[p.parent.name].finished]  # fmt: skip
         now = time.time()
-        for pattern in (".*.tmp", "output/.*.zip", "leases/.*.claim"):
+        for pattern in (".*.tmp", "output/.*.zip", "leases/.*.claim", "asked/.*.slot"):
             for path in self.root.rglob(pattern) if pattern.startswith(".") else self.root.glob(pattern):
                 try:
                     if now - path.stat().st_mtime >= min_age_s:

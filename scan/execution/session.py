@@ -91,9 +91,21 @@ def run_local(
 
 
 def submit(prepared: PreparedScan, split: int, trials: Sequence[trial.Trial] | None = None, dry_run: bool = False):
-    """Submit the scan's missing trials (or the given ones) to Slurm, ``split`` per job."""
+    """Submit the scan's missing trials (or the given ones) to Slurm, ``split`` per job; for an adaptive scan,
+    workers for its budget, each asking and training up to ``split`` trials (``runner.run_adaptive``)."""
     from hhscan.execution import slurm
 
+    if prepared.parameters.search.adaptive:
+        if prepared.scan.exists:
+            status = slurm.scan_status(prepared.scan)
+            count = status.count("missing") + status.unasked
+        else:  # a dry run of a new scan: the whole budget
+            count = int(prepared.parameters.search.trials or 0)
+        groups = slurm.worker_groups(count, split)
+        if dry_run or not groups:
+            return groups, []
+        with slurm.scan_lock(prepared.scan):
+            return groups, slurm.submit_groups(prepared.scan, groups, prepared.parameters.slurm)
     if dry_run:
         return slurm.group(list(trials) if trials is not None else prepared.scan.missing(), split), []
     with slurm.scan_lock(prepared.scan):
@@ -126,8 +138,12 @@ def resubmit(
     slurm.check_reachable()
     with slurm.scan_lock(scan):
         status = slurm.scan_status(scan)
-        todo = slurm.to_resubmit(status, skip_failed)
-        groups = slurm.group(todo, split) if todo else []
+        if parameters.search.adaptive:  # workers for what no queued worker will ask or train (FAIL is told)
+            queued = slurm.queued_workers(scan, status)
+            groups = slurm.worker_groups(max(0, status.count("missing") + status.unasked - queued), split)
+        else:
+            todo = slurm.to_resubmit(status, skip_failed)
+            groups = slurm.group(todo, split) if todo else []
         if dry_run or not groups:
             return prepared, status, groups, []
         return prepared, status, groups, slurm.submit_groups(scan, groups, parameters.slurm)

@@ -21,7 +21,7 @@ from hhscan.errors import BackendError, did_you_mean
 from hhscan.execution import submitit_import
 from hhscan.execution.leases import Lease, Leases
 from hhscan.execution.scandir import ScanDirectory
-from hhscan.learning.records import TrialRecord
+from hhscan.learning.records import PRUNED, TrialRecord
 from hhscan.learning.trial import Trial
 from hhscan.settings.config import SlurmSettings
 
@@ -41,14 +41,47 @@ class TrialGroupJob(submitit.helpers.Checkpointable):
     """What a Slurm job runs: the given trials of a scan. Requeued with the same arguments on timeout."""
 
     def __call__(self, scan_root: str, trial_ids: Sequence[str], config_path: str = "") -> list[str]:
-        from hhscan.execution.runner import JobContext, run_scan_trials
+        from hhscan.execution.runner import JobContext, run_adaptive, run_scan_trials
 
         environment = submitit.JobEnvironment()
         context = JobContext(
             job_id=str(environment.job_id), log_path=str(environment.paths.stdout), config_path=config_path
         )
-        records = run_scan_trials(ScanDirectory(Path(scan_root)), list(trial_ids), context=context)
+        scan = ScanDirectory(Path(scan_root))
+        if is_worker_group(trial_ids):  # an adaptive scan: ask and train up to this many trials of its budget
+            records = run_adaptive(scan, context=context, max_trials=len(trial_ids))
+        else:
+            records = run_scan_trials(scan, list(trial_ids), context=context)
         return [f"{r.trial_id} {r.status}" for r in records]
+
+
+# An adaptive scan's jobs are workers: their groups hold placeholders, one per trial each may ask (never an id).
+ASK = "ask:"
+
+
+def worker_groups(count: int, size: int) -> list[list[str]]:
+    """Groups of ``size`` placeholders for ``count`` trials of an adaptive scan's budget, not asked yet."""
+    batch = secrets.token_hex(3)  # unique per submission: status follows every worker job, not only the last
+    return group([Trial(f"{ASK}{batch}:{i}", {}, 0) for i in range(count)], size)
+
+
+def is_worker_group(trial_ids: Sequence[str]) -> bool:
+    return bool(trial_ids) and all(str(t).startswith(ASK) for t in trial_ids)
+
+
+def queued_workers(scan: ScanDirectory, status: ScanStatus) -> int:
+    """How many trials an adaptive scan's queued or running workers may still ask or train: their placeholders,
+    less the trials each has recorded already."""
+    recorded: dict[str, int] = {}
+    for item in status.trials:
+        if item.record is not None and item.record.job_id:
+            recorded[item.record.job_id] = recorded.get(item.record.job_id, 0) + 1
+    total = 0
+    for job in scan.manifest().get("jobs", []):
+        info = status.jobs.get(str(job["job_id"]))
+        if is_worker_group(job["trial_ids"]) and info is not None and info.state in ACTIVE_STATES:
+            total += max(0, len(job["trial_ids"]) - recorded.get(str(job["job_id"]), 0))
+    return total
 
 
 def resource_parameters(settings: SlurmSettings) -> dict[str, Any]:
@@ -302,7 +335,7 @@ def job_infos(jobs: Sequence[dict[str, Any]]) -> dict[str, JobInfo]:
 @dataclass
 class TrialStatus:
     trial: Trial
-    state: str  # done, failed, running, pending, missing, unknown
+    state: str  # done, pruned, failed, running, pending, missing, unknown
     record: TrialRecord | None = None
     job: dict[str, Any] | None = None
     job_state: str = ""
@@ -316,6 +349,8 @@ class ScanStatus:
     jobs: dict[str, JobInfo] = field(default_factory=dict)
     unreachable: str | None = None  # why Slurm could not be asked; states then come from records and leases
     litter: list[Path] = field(default_factory=list)
+    budget: int | None = None  # an adaptive scan's search.trials (None for a grid): trials beyond those asked
+    unasked: int = 0  # … the budget's trials not asked yet
 
     def count(self, state: str) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -328,7 +363,8 @@ def scan_status(scan: ScanDirectory) -> ScanStatus:
     """Each expected trial's state: its record, its lease (a live one means running, whatever Slurm says), and
     the Slurm state of the last job that had it, checked to be that job and not another under a reused id."""
     records, corrupt = scan.records()
-    live = Leases(scan.root).live()
+    every_lease = Leases(scan.root).all_current()
+    live = {trial_id: lease for trial_id, lease in every_lease.items() if lease.live()}
     jobs = scan.manifest().get("jobs", [])
     last_job: dict[str, dict[str, Any]] = {}
     for job in jobs:
@@ -342,11 +378,19 @@ def scan_status(scan: ScanDirectory) -> ScanStatus:
     unreachable = unreachable_reason() if wanted else None
     infos = job_infos(list(wanted.values())) if wanted and unreachable is None else {}
     result = ScanStatus(corrupt=corrupt, jobs=infos, unreachable=unreachable, litter=scan.litter())
-    for trial in scan.trials():
+    expected = scan.trials()
+    if "search" in scan.manifest():  # adaptive: the asked trials, and the rest of the budget not asked yet
+        result.budget = scan.load_config()[0].search.trials
+        result.unasked = max(0, (result.budget or 0) - len(expected))
+    for trial in expected:
         record, job, lease = records.get(trial.id), last_job.get(trial.id), live.get(trial.id)
+        if job is None and trial.id in every_lease:  # an adaptive worker's trial: the job its last lease names
+            job = every_job.get(every_lease[trial.id].job_id)
         job_state = infos[str(job["job_id"])].state if job and str(job["job_id"]) in infos else ""
         if record is not None and record.done:
             state = "done"
+        elif record is not None and record.status == PRUNED:  # finished: never missing, never resubmitted
+            state = "pruned"
         elif lease is not None:
             state = "running"
         elif unreachable is not None and job is not None:

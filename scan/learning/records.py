@@ -1,7 +1,8 @@
 """Trial records: one CSV file per trial (header + one row), written atomically and self-checking.
 
 The last column is a checksum of the others, so a file cut off mid-write (a crash, a full disk) is detected and
-never counted as done. A failed trial is a record too (status FAIL, with its error), not a crash.
+never counted as done. A failed trial is a record too (status FAIL, with its error), not a crash. A trial an
+adaptive search's pruner stopped is PRUNED (with the epoch): finished, never missing, never ranked.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from hhscan.fileio import atomic_write_text
 
-DONE, FAIL = "DONE", "FAIL"
+DONE, FAIL, PRUNED = "DONE", "FAIL", "PRUNED"
 
 
 @dataclass
@@ -52,13 +53,20 @@ class TrialRecord:
     host: str = ""
     finished_at: str = ""
     attempt: str = ""  # the lease attempt that wrote it (see leases.py)
+    pruned_epoch: int | None = None  # PRUNED: the epoch (from 1) after which the pruner stopped it
+    search_state: dict[str, Any] = field(default_factory=dict)  # adaptive search: the sampler's/pruner's attributes
 
     @property
     def done(self) -> bool:
         return self.status == DONE
 
+    @property
+    def finished(self) -> bool:
+        """Nothing left to train: DONE, or PRUNED by an adaptive search's pruner."""
+        return self.status in (DONE, PRUNED)
 
-_JSON_FIELDS = {"hyperparameters", "metrics", "history", "training_settings"}
+
+_JSON_FIELDS = {"hyperparameters", "metrics", "history", "training_settings", "search_state"}
 _COLUMNS = list(TrialRecord.__dataclass_fields__)
 
 

@@ -45,6 +45,8 @@ class EpochProgress:
 
 
 EpochCallback = Callable[[EpochProgress], None]
+# An adaptive search's pruner: (trial id, epoch from 1, the trial's history so far) → stop this trial now.
+PruneCallback = Callable[[str, int, dict[str, list[float]]], bool]
 
 
 @dataclass
@@ -58,6 +60,7 @@ class TrainedTrial:
     metrics: dict[str, float]
     diverged: str = ""  # why the trial diverged ("epoch 3: loss is nan"): it is a failure, never ranked
     folds: list[TrainedTrial] = field(default_factory=list)  # k-fold: each fold model's own result, in fold order
+    pruned_epoch: int | None = None  # the epoch (from 1) after which the search's pruner stopped it
 
 
 def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> dict[str, float]:
@@ -127,6 +130,7 @@ class _Branch:
     best_weights: list[np.ndarray] | None = None
     diverged: str = ""
     fold: int | None = None  # k-fold: which fold model of the trial this branch is
+    pruned_epoch: int | None = None
 
     def state(self) -> dict[str, Any]:
         return {
@@ -135,6 +139,7 @@ class _Branch:
             "history": self.history,
             "active": self.active,
             "diverged": self.diverged,
+            "pruned_epoch": self.pruned_epoch,
             "early_stopping": self.early_stopping.state() if self.early_stopping else None,
             "reduce_lr": self.reduce_lr.state() if self.reduce_lr else None,
         }
@@ -263,12 +268,15 @@ def train_pack(
     checkpoint: Path | None = None,
     shuffle: bool = True,
     on_epoch: EpochCallback | None = None,
+    prune: PruneCallback | None = None,
 ) -> list[TrainedTrial]:
     """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order.
 
     ``checkpoint`` is a directory holding one checkpoint per trial (:func:`checkpoint_path`); the trials must
     resume from the same epoch (:func:`checkpoint_epoch`). ``on_epoch`` is called after every epoch with the
-    pack's progress (it must be cheap: it runs in the loop).
+    pack's progress (it must be cheap: it runs in the loop). ``prune`` (an adaptive search's pruner) is asked after
+    every epoch but the last for each trial still training; a pruned trial is frozen as early stopping freezes it
+    (k-fold trials are not pruned: one fold's curve is not the trial's).
 
     With a k-fold split each trial is k fold models. The fold-f models of all the pack's trials train as one fused
     engine on fold f's own training events (``Dataset.fold_view``), and the k engines step through the epochs
@@ -305,6 +313,10 @@ def train_pack(
         epoch_started = time.perf_counter()
         for part in parts:
             _train_epoch(part, epoch, batch_size, parameters.seed, shuffle)
+        if prune is not None and not dataset.folds and epoch + 1 < epochs:
+            for branch in branches:
+                if branch.active and prune(branch.trial.id, epoch + 1, branch.history):
+                    branch.active, branch.pruned_epoch = False, epoch + 1  # frozen, as early stopping freezes it
         if checkpoint is not None and interval is not None and time.monotonic() - last_saved >= interval:
             for part in parts:
                 _save_checkpoint(checkpoint, epoch, part.branches, part.engine)
@@ -338,6 +350,7 @@ def _restore(part: _Part, restored: list) -> None:
         own = state["branch"]
         branch.history, branch.active = own["history"], own["active"]
         branch.diverged = own.get("diverged", "")
+        branch.pruned_epoch = own.get("pruned_epoch")
         if branch.early_stopping and own["early_stopping"]:
             branch.early_stopping = callbacks.EarlyStopping(**own["early_stopping"])
         if branch.reduce_lr and own["reduce_lr"]:
@@ -390,6 +403,7 @@ def _result(branch: _Branch, net, dataset: Dataset, outputs: dict[int, np.ndarra
         seconds=seconds,
         metrics={} if branch.diverged else evaluate(dataset, {p: _scores(o) for p, o in outputs.items()}),
         diverged=branch.diverged,
+        pruned_epoch=branch.pruned_epoch,
     )
 
 

@@ -36,7 +36,10 @@ def trial_id(hyperparameters: dict[str, Any], repetition: int) -> str:
 
 
 def expand(parameters: Parameters) -> list[Trial]:
-    """Every combination of the dictionary's values, times the repetitions, in a stable order."""
+    """Every combination of the dictionary's values, times the repetitions, in a stable order; none for an
+    adaptive search, whose trials are asked as it runs (``search.py``)."""
+    if parameters.search.adaptive:
+        return []
     keys = list(parameters.hyperparameters)
     trials = []
     for values in itertools.product(*(parameters.hyperparameters[k] for k in keys)):

@@ -16,7 +16,7 @@ from hhscan.errors import ModelError, ScanError, did_you_mean
 from hhscan.execution.scandir import ScanDirectory, Workspace
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
 from hhscan.learning import artifacts
-from hhscan.learning.records import TrialRecord
+from hhscan.learning.records import PRUNED, TrialRecord
 from hhscan.results.ranking import criterion_value, ranked, unranked, varying
 
 BEST_POINTER = "best.json"
@@ -27,7 +27,7 @@ class Report:
     scan: str
     criterion: str
     ranked: list[TrialRecord]
-    failed: list[TrialRecord]  # FAIL records, and DONE records without a finite value of the criterion
+    failed: list[TrialRecord]  # FAIL and PRUNED records, and DONE records without a finite value of the criterion
     corrupt: dict[str, str]
     varying: list[str]
     csv_path: Path
@@ -62,13 +62,21 @@ def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: S
                 "job_id": record.job_id,
                 "log_path": record.log_path,
                 "model": str(scan.model_path(record.trial_id)) if record.done else "",
-                "error": record.error or ("" if is_ranked else f"no finite {criterion} recorded"),
+                "error": record.error or ("" if is_ranked else _unranked_reason(record, criterion)),
             }
         )
+        if record.status == PRUNED:  # the column appears only in a scan with pruned trials
+            row["pruned_epoch"] = record.pruned_epoch
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame["rank"] = frame["rank"].astype("Int64")
     return frame
+
+
+def _unranked_reason(record: TrialRecord, criterion: str) -> str:
+    if record.status == PRUNED:
+        return f"pruned by the search after epoch {record.pruned_epoch}"
+    return f"no finite {criterion} recorded"
 
 
 def make_report(

@@ -9,7 +9,7 @@ from hhscan.execution.slurm import ScanStatus, TrialStatus
 from rich.console import Console
 from rich.markup import escape
 
-STATES = ("done", "failed", "running", "pending", "missing", "unknown")
+STATES = ("done", "pruned", "failed", "running", "pending", "missing", "unknown")
 COLOURS = {"failed": "red", "running": "green", "pending": "cyan", "missing": "yellow", "unknown": "magenta"}
 
 
@@ -50,14 +50,19 @@ def _best(item: TrialStatus) -> str:
 
 
 def print_status(console: Console, name: str, status: ScanStatus, verbose: bool = False) -> None:
-    shown = [s for s in STATES if s != "unknown" or status.count("unknown")]
+    adaptive = status.budget is not None
+    shown = [s for s in STATES if (s != "unknown" or status.count("unknown")) and (s != "pruned" or adaptive)]
     counts = "  ".join(f"{s}: {status.count(s)}" for s in shown)
-    console.print(f"scan [bold]{name}[/] ({len(status.trials)} trials)  {counts}")
+    if adaptive:  # the budget: trials asked so far (each in one state) and the rest, not asked yet
+        counts += f"  not yet asked: {status.unasked}"
+        console.print(f"scan [bold]{name}[/] ({status.budget} trials, {len(status.trials)} asked)  {counts}")
+    else:
+        console.print(f"scan [bold]{name}[/] ({len(status.trials)} trials)  {counts}")
     if status.unreachable:
         console.print(
             f"  [magenta]Slurm is unreachable ({status.unreachable})[/]: states come from records and leases only"
         )
-    for state in STATES[1:]:
+    for state in STATES[2:]:  # done and pruned trials are finished: counted, not listed
         groups: dict[str, list[TrialStatus]] = {}
         for item in status.of(state):
             groups.setdefault(_job_key(item), []).append(item)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from hhscan.data.dataset import SampleSummary
 from hhscan.execution.scandir import ScanDirectory
-from hhscan.learning.records import TrialRecord
+from hhscan.learning.records import PRUNED, TrialRecord
 from hhscan.learning.training import EpochProgress
 from hhscan.results.ranking import criterion_value, ranked, varying
 from rich.console import Console
@@ -59,6 +59,11 @@ def _duration(seconds: float) -> str:
 
 
 def _trial_line(record: TrialRecord) -> str:
+    if record.status == PRUNED:
+        return (
+            f"{record.trial_id} PRUNED after epoch {record.pruned_epoch} "
+            f"({record.criterion}={_number(criterion_value(record, record.criterion))}, not ranked)"
+        )
     if record.done:
         return (
             f"{record.trial_id} {record.criterion}={_number(criterion_value(record, record.criterion))} "
@@ -214,10 +219,14 @@ def print_leaderboard(
     top: int = 10,
 ) -> None:
     console.print(leaderboard_table(scan_name, criterion, records, top))
-    failed = [r for r in records.values() if not r.done]
+    failed = [r for r in records.values() if not r.finished]
+    pruned = sorted((r for r in records.values() if r.status == PRUNED), key=lambda r: r.trial_id)
     no_value = [r for r in records.values() if r.done and criterion_value(r, criterion) is None]
     if no_value:
         console.print(f"[yellow]{len(no_value)} finished trial(s) without a finite {criterion}[/] (not ranked)")
+    if pruned:
+        epochs = ", ".join(f"{r.trial_id} at epoch {r.pruned_epoch}" for r in pruned[:20])
+        console.print(f"{len(pruned)} trial(s) pruned by the search (finished, not ranked): {epochs}", markup=False)
     if failed:
         console.print(f"[red]{len(failed)} failed trial(s)[/]:")
         for record in failed[:20]:

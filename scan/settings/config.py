@@ -331,9 +331,67 @@ class SlurmSettings(_Strict):
     max_array_size: int | None = None
 
 
+SAMPLERS = ("grid", "random", "tpe", "cmaes", "qmc")
+PRUNERS = ("none", "median", "asha", "hyperband")
+# The settings each pruner takes (Optuna's own argument names): checked here, before any data is read.
+PRUNER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "asha": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
+}
+
+
+class KeyedError(ValueError):
+    """A refusal about one key below the validated model (``search.trials``), so the message can name it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+class Search(_Strict):
+    """How trials are chosen: the whole grid (today's behaviour), or ``trials`` points asked of an Optuna sampler,
+    optionally pruned per epoch (``search.py``)."""
+
+    sampler: Literal["grid", "random", "tpe", "cmaes", "qmc"] = "grid"
+    trials: int | None = Field(None, ge=1)  # the budget: required for an adaptive sampler
+    pruner: Literal["none", "median", "asha", "hyperband"] = "none"
+    pruner_settings: dict[str, int | float | str] = {}
+    seed: int | None = None  # the sampler's seed; default the scan's seed
+
+    @property
+    def adaptive(self) -> bool:
+        return self.sampler != "grid"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Search:
+        if self.adaptive and self.trials is None:
+            raise KeyedError("trials", f"required with sampler {self.sampler} (the number of trials to run)")
+        if not self.adaptive and self.trials is not None:
+            raise KeyedError("trials", "the budget of an adaptive sampler; sampler grid runs every point")
+        if not self.adaptive and self.pruner != "none":
+            raise KeyedError("pruner", f"{self.pruner} needs an adaptive sampler (random, tpe, cmaes, qmc), not grid")
+        allowed = PRUNER_SETTINGS[self.pruner]
+        for key in self.pruner_settings:
+            if key not in allowed:
+                known = f"{did_you_mean(key, allowed, 'settings')}" if allowed else "it takes none"
+                raise KeyedError(f"pruner_settings.{key}", f"not a setting of pruner {self.pruner} ({known})")
+        if self.pruner_settings:  # their values, by Optuna itself (imported only for a configured pruner)
+            import optuna
+
+            kind = {"median": optuna.pruners.MedianPruner, "asha": optuna.pruners.SuccessiveHalvingPruner,
+                    "hyperband": optuna.pruners.HyperbandPruner}[self.pruner]  # fmt: skip
+            try:
+                kind(**self.pruner_settings)
+            except (ValueError, TypeError) as error:
+                raise KeyedError("pruner_settings", " ".join(str(error).split())) from None
+        return self
+
+
 class Parameters(_Strict):
     samples: str
-    hyperparameters: dict[str, list[Any]]
+    hyperparameters: dict[str, list[Any] | dict[str, Any]]
     repetitions: int = 1
     seed: int = 1234
     split: SplitSettings = SplitSettings()
@@ -341,6 +399,7 @@ class Parameters(_Strict):
     training: Training = Training()
     slurm: SlurmSettings = SlurmSettings()
     split_name: Literal["sample", "class", "tag"] = "sample"
+    search: Search = Search()
     source: Path = Path("parameters.yaml")
 
     @field_validator("hyperparameters", mode="before")
@@ -361,9 +420,25 @@ class Parameters(_Strict):
             raise ValueError("repetitions must be at least 1")
         return value
 
+    @model_validator(mode="after")
+    def _search_space(self) -> Parameters:
+        ranges = [k for k, v in self.hyperparameters.items() if hyperparameters.is_range(v)]
+        if ranges and not self.search.adaptive:
+            raise KeyedError(
+                f"hyperparameters.{ranges[0]}",
+                "a range needs an adaptive search.sampler (random, tpe, cmaes or qmc); the grid takes lists",
+            )
+        if self.search.adaptive and self.repetitions != 1:
+            raise KeyedError("repetitions", f"{self.repetitions}: an adaptive search asks each point once (use 1)")
+        return self
+
     def dictionary_hash(self) -> str:
-        """Hash of what defines the scan's trials: the dictionary and the repetitions."""
-        payload = json.dumps({"hp": self.hyperparameters, "rep": self.repetitions}, sort_keys=True)
+        """Hash of what defines the scan's trials: the dictionary and the repetitions (and, for an adaptive
+        search, the sampler, its seed and the pruner: not the budget, which may be raised to go on)."""
+        content: dict[str, Any] = {"hp": self.hyperparameters, "rep": self.repetitions}
+        if self.search.adaptive:  # a grid scan's hash is unchanged by the search section
+            content["search"] = self.search.model_dump(mode="json", exclude={"trials"})
+        payload = json.dumps(content, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -406,8 +481,8 @@ def _validate(model: type[BaseModel], content: dict[str, Any], path: Path) -> An
             raise ConfigError(f"{path}: unknown key '{location}' ({did_you_mean(key, valid, 'keys')})") from None
         message = first["msg"].removeprefix("Value error, ")
         cause = first.get("ctx", {}).get("error")
-        if isinstance(cause, hyperparameters.InvalidHyperparameter):  # name the entry: hyperparameters.dropout
-            location, message = f"{location}.{cause.key}", cause.message
+        if isinstance(cause, (hyperparameters.InvalidHyperparameter, KeyedError)):  # name the entry: .dropout
+            location, message = f"{location}.{cause.key}" if location else cause.key, cause.message
         if first["type"] == "missing":
             message = "required key is missing"
         where = f"{path}:{location}" if location else str(path)

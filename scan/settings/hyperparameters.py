@@ -144,8 +144,69 @@ REGISTRY: dict[str, Hyperparameter] = {
 STEP_STRUCTURE = tuple(name for name, entry in REGISTRY.items() if entry.step_structure)
 
 
+RANGE_KEYS = ("low", "high", "log", "step")
+
+
+def is_range(values: Any) -> bool:
+    """A dictionary value that is a range (``{low, high, log, step}``) rather than a list of values."""
+    return isinstance(values, Mapping)
+
+
+def check_range(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A range of a numeric entry, checked against its domain, as ``{low, high, log, step}`` with every key present.
+
+    Errors name the range's own key (``learning_rate.low``), so the message reads ``file:hyperparameters.x.low``.
+    """
+    entry = REGISTRY[name]
+    if entry.kind not in (int, float):
+        raise InvalidHyperparameter(name, f"a range needs a numeric hyperparameter; {name} takes a list of values")
+    for key in spec:
+        if key not in RANGE_KEYS:
+            raise InvalidHyperparameter(
+                f"{name}.{key}", f"unknown key of a range ({did_you_mean(str(key), RANGE_KEYS, 'keys')})"
+            )
+    for key in ("low", "high"):
+        if key not in spec:
+            raise InvalidHyperparameter(f"{name}.{key}", "required key of a range is missing")
+    bounds = {}
+    for key in ("low", "high"):
+        try:
+            bounds[key] = entry.check(spec[key])
+        except InvalidHyperparameter as error:
+            raise InvalidHyperparameter(f"{name}.{key}", error.message) from None
+    low, high = entry.canonical(bounds["low"]), entry.canonical(bounds["high"])
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise InvalidHyperparameter(f"{name}.log", f"{log!r} is not true or false")
+    step = spec.get("step")
+    if low > high:
+        raise InvalidHyperparameter(f"{name}.high", f"{_number(high)} is below low {_number(low)}")
+    if log and low <= 0:
+        raise InvalidHyperparameter(f"{name}.low", f"{_number(low)}: a log range needs low > 0")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step > 0):
+            raise InvalidHyperparameter(f"{name}.step", f"{step!r} is not a positive number")
+        if entry.kind is int and not isinstance(step, int):
+            raise InvalidHyperparameter(f"{name}.step", f"{step!r} is not an integer ({name} is one)")
+        if log and step != 1:
+            raise InvalidHyperparameter(f"{name}.step", "a log range takes no step (every value is possible)")
+        steps = (high - low) / step
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):  # the sampler would move high silently
+            raise InvalidHyperparameter(
+                f"{name}.step", f"high - low = {_number(high - low)} is not a multiple of step {_number(step)}"
+            )
+        step = entry.canonical(step)
+    if step is None and entry.kind is int:
+        step = 1
+    return {"low": low, "high": high, "log": log, "step": step}
+
+
 def check_dictionary(dictionary: Any) -> Any:
-    """A scan's dictionary, checked value by value, with every omitted key filled with ``[default]``."""
+    """A scan's dictionary, checked value by value, with every omitted key filled with ``[default]``.
+
+    A value is a list (the grid's values, or a sampler's choices) or, for a number, a range ``{low, high, log,
+    step}`` that an adaptive sampler draws from (returned with every key present).
+    """
     if not isinstance(dictionary, Mapping):
         return dictionary  # the model's own type check says it is not a mapping
     for key, values in dictionary.items():
@@ -153,11 +214,18 @@ def check_dictionary(dictionary: Any) -> Any:
             raise InvalidHyperparameter(
                 str(key), f"unknown hyperparameter ({did_you_mean(str(key), REGISTRY, 'hyperparameters')})"
             )
+        if is_range(values):
+            continue
         if not isinstance(values, list):
-            raise InvalidHyperparameter(key, f"every value must be a list (write [{values!r}] for one value)")
+            raise InvalidHyperparameter(
+                key, f"every value must be a list or a range {{low, high}} (write [{values!r}] for one value)"
+            )
         if not values:
             raise InvalidHyperparameter(key, "empty list")
-    checked = {key: [REGISTRY[key].check(value) for value in values] for key, values in dictionary.items()}
+    checked = {
+        key: check_range(key, values) if is_range(values) else [REGISTRY[key].check(value) for value in values]
+        for key, values in dictionary.items()
+    }
     checked.update({name: [entry.default] for name, entry in REGISTRY.items() if name not in checked})
     return checked
 
