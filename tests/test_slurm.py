@@ -429,3 +429,65 @@ def test_an_array_task_that_just_ended_has_its_final_state_before_accounting_cat
         states = {info.state for info in slurm.job_infos(jobs).values()}
         time.sleep(0.2)
     assert states == {"FAILED"}, states
+
+
+# --- Adaptive search on the real cluster ------------------------------------------------------------------------
+
+
+def scan_jobs_queued(scan) -> set[str]:
+    ours = {str(job["job_id"]) for job in scan.manifest().get("jobs", [])}
+    return ours & queued_job_ids()
+
+
+def test_adaptive_scan_with_two_arrays_at_once_and_a_killed_worker_trains_the_budget_exactly_once(
+    slurm_analysis, capsys, monkeypatch
+):
+    from hhscan.execution import search
+
+    # Long enough epochs that a worker can be killed mid-pack; a median pruner with no warm-up, so some trials are
+    # pruned once two have finished.
+    slurm_analysis.edit_parameters(
+        hyperparameters={"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, "neurons": [64, 128],
+                         "layers": [2], "epochs": [12], "batch_size": [16]},
+        search={"sampler": "tpe", "trials": 6, "pruner": "median", "seed": 3,
+                "pruner_settings": {"n_startup_trials": 2, "n_warmup_steps": 0}},
+        training={"pack_size": 2, "early_stopping": {"enabled": False}, "checkpoint_interval_s": 1},
+    )  # fmt: skip
+    code, _, err = run_cli(["submit", "--name", "ad", "--split", "2"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("ad")
+    first_array = set(scan_jobs_queued(scan))
+    # A second array on the same scan while the first runs: the budget raised to 10, resubmit sends workers for
+    # the 4 trials no queued worker covers.
+    slurm_analysis.edit_parameters(search={"trials": 10})
+    code, out, err = run_cli(["resubmit", "ad", "--split", "2"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    second_array = scan_jobs_queued(scan) - first_array
+    assert second_array, out
+    watch = Watch(scan)
+    # Kill one worker of the first array while it trains (a live lease of its job).
+    watch.until(lambda: any(lease.job_id.split("_")[0] in {j.split("_")[0] for j in first_array}
+                            for lease in leases.Leases(scan.root).live().values()), 240, "a first-array worker training")  # fmt: skip
+    victim = next(lease for lease in leases.Leases(scan.root).live().values()
+                  if lease.job_id.split("_")[0] in {j.split("_")[0] for j in first_array})  # fmt: skip
+    subprocess.run(["scancel", victim.job_id], check=True)
+    watch.until(lambda: not scan_jobs_queued(scan), 600, "every worker ended")
+    records, corrupt = scan.records()
+    assert victim.trial_id not in records or records[victim.trial_id].job_id != victim.job_id
+    # The killed worker's trial is asked and unrecorded: resubmit trains exactly what is missing.
+    code, out, err = run_cli(["resubmit", "ad", "--split", "2"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    watch.until(lambda: not scan_jobs_queued(scan), 600, "the resubmitted workers ended")
+    watch.sample()
+    assert watch.violations == []
+    records, corrupt = scan.records()
+    slots = [asked.trial.id for asked in search.read_asked(scan.root)]
+    assert not corrupt and len(slots) == 10 == len(set(slots))  # the budget, each point once
+    assert set(records) == set(slots)  # every asked trial recorded, none beyond the budget
+    states = {record.status for record in records.values()}
+    assert states <= {"DONE", "PRUNED"} and "PRUNED" in states, states
+    for record in records.values():
+        if record.status == "PRUNED":
+            assert 1 <= record.pruned_epoch < 12 and record.epochs_run == record.pruned_epoch
+    code, out, _ = run_cli(["status", "ad"], slurm_analysis.root, capsys, monkeypatch)
+    assert "(10 trials, 10 asked)" in out and "missing: 1" not in out, out
