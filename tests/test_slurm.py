@@ -491,3 +491,32 @@ def test_adaptive_scan_with_two_arrays_at_once_and_a_killed_worker_trains_the_bu
             assert 1 <= record.pruned_epoch < 12 and record.epochs_run == record.pruned_epoch
     code, out, _ = run_cli(["status", "ad"], slurm_analysis.root, capsys, monkeypatch)
     assert "(10 trials, 10 asked)" in out and "missing: 1" not in out, out
+
+
+def test_an_adaptive_worker_past_its_time_limit_is_requeued_and_resumes_its_own_trial(
+    analysis, cluster, capsys, monkeypatch
+):
+    from hhscan.execution import search
+
+    analysis.edit_parameters(
+        # ≈2 min of training on an idle core (≈0.09 s an epoch), so a 2-minute limit with a 60 s signal delay falls
+        # mid-training; up to 20 requeues leave headroom on a loaded machine.
+        hyperparameters={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": [1200],
+                         "batch_size": [8], "neurons": [256], "layers": [3]},
+        search={"sampler": "random", "trials": 1, "seed": 5},
+        training={"early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False}, "checkpoint_interval_s": 0},
+        slurm={"resources": {"timeout_min": 2, "slurm_signal_delay_s": 60, "cpus_per_task": 1, "mem_gb": 2,
+                             "max_num_timeout": 20}},
+    )  # fmt: skip
+    code, _, err = run_cli(["submit", "--name", "adlimit"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(analysis.root).scan("adlimit")
+    watch = Watch(scan)
+    watch.until(lambda: not scan_jobs_queued(scan), 1500, "the worker ended")
+    assert watch.violations == []
+    (asked,) = search.read_asked(scan.root)  # one point asked, never a second one after the requeue
+    (record,) = scan.records()[0].values()
+    assert record.trial_id == asked.trial.id and record.done
+    assert record.resumed_from_epoch is not None and 0 < record.resumed_from_epoch < 1200
+    assert record.epochs_run == 1200 and len(record.history["val_loss"]) == 1200
+    assert "timed-out" in Path(record.log_path.replace("_log.out", "_log.err")).read_text()
