@@ -369,6 +369,32 @@ def test_report_of_an_adaptive_scan_draws_optunas_importance_and_parallel_coordi
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, (name, image.shape)
 
 
+def test_search_plots_are_skipped_with_a_note_below_two_completed_trials(pruned_scan, capsys, tmp_path):
+    from hhscan.results import report
+
+    root, parameters = pruned_scan()
+    scan = Workspace(root).scan("pruned")
+    found, _ = scan.records()
+    first = search.read_asked(scan.root)[:1]  # one slot: one completed trial at most
+    notes: list[str] = []
+    paths = report.search_plots(search.build_study(parameters, scan.name, first, found), tmp_path, notes)
+    assert paths == [] and not list(tmp_path.iterdir())
+    assert notes == ["no search plots: 1 completed trial(s), 2 searched parameter(s)"]
+
+
+def test_optuna_storage_of_a_grid_scan_is_one_line_before_any_record_is_read(analysis, capsys, monkeypatch):
+    analysis.edit_parameters(hyperparameters={"neurons": [4]})
+    parameters = config.load_parameters(analysis.parameters)
+    session.prepare(parameters, config.load_sample_list(config.samples_path(parameters)), analysis.root, "grid",
+                    kind="local")  # fmt: skip
+    path = analysis.root / "study.db"
+    code, _, err = run_cli(["report", "grid", "--optuna-storage", str(path)], analysis.root, capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (f"hhscan: error: --optuna-storage {path}: scan 'grid' is a grid scan; only an adaptive "
+                           "scan has a study")  # fmt: skip
+    assert not path.exists()
+
+
 def test_slurm_workers_of_an_adaptive_scan_cover_the_budget_not_finished(analysis, capsys, monkeypatch):
     """Without Slurm: the worker groups a submission would send, and status, from slots and records alone."""
     from hhscan.execution import slurm
