@@ -188,14 +188,19 @@ def export_study(scan: ScanDirectory, parameters: Parameters, records: dict[str,
               for item in search.read_asked(scan.root) if item.trial.id in records]  # fmt: skip
     target = path if path.exists() else path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     storage = optuna.storages.RDBStorage(_storage_url(target))
+    written = False
     try:
         study = optuna.create_study(storage=storage, study_name=scan.name, direction=search.direction(parameters))
         study.add_trials(trials)
+        written = True
     finally:
         storage.remove_session()
         storage.engine.dispose()
-    if target != path:
-        target.replace(path)
+        if target != path:
+            if written:
+                target.replace(path)
+            else:
+                target.unlink(missing_ok=True)  # no half-written temporary file left behind
     return path
 
 
