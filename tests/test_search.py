@@ -351,6 +351,14 @@ def test_report_writes_the_study_to_an_sqlite_file_optuna_reads_back(pruned_scan
                            monkeypatch)  # fmt: skip
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"hhscan: error: --optuna-storage {other}: not an Optuna SQLite storage")
+    # A storage holding other studies: the scan's study is added beside them.
+    shared = tmp_path / "shared.db"
+    optuna.create_study(study_name="other", storage=f"sqlite:///{shared}")
+    code, _, err = run_cli(["report", "pruned", "--no-plots", "--optuna-storage", str(shared)], root, capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert sorted(optuna.study.get_all_study_names(storage=f"sqlite:///{shared}")) == ["other", "pruned"]
+    assert len(optuna.load_study(study_name="pruned", storage=f"sqlite:///{shared}").trials) == 8
 
 
 def test_report_of_an_adaptive_scan_draws_optunas_importance_and_parallel_coordinates(pruned_scan, capsys,
