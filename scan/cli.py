@@ -282,6 +282,11 @@ def report(
     criterion: Annotated[
         str | None, typer.Option("--criterion", help="Rank by this metric (default: the scan's eval_criterion).")
     ] = None,
+    optuna_storage: Annotated[
+        Path | None,
+        typer.Option("--optuna-storage", help="Adaptive scan: also write its study to this SQLite file "
+                     "(optuna-dashboard PATH opens it)."),
+    ] = None,
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Rank all trials: top-N table, models/NAME.csv, plots under models/NAME/, best model models/NAME_best.zip."""
@@ -299,13 +304,18 @@ def report(
         from hhscan.settings import config
 
         config.check_criterion(criterion, "--criterion")
-    result = make_report(space, name, plots=not no_plots, criterion=criterion)
+    result = make_report(space, name, plots=not no_plots, criterion=criterion, optuna_storage=optuna_storage)
     records = {r.trial_id: r for r in result.ranked + result.failed}
     console_views.print_leaderboard(console, result.scan, result.criterion, records, result.corrupt, top)
     console_views.print_input_warnings(console, result.probable_leaks, result.leak_threshold)
     console.print(f"all trials ranked: {_text(result.csv_path)}")
     if result.plot_paths:
         console.print(f"plots: {_text(result.plot_paths[0].parent)}/ ({len(result.plot_paths)} files)")
+    for note in result.notes:
+        console.print(note)
+    if result.optuna_storage:
+        console.print(f"Optuna study '{_text(result.scan)}': {_text(result.optuna_storage)} "
+                      f"(optuna-dashboard sqlite:///{_text(result.optuna_storage.resolve())})")
     if result.best_zip:
         console.print(f"best model: {_text(result.best_zip)} (also 'hhscan test --model best')")
 

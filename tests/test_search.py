@@ -312,6 +312,97 @@ def test_the_study_rebuilt_from_records_has_the_best_value_computed_by_hand(prun
         assert frozen.intermediate_values == dict(enumerate(found[trial_id].history["val_auc"]))
 
 
+def test_report_writes_the_study_to_an_sqlite_file_optuna_reads_back(pruned_scan, capsys, monkeypatch, tmp_path):
+    import optuna
+
+    root, _ = pruned_scan()
+    found, _ = Workspace(root).scan("pruned").records()
+    path = tmp_path / "study.db"
+    code, out, err = run_cli(["report", "pruned", "--no-plots", "--optuna-storage", str(path)], root, capsys,
+                             monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert f"Optuna study 'pruned': {path}" in out.replace("\n", "")
+    assert not list(tmp_path.glob(".*.tmp"))  # written under a temporary name, then renamed
+    study = optuna.load_study(study_name="pruned", storage=f"sqlite:///{path}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # val_auc
+    assert len(study.trials) == len(found) == 8
+    states = {"DONE": optuna.trial.TrialState.COMPLETE, "PRUNED": optuna.trial.TrialState.PRUNED}
+    for frozen in study.trials:
+        record = found[frozen.user_attrs["trial_id"]]
+        assert frozen.state == states[record.status]
+        assert frozen.value == (record.metrics["val_auc"] if record.status == records.DONE else None)
+        assert frozen.params == {k: record.hyperparameters[k] for k in ("learning_rate", "neurons")}
+        assert frozen.intermediate_values == dict(enumerate(record.history["val_auc"]))
+    assert [t.user_attrs["trial_id"] for t in study.trials] == _slots(Workspace(root).scan("pruned").root)
+    best = max((r for r in found.values() if r.status == records.DONE), key=lambda r: r.metrics["val_auc"])
+    assert study.best_value == best.metrics["val_auc"] and study.best_trial.user_attrs["trial_id"] == best.trial_id
+    # Its study exists already: one line, exit 1, the file untouched.
+    before = path.read_bytes()
+    code, _, err = run_cli(["report", "pruned", "--no-plots", "--optuna-storage", str(path)], root, capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (f"hhscan: error: --optuna-storage {path}: holds a study 'pruned' already; remove the "
+                           "file or choose another path")  # fmt: skip
+    assert path.read_bytes() == before
+    # A file that is no database: one line, exit 1.
+    other = tmp_path / "notes.txt"
+    other.write_text("not a database\n" * 100)
+    code, _, err = run_cli(["report", "pruned", "--no-plots", "--optuna-storage", str(other)], root, capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"hhscan: error: --optuna-storage {other}: not an Optuna SQLite storage")
+    # A storage holding other studies: the scan's study is added beside them.
+    shared = tmp_path / "shared.db"
+    optuna.create_study(study_name="other", storage=f"sqlite:///{shared}")
+    code, _, err = run_cli(["report", "pruned", "--no-plots", "--optuna-storage", str(shared)], root, capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert sorted(optuna.study.get_all_study_names(storage=f"sqlite:///{shared}")) == ["other", "pruned"]
+    assert len(optuna.load_study(study_name="pruned", storage=f"sqlite:///{shared}").trials) == 8
+
+
+def test_report_of_an_adaptive_scan_draws_optunas_importance_and_parallel_coordinates(pruned_scan, capsys,
+                                                                                       monkeypatch):  # fmt: skip
+    import matplotlib.image
+
+    root, _ = pruned_scan()
+    directory = root / "models" / "pruned"
+    for name in ("importance.png", "parallel_coordinate.png"):
+        (directory / name).unlink(missing_ok=True)
+    code, _, err = run_cli(["report", "pruned"], root, capsys, monkeypatch)
+    assert code == 0, err
+    for name in ("importance.png", "parallel_coordinate.png"):
+        assert (directory / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(directory / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, (name, image.shape)
+
+
+def test_search_plots_are_skipped_with_a_note_below_two_completed_trials(pruned_scan, capsys, tmp_path):
+    from hhscan.results import report
+
+    root, parameters = pruned_scan()
+    scan = Workspace(root).scan("pruned")
+    found, _ = scan.records()
+    first = search.read_asked(scan.root)[:1]  # one slot: one completed trial at most
+    notes: list[str] = []
+    paths = report.search_plots(search.build_study(parameters, scan.name, first, found), tmp_path, notes)
+    assert paths == [] and not list(tmp_path.iterdir())
+    assert notes == ["no search plots: 1 completed trial(s), 2 searched parameter(s)"]
+
+
+def test_optuna_storage_of_a_grid_scan_is_one_line_before_any_record_is_read(analysis, capsys, monkeypatch):
+    analysis.edit_parameters(hyperparameters={"neurons": [4]})
+    parameters = config.load_parameters(analysis.parameters)
+    session.prepare(parameters, config.load_sample_list(config.samples_path(parameters)), analysis.root, "grid",
+                    kind="local")  # fmt: skip
+    path = analysis.root / "study.db"
+    code, _, err = run_cli(["report", "grid", "--optuna-storage", str(path)], analysis.root, capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (f"hhscan: error: --optuna-storage {path}: scan 'grid' is a grid scan; only an adaptive "
+                           "scan has a study")  # fmt: skip
+    assert not path.exists()
+
+
 def test_slurm_workers_of_an_adaptive_scan_cover_the_budget_not_finished(analysis, capsys, monkeypatch):
     """Without Slurm: the worker groups a submission would send, and status, from slots and records alone."""
     from hhscan.execution import slurm

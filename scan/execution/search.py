@@ -280,6 +280,26 @@ class SearchStudy:
         return {"system_attrs": dict(self.storage.get_trial(internal).system_attrs)}
 
 
+def frozen_trial(
+    parameters: Parameters, space: Mapping[str, Any], item: Asked, record: TrialRecord | None
+) -> optuna.trial.FrozenTrial:
+    """One slot as an Optuna trial: its searched values, its record's outcome (RUNNING without one) and intermediate
+    values, the sampler's attributes, and the hhscan trial id as the user attribute ``trial_id``."""
+    import optuna
+
+    state, value = state_of(parameters, record)
+    attrs = {**item.system_attrs, **(record.search_state.get("system_attrs", {}) if record else {})}
+    return optuna.trial.create_trial(
+        params={key: item.trial.hyperparameters[key] for key in space},
+        distributions=dict(space),
+        value=value,
+        state=optuna.trial.TrialState[state],
+        intermediate_values=intermediate_values(parameters, record.history) if record else None,
+        user_attrs={"trial_id": item.trial.id},
+        system_attrs=attrs,
+    )
+
+
 def build_study(
     parameters: Parameters, name: str, asked: Sequence[Asked], records: Mapping[str, TrialRecord]
 ) -> SearchStudy:
@@ -302,19 +322,7 @@ def build_study(
     )
     result = SearchStudy(parameters, study, space, fixed)
     for item in asked:
-        record = records.get(item.trial.id)
-        state, value = state_of(parameters, record)
-        attrs = {**item.system_attrs, **(record.search_state.get("system_attrs", {}) if record else {})}
-        params = {key: item.trial.hyperparameters[key] for key in space}
-        frozen = optuna.trial.create_trial(
-            params=params,
-            distributions=space,
-            value=value,
-            state=optuna.trial.TrialState[state],
-            intermediate_values=intermediate_values(parameters, record.history) if record else None,
-            system_attrs=attrs,
-        )
-        study.add_trial(frozen)
+        study.add_trial(frozen_trial(parameters, space, item, records.get(item.trial.id)))
         result.ids[item.trial.id] = study._storage.get_all_trials(study._study_id, deepcopy=False)[-1]._trial_id
         for key, attr in item.study_system_attrs.items():  # e.g. QMC's sample counter, as of this slot's ask
             storage.set_study_system_attr(study._study_id, key, attr)

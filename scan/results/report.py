@@ -8,16 +8,20 @@ own zip (model, metadata with history and split checksum, the configuration used
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hhscan.errors import ModelError, ScanError, did_you_mean
+from hhscan.execution import search
 from hhscan.execution.scandir import ScanDirectory, Workspace
 from hhscan.fileio import atomic_write_bytes, atomic_write_text
 from hhscan.learning import artifacts
 from hhscan.learning.records import PRUNED, TrialRecord
 from hhscan.results.ranking import criterion_value, ranked, unranked, varying
+from hhscan.settings.config import Parameters
 
 BEST_POINTER = "best.json"
 
@@ -35,6 +39,8 @@ class Report:
     best_zip: Path | None = None
     probable_leaks: dict[str, float] = field(default_factory=dict)
     leak_threshold: float = 0.99
+    optuna_storage: Path | None = None
+    notes: list[str] = field(default_factory=list)  # plots skipped, and why
 
 
 def records_frame(records: list[TrialRecord], failed: list[TrialRecord], scan: ScanDirectory, criterion: str):
@@ -86,11 +92,18 @@ def make_report(
     top_curves: int = 5,
     export: bool = True,
     criterion: str | None = None,
+    optuna_storage: Path | None = None,
 ) -> Report:
-    """Rank by ``criterion``, default the scan's current ``eval_criterion`` (its latest configuration)."""
+    """Rank by ``criterion``, default the scan's current ``eval_criterion`` (its latest configuration).
+
+    An adaptive scan also gets Optuna's importance and parallel-coordinate plots of its study, and with
+    ``optuna_storage`` the study written as an SQLite file that ``optuna-dashboard`` opens."""
     scan = workspace.scan(name)
     manifest = scan.manifest()
-    criterion = criterion or scan.load_config()[0].eval_criterion
+    parameters = scan.load_config()[0]
+    criterion = criterion or parameters.eval_criterion
+    if optuna_storage is not None:  # refused before any record is read
+        _check_storage(scan.name, parameters, Path(optuna_storage))
     found, corrupt = scan.records()
     records = list(found.values())
     if not records:
@@ -125,9 +138,98 @@ def make_report(
             for i, r in enumerate(best[:top_curves])
         }  # fmt: skip
         report.plot_paths.append(figures.learning_curves(curves, directory / "learning_curves.png"))
+        if parameters.search.adaptive:
+            rebuilt = search.build_study(parameters, scan.name, search.read_asked(scan.root), found)
+            report.plot_paths += search_plots(rebuilt, directory, report.notes)
+    if optuna_storage is not None:
+        report.optuna_storage = export_study(scan, parameters, found, Path(optuna_storage))
     if best and export:
         report.best_zip = export_best(workspace, scan, best[0])
     return report
+
+
+def _storage_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def _check_storage(scan_name: str, parameters: Parameters, path: Path) -> None:
+    """One line if the scan is a grid scan, or the file is no Optuna storage or holds this scan's study already."""
+    if not parameters.search.adaptive:
+        raise ScanError(
+            f"--optuna-storage {path}: scan '{scan_name}' is a grid scan; only an adaptive scan has a study"
+        )
+    if not path.parent.is_dir():
+        raise ScanError(f"--optuna-storage {path}: no directory {path.parent}")
+    if not path.exists():
+        return
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        names = optuna.study.get_all_study_names(storage=_storage_url(path))
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = str(error.orig if getattr(error, "orig", None) else error).splitlines()[0]
+        raise ScanError(f"--optuna-storage {path}: not an Optuna SQLite storage ({reason})") from None
+    if scan_name in names:
+        raise ScanError(
+            f"--optuna-storage {path}: holds a study '{scan_name}' already; remove the file or choose another path"
+        )
+
+
+def export_study(scan: ScanDirectory, parameters: Parameters, records: dict[str, TrialRecord], path: Path) -> Path:
+    """The scan's study, one Optuna trial per record in slot order (as ``search.build_study`` rebuilds it),
+    written to the SQLite storage ``path`` under the scan's name. A new file is written whole under a temporary
+    name, then renamed: never half a file. Slots without a record yet (in training) are left out."""
+    import optuna
+
+    path = Path(path)
+    space, _ = search.search_space(parameters)
+    trials = [search.frozen_trial(parameters, space, item, records[item.trial.id])
+              for item in search.read_asked(scan.root) if item.trial.id in records]  # fmt: skip
+    target = path if path.exists() else path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    storage = optuna.storages.RDBStorage(_storage_url(target))
+    written = False
+    try:
+        study = optuna.create_study(storage=storage, study_name=scan.name, direction=search.direction(parameters))
+        study.add_trials(trials)
+        written = True
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+        if target != path:
+            if written:
+                target.replace(path)
+            else:
+                target.unlink(missing_ok=True)  # no half-written temporary file left behind
+    return path
+
+
+def search_plots(rebuilt: search.SearchStudy, directory: Path, notes: list[str]) -> list[Path]:
+    """Optuna's parameter importances and parallel coordinates of an adaptive scan's study, when they say
+    something: at least two completed trials (and two searched parameters for the importances)."""
+    import optuna
+    from hhscan.results import plots as figures
+    from optuna.visualization import matplotlib as optuna_plots
+
+    study, searched = rebuilt.study, sorted(rebuilt.space)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    target = rebuilt.parameters.eval_criterion
+    if len(complete) < 2 or not searched:
+        notes.append(f"no search plots: {len(complete)} completed trial(s), {len(searched)} searched parameter(s)")
+        return []
+    paths = []
+    with warnings.catch_warnings():  # Optuna's matplotlib plots are "experimental": nothing for a user to act on
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if len(searched) >= 2:
+            axes = optuna_plots.plot_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target_name=target
+            )
+            paths.append(figures._save(axes.figure, directory / "importance.png"))
+        else:
+            notes.append(f"no importance plot: only one searched parameter ({searched[0]})")
+        axes = optuna_plots.plot_parallel_coordinate(study, target_name=target)
+        paths.append(figures._save(axes.figure, directory / "parallel_coordinate.png"))
+    return paths
 
 
 def export_best(workspace: Workspace, scan: ScanDirectory, record: TrialRecord) -> Path:
