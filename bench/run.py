@@ -5,17 +5,19 @@
     python bench/run.py --only scan,data
 
 Sections: scan (hhscan vs a plain Keras loop on TensorFlow vs Talos vs Optuna's GridSampler, the shipped
-example), kfold (3 fold models per trial against one), packing (trials/s for pack sizes 1…32), machine (training
-events/s against an MLP-shaped matmul ceiling), data (ROOT → arrays vs raw uproot, cached reload vs np.load),
-bookkeeping (missing-trial detection and report over 10 000 records, ``hhscan --help``).
-Each tool runs in its own process (a Keras backend is per process); times exclude imports. Talos 2.0.10 needs
-pandas<3: the bench creates its own venv for it in bench/.venv-talos (once; --no-talos skips it).
+example), kfold (3 fold models per trial against one), search (hhscan TPE + median pruning against the full grid
+in hhscan and a plain Optuna study: epochs and wall time to the grid's best val AUC − 0.003), packing (trials/s for
+pack sizes 1…32), machine (training events/s against an MLP-shaped matmul ceiling), data (ROOT → arrays vs raw
+uproot, cached reload vs np.load), bookkeeping (missing-trial detection and report over 10 000 records,
+``hhscan --help``). Each tool runs in its own process (a Keras backend is per process); times exclude imports.
+Talos 2.0.10 needs pandas<3: the bench creates its own venv for it in bench/.venv-talos (once; --no-talos skips it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -44,15 +46,31 @@ EXAMPLE_GRID = {
 EXAMPLE_KFOLD = {"name": "k3", "kind": "kfold", "folds": 3, "variable": "floor(lepton_phi * 100000)"}
 
 
-def _project(root: Path, epochs: int, split: dict | None = None) -> Path:
+# The search section's space: a 64-point grid, given as lists (the sampler's categorical choices) to the searches.
+SEARCH_SPACE = {
+    **EXAMPLE_GRID,
+    "layers": [1, 2, 3, 4],
+    "neurons": [16, 32, 64, 128],
+    "learning_rate": [3e-4, 1e-3, 3e-3, 1e-2],
+}
+# Both searches: the same pruner settings (Optuna's MedianPruner defaults, written out) and sampler seed.
+SEARCH_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 0}
+SEARCH_SEED = 7
+QUALITY = 0.003  # "reached": best val AUC ≥ the full grid's best − QUALITY
+
+
+def _project(root: Path, epochs: int, split: dict | None = None, space: dict | None = None,
+             search: dict | None = None) -> Path:  # fmt: skip
     import yaml
 
     for part in ("parameters", "sample_lists", "data"):
         shutil.copytree(REPO / part, root / part)
     parameters = yaml.safe_load((root / "parameters" / "scan.yaml").read_text())
-    parameters["hyperparameters"] = {**EXAMPLE_GRID, "epochs": [epochs]}
+    parameters["hyperparameters"] = {**(space or EXAMPLE_GRID), "epochs": [epochs]}
     if split is not None:
         parameters["split"] = split
+    if search is not None:
+        parameters["search"] = search
     # Identical training for every tool: no callbacks, fixed epochs.
     parameters["training"] = {"early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False},
                               "checkpoint_interval_s": None}  # fmt: skip
@@ -93,7 +111,7 @@ def worker_hhscan(root: Path) -> dict:
             "trials": len(records)}  # fmt: skip
 
 
-def _plain_fit(keras, hp, x, y, w, xv, yv, wv):
+def _plain_fit(keras, hp, x, y, w, xv, yv, wv, callbacks=()):
     from hhscan.data import metrics
 
     mean, variance = x.mean(axis=0), x.var(axis=0)
@@ -104,7 +122,7 @@ def _plain_fit(keras, hp, x, y, w, xv, yv, wv):
     net = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
     net.compile(optimizer=keras.optimizers.Adam(hp["learning_rate"]), loss="binary_crossentropy")
     net.fit(x, y, sample_weight=w, validation_data=(xv, yv, wv), epochs=hp["epochs"], batch_size=hp["batch_size"],
-            verbose=0)  # fmt: skip
+            verbose=0, callbacks=list(callbacks))  # fmt: skip
     auc = metrics.weighted_auc(yv, net.predict(xv, batch_size=65536, verbose=0)[:, 0], wv)
     keras.backend.clear_session()
     return auc
@@ -149,6 +167,88 @@ def worker_optuna(root: Path, epochs: int) -> dict:
     started = time.perf_counter()
     study.optimize(objective, n_trials=len(_grid(epochs)))
     return {"wall_s": time.perf_counter() - started, "best_val_auc": study.best_value, "backend": "tensorflow"}
+
+
+def worker_search_hhscan(root: Path) -> dict:
+    """hhscan on the project's config, grid or adaptive: after each trial's record, the elapsed wall time."""
+    root = Path(root)
+    from hhscan.execution import runner, session
+    from hhscan.learning import model
+    from hhscan.settings import config
+
+    parameters = config.load_parameters(root / "parameters" / "scan.yaml")
+    samples = config.load_sample_list(config.samples_path(parameters))
+    backend = model.choose_backend("auto")
+    import keras  # noqa: F401  (imports excluded from the timing, as for every tool)
+
+    prepared = session.prepare(parameters, samples, root, "bench", kind="local")
+    trace, trained, stopped = [], {}, set()
+
+    def epoch(update) -> None:
+        # Epochs trained so far, per trial: a pack's records come at its end, after all of its epochs were spent.
+        for trial_id, active in zip(update.trial_ids, update.active, strict=True):
+            if trial_id not in stopped:
+                trained[trial_id] = update.epoch
+            if not active:
+                stopped.add(trial_id)
+
+    def ended(record) -> None:
+        trace.append({"status": record.status, "val_auc": record.metrics.get("val_auc"), "epochs": record.epochs_run,
+                      "spent": sum(trained.values()), "wall_s": time.perf_counter() - started})  # fmt: skip
+
+    started = time.perf_counter()
+    if parameters.search.adaptive:
+        runner.run_adaptive(prepared.scan, on_trial_end=ended, dataset=prepared.dataset, on_epoch=epoch)
+    else:
+        session.run_local(prepared, [t.id for t in prepared.trials], on_trial_end=ended, on_epoch=epoch)
+    return {"trace": trace, "backend": backend}
+
+
+def worker_search_optuna(root: Path, epochs: int, n_trials: int) -> dict:
+    """The loop a physicist would write: TPE + MedianPruner, one ``model.fit`` per trial, val AUC reported per epoch."""
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import keras
+    import optuna
+    from hhscan.data import metrics
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _, _, data = _dataset(root)
+    x, y, w = data.part(0)
+    xv, yv, wv = data.part(1)
+    y, yv = y.astype("float32"), yv.astype("float32")
+    space = {**SEARCH_SPACE, "epochs": [epochs]}
+
+    class Pruning(keras.callbacks.Callback):
+        def __init__(self, trial):
+            super().__init__()
+            self.trial, self.pruned = trial, False
+
+        def on_epoch_end(self, epoch, logs=None):
+            auc = metrics.weighted_auc(yv, self.model.predict(xv, batch_size=65536, verbose=0)[:, 0], wv)
+            self.trial.report(auc, epoch)
+            # As hhscan: no pruning after the last epoch (it would save nothing).
+            if epoch + 1 < epochs and self.trial.should_prune():
+                self.pruned = self.model.stop_training = True
+
+    def objective(trial):
+        hp = {k: trial.suggest_categorical(k, v) for k, v in space.items()}
+        pruning = Pruning(trial)
+        auc = _plain_fit(keras, hp, x, y, w, xv, yv, wv, callbacks=[pruning])
+        if pruning.pruned:
+            raise optuna.TrialPruned()
+        return auc
+
+    trace = []
+
+    def ended(study, trial) -> None:
+        trace.append({"status": trial.state.name, "val_auc": trial.value, "epochs": len(trial.intermediate_values),
+                      "wall_s": time.perf_counter() - started})  # fmt: skip
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=SEARCH_SEED),
+                                pruner=optuna.pruners.MedianPruner(**SEARCH_PRUNER))  # fmt: skip
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=n_trials, callbacks=[ended])
+    return {"trace": trace, "backend": "tensorflow"}
 
 
 def worker_machine(events: int) -> dict:
@@ -332,6 +432,88 @@ def section_kfold(quick: bool) -> list[str]:
     return [*lines, ""]
 
 
+def _reached(trace: list[dict], target: float) -> dict:
+    """Totals of a search's trace (trials in the order they finished), and where its best finished trial's val AUC
+    first reached ``target``: trials, epochs spent by then (pruned trials' and a pack's unrecorded ones included),
+    wall."""
+    best, epochs, reached = float("-inf"), 0, None
+    for n, row in enumerate(trace, 1):
+        epochs += row["epochs"]
+        if row["status"] in ("DONE", "COMPLETE") and row["val_auc"] is not None:
+            best = max(best, row["val_auc"])
+        if reached is None and best >= target:
+            reached = {"trials": n, "epochs": max(epochs, row.get("spent", 0)), "wall_s": row["wall_s"]}
+    pruned = sum(row["status"] == "PRUNED" for row in trace)
+    return {"trials": len(trace), "pruned": pruned, "epochs": epochs, "wall_s": trace[-1]["wall_s"], "best": best,
+            "reached": reached}  # fmt: skip
+
+
+def section_search(quick: bool) -> list[str]:
+    """Adaptive search: hhscan TPE + median pruning against the full grid (hhscan) and a plain Optuna study."""
+    epochs = 2 if quick else 8
+    n_trials = 8 if quick else 32
+    search = {"sampler": "tpe", "trials": n_trials, "pruner": "median", "pruner_settings": SEARCH_PRUNER,
+              "seed": SEARCH_SEED}  # fmt: skip
+    grid_size = int(np.prod([len(v) for v in SEARCH_SPACE.values()]))
+    with tempfile.TemporaryDirectory() as directory:
+        grid = _in_process("worker_search_hhscan", str(_project(Path(directory) / "grid", epochs, space=SEARCH_SPACE)))
+        adaptive = _in_process("worker_search_hhscan", str(_project(Path(directory) / "tpe", epochs,
+                                                                     space=SEARCH_SPACE, search=search)))  # fmt: skip
+        root = _project(Path(directory) / "optuna", epochs, space=SEARCH_SPACE)
+        plain = _in_process("worker_search_optuna", str(root), epochs, n_trials)
+    grid_row = _reached(grid["trace"], float("inf"))
+    target = grid_row["best"] - QUALITY
+    good = sum(row["status"] == "DONE" and row["val_auc"] >= target for row in grid["trace"])
+    # How lucky a first pack of random points is: P(≥ 1 of the grid's `good` points among 16 drawn without return).
+    lucky = 1 - math.comb(grid_size - good, 16) / math.comb(grid_size, 16)
+    ours, theirs = _reached(adaptive["trace"], target), _reached(plain["trace"], target)
+    rows = {f"(a) hhscan full grid ({grid_size} trials, {grid['backend']})": grid_row,
+            f"(b) hhscan TPE + median pruner, budget {n_trials} ({adaptive['backend']})": ours,
+            f"(c) plain Optuna TPE + MedianPruner, budget {n_trials}, one fit a trial, TensorFlow": theirs}  # fmt: skip
+    lines = [f"### Adaptive search: {grid_size}-point space (layers 1–4 × neurons 16–128 × learning rate 3e-4–1e-2), "
+             f"{epochs} epochs, batch 256 (imports excluded)", "",
+             f"Target quality: the full grid's best val AUC − {QUALITY} = {target:.4f}. Both searches: TPE seed "
+             f"{SEARCH_SEED}, MedianPruner({', '.join(f'{k}={v}' for k, v in SEARCH_PRUNER.items())}), the space as "
+             "categorical lists; hhscan asks packs (`pack_size: auto`), the plain loop one trial at a time with a "
+             "Keras callback reporting val AUC per epoch. Epochs are summed over trials, pruned ones included; to the "
+             "target, hhscan's count every epoch its packs trained by then (a pack's records come at its end). "
+             f"{good} of the {grid_size} grid points reach the target: 16 points drawn at random hold one with "
+             f"probability {lucky:.2f}.", "",
+             "| search | trials (pruned) | epochs | wall s | best val AUC | target reached after: trials, epochs, "
+             "wall s |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, row in rows.items():
+        if row is grid_row:
+            reached = "(the target's reference)"
+        elif row["reached"] is None:
+            reached = f"not reached (best {row['best']:.4f})"
+        else:
+            hit = row["reached"]
+            reached = f"{hit['trials']}, {hit['epochs']}, {hit['wall_s']:.1f}"
+        lines.append(f"| {label} | {row['trials']} ({row['pruned']}) | {row['epochs']} | {row['wall_s']:.1f} | "
+                     f"{row['best']:.4f} | {reached} |")  # fmt: skip
+    epochs_target, wall_target = "(b) ≤ 1/3 of the grid's epochs to the target", "(b) ≥ 3× faster wall than (c) to it"
+    lines += ["", "| target | measured | |", "|---|---|---|"]
+    hit, other = ours["reached"], theirs["reached"]
+    if hit is None:
+        lines += [f"| {epochs_target} | not reached (best {ours['best']:.4f}) | missed |",
+                  f"| {wall_target} | (b) not reached | missed |"]  # fmt: skip
+        return [*lines, ""]
+    share = hit["epochs"] / grid_row["epochs"]
+    lines.append(f"| {epochs_target} | {hit['epochs']} of {grid_row['epochs']} = {share:.2f} | "
+                 f"{'met' if share <= 1 / 3 else 'missed'} |")  # fmt: skip
+    if other is None:  # (c) never got there: its whole budget is a lower bound of its time to the target
+        bound = theirs["wall_s"] / hit["wall_s"]
+        lines.append(f"| {wall_target} | (c) not reached in {theirs['trials']} trials (best {theirs['best']:.4f}): "
+                     f"≥ {theirs['wall_s']:.1f} s / {hit['wall_s']:.1f} s = {bound:.1f}× | "
+                     f"{'met' if bound >= 3 else 'not decided'} |")  # fmt: skip
+    else:
+        ratio = other["wall_s"] / hit["wall_s"]
+        lines.append(f"| {wall_target} | {other['wall_s']:.1f} s / {hit['wall_s']:.1f} s = {ratio:.1f}× | "
+                     f"{'met' if ratio >= 3 else 'missed'} |")  # fmt: skip
+    return [*lines, ""]
+
+
 def section_packing(quick: bool) -> list[str]:
     sizes = [1, 2, 4, 8] if quick else [1, 2, 4, 8, 16, 32]
     n_trials = 8 if quick else 32
@@ -461,8 +643,8 @@ def _best_of(repeats: int, function) -> float:
     return best
 
 
-SECTIONS = {"scan": section_scan, "kfold": section_kfold, "packing": section_packing, "machine": section_machine,
-            "data": section_data, "bookkeeping": section_bookkeeping}
+SECTIONS = {"scan": section_scan, "kfold": section_kfold, "search": section_search, "packing": section_packing,
+            "machine": section_machine, "data": section_data, "bookkeeping": section_bookkeeping}  # fmt: skip
 
 
 def main() -> None:
