@@ -227,3 +227,15 @@ def test_a_record_from_an_older_hhscan_still_reads():
     tampered = old.getvalue().replace("0.7", "0.9")
     with pytest.raises(records.CorruptRecord, match="checksum"):
         records.from_csv(tampered)
+
+
+def test_the_readme_from_python_example_runs(example, monkeypatch, capsys):
+    # The README's library example, run as written on a copy of the shipped example: it cannot rot unseen.
+    import re
+
+    code = re.search(r"## From Python.*?```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(example.root)
+    exec(compile(code, "README.md", "exec"), {})
+    assert "TrialRecord(trial_id=" in capsys.readouterr().out
+    records, _ = Workspace(example.root).scan("mine").records()
+    assert records and all(record.done for record in records.values())
