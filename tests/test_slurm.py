@@ -424,9 +424,12 @@ def test_an_array_task_that_just_ended_has_its_final_state_before_accounting_cat
                           "--wrap", "exit 3"], capture_output=True, text=True, check=True).stdout.strip()
     jobs = [{"job_id": f"{job}_{task}", "job_name": "ends-at-once", "submitted_before": submitted_before,
              "submitted_at": time.time()} for task in (0, 1)]
-    deadline, states = time.monotonic() + 60, set()
-    while time.monotonic() < deadline and not states - slurm.ACTIVE_STATES:
+    # Polled from submission until both tasks have ended (they may run one after the other on a busy node): the
+    # first state seen after each ends must be its real one, never GONE.
+    deadline, states = time.monotonic() + 120, set()
+    while time.monotonic() < deadline and not (states and not states & slurm.ACTIVE_STATES):
         states = {info.state for info in slurm.job_infos(jobs).values()}
+        assert "GONE" not in states, states
         time.sleep(0.2)
     assert states == {"FAILED"}, states
 
