@@ -344,8 +344,11 @@ def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_t
     scan = Workspace(slurm_analysis.root).scan("spent")
     (job,) = scan.manifest()["jobs"]
     watch = Watch(scan)
-    watch.until(lambda: len(training_epochs(scan)) == 2 and min(training_epochs(scan).values()) >= 3, 180,
-                "the pack training")  # fmt: skip
+    def checkpointed() -> bool:  # both trials training, each with a checkpoint past epoch 2 (saved every 1 s)
+        saved = [training.checkpoint_epoch(scan.root / "checkpoints", t.id) for t in scan.trials()]
+        return len(training_epochs(scan)) == 2 and all(epoch is not None and epoch >= 2 for epoch in saved)
+
+    watch.until(checkpointed, 180, "the pack training and checkpointed")
     # The checkpoint signal with no requeue left: submitit raises UncompletedJobError inside the training loop.
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
     watch.until(lambda: job["job_id"] not in queued_job_ids(), 120, "the job ended")
@@ -389,6 +392,8 @@ def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_t
         assert len(record.history["loss"]) == 200
         log = Path(record.log_path).read_text()
         assert f"resuming trial {record.trial_id} from epoch {record.resumed_from_epoch}" in log
+    # The last job cleans up after writing its record: wait for it to end before looking.
+    watch.until(lambda: not scan_jobs_queued(scan), 120, "the jobs ended")
     assert not (scan.root / "checkpoints").exists() and not (scan.root / "leases").exists()
 
 
