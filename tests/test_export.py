@@ -76,7 +76,7 @@ def test_an_export_that_differs_is_refused_and_removed(analysis, capsys, monkeyp
     code = (
         "import sys; from hhscan.results import export; export.select_backend(); from pathlib import Path; "
         "from hhscan.execution.scandir import Workspace; w = Workspace(Path('.')); z = Path('models/tight_best.zip'); "
-        "export.export_model(z, 'onnx', Path('out'), export.model_test_features(z, w), tolerance=-1.0)"
+        "export.export_model(z, 'onnx', Path('out'), export.model_test_events(z, w)[0], tolerance=-1.0)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=analysis.root, capture_output=True, text=True,
                             env={**os.environ, "KERAS_BACKEND": ""})  # fmt: skip

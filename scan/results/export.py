@@ -227,11 +227,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def model_test_features(zip_path: Path, workspace) -> np.ndarray:
-    """The model's own test events (from the persisted split named in its configuration)."""
-    return model_test_events(zip_path, workspace)[0]
-
-
 def model_test_events(zip_path: Path, workspace) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's own test events and, for a k-fold bundle, their folds: there every event is a test event, each
     of the model tested on its fold (the persisted fold assignment of the scan's split)."""
