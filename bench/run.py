@@ -92,8 +92,8 @@ def _dataset(root: Path):
     return parameters, samples, runner.prepare_dataset(parameters, samples, Workspace(root))
 
 
-def worker_hhscan(root: Path) -> dict:
-    root = Path(root)
+def _prepared_local(root: Path):
+    """The project's scan prepared for a local run, Keras imported (imports excluded from every timing)."""
     from hhscan.execution import session
     from hhscan.learning import model
     from hhscan.settings import config
@@ -101,9 +101,16 @@ def worker_hhscan(root: Path) -> dict:
     parameters = config.load_parameters(root / "parameters" / "scan.yaml")
     samples = config.load_sample_list(config.samples_path(parameters))
     backend = model.choose_backend("auto")
-    import keras  # noqa: F401  (imports excluded from the timing, as for every tool)
+    import keras  # noqa: F401
 
-    prepared = session.prepare(parameters, samples, root, "bench", kind="local")
+    return session.prepare(parameters, samples, root, "bench", kind="local"), backend
+
+
+def worker_hhscan(root: Path) -> dict:
+    root = Path(root)
+    from hhscan.execution import session
+
+    prepared, backend = _prepared_local(root)
     started = time.perf_counter()
     records = session.run_local(prepared, [t.id for t in prepared.trials])
     wall = time.perf_counter() - started
@@ -173,15 +180,8 @@ def worker_search_hhscan(root: Path) -> dict:
     """hhscan on the project's config, grid or adaptive: after each trial's record, the elapsed wall time."""
     root = Path(root)
     from hhscan.execution import runner, session
-    from hhscan.learning import model
-    from hhscan.settings import config
 
-    parameters = config.load_parameters(root / "parameters" / "scan.yaml")
-    samples = config.load_sample_list(config.samples_path(parameters))
-    backend = model.choose_backend("auto")
-    import keras  # noqa: F401  (imports excluded from the timing, as for every tool)
-
-    prepared = session.prepare(parameters, samples, root, "bench", kind="local")
+    prepared, backend = _prepared_local(root)
     trace, trained, stopped = [], {}, set()
 
     def epoch(update) -> None:
@@ -197,7 +197,7 @@ def worker_search_hhscan(root: Path) -> dict:
                       "spent": sum(trained.values()), "wall_s": time.perf_counter() - started})  # fmt: skip
 
     started = time.perf_counter()
-    if parameters.search.adaptive:
+    if prepared.parameters.search.adaptive:
         runner.run_adaptive(prepared.scan, on_trial_end=ended, dataset=prepared.dataset, on_epoch=epoch)
     else:
         session.run_local(prepared, [t.id for t in prepared.trials], on_trial_end=ended, on_epoch=epoch)
