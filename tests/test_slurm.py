@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -447,6 +449,29 @@ def scan_jobs_queued(scan) -> set[str]:
     return ours & queued_job_ids()
 
 
+def freeze_a_worker_mid_trial(scan, watch: Watch, array_ids: set[str]) -> leases.Lease:
+    """Stops (SIGSTOP) a worker of one of these arrays while it holds a live lease and its trial has no record yet.
+
+    A trial can end between seeing its lease and the scancel (CI saw one finish in 5 s): stopping the process first,
+    then checking for its record, makes "killed mid-trial" certain; a worker that finished in between is let go."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        watch.sample()
+        for lease in leases.Leases(scan.root).live().values():
+            if lease.job_id.split("_")[0] not in array_ids or lease.host != socket.gethostname():
+                continue
+            try:
+                os.kill(lease.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            still = leases.Leases(scan.root).live().get(lease.trial_id)
+            if lease.trial_id not in scan.records()[0] and still is not None and still.attempt == lease.attempt:
+                return lease
+            os.kill(lease.pid, signal.SIGCONT)
+        time.sleep(0.5)
+    raise AssertionError("no worker of the first array caught mid-trial in 240 s")
+
+
 def test_adaptive_scan_with_two_arrays_at_once_and_a_killed_worker_trains_the_budget_exactly_once(
     slurm_analysis, capsys, monkeypatch
 ):
@@ -473,11 +498,7 @@ def test_adaptive_scan_with_two_arrays_at_once_and_a_killed_worker_trains_the_bu
     second_array = scan_jobs_queued(scan) - first_array
     assert second_array, out
     watch = Watch(scan)
-    # Kill one worker of the first array while it trains (a live lease of its job).
-    watch.until(lambda: any(lease.job_id.split("_")[0] in {j.split("_")[0] for j in first_array}
-                            for lease in leases.Leases(scan.root).live().values()), 240, "a first-array worker training")  # fmt: skip
-    victim = next(lease for lease in leases.Leases(scan.root).live().values()
-                  if lease.job_id.split("_")[0] in {j.split("_")[0] for j in first_array})  # fmt: skip
+    victim = freeze_a_worker_mid_trial(scan, watch, {j.split("_")[0] for j in first_array})
     subprocess.run(["scancel", victim.job_id], check=True)
     watch.until(lambda: not scan_jobs_queued(scan), 600, "every worker ended")
     records, corrupt = scan.records()
