@@ -216,6 +216,10 @@ CASES = {
             "(values present: 2, 3, 4)",
         ],
     ),
+    "events outside the one-hot categories": (
+        lambda a: a.edit_samples(inputs=["x1", {"name": "njet", "expr": "njet", "one_hot": [2, 3]}]),
+        ["hh_2016.root:Events: one-hot input 'njet' is 4 in ", " selected events, none of its categories [2, 3]"],
+    ),
     "$era category absent": (
         lambda a: a.edit_samples(inputs=["x1", {"name": "era", "expr": "$era", "one_hot": ["2016", "2018"]}]),
         ["one-hot input 'era' lists the category '2018'", "(values present: '2016', '2017')"],

@@ -187,6 +187,25 @@ def test_a_missing_branch_is_refused_before_anything_is_scored(trained, capsys, 
     assert not (tmp_path / "samples").exists()  # checked before hh_new, the first key, was scored
 
 
+def test_a_later_sample_outside_the_one_hot_categories_is_refused_and_nothing_is_written(
+    trained, capsys, monkeypatch, tmp_path
+):
+    # A later sample where 7 of the events have 5 jets: the model knows the categories 2, 3 and 4 only, and all-zero
+    # njet columns were never seen in training.
+    events = make_events(120, 1.0, 25)
+    events["njet"][:7] = 5
+    write_root(trained.data / "hh_five_jets.root", {"Events": events})
+    groups = [{**GROUPS[0], "name": "hh_five", "files": "hh_five_jets.root"}]
+    other = later_list(trained, "five.yaml", groups=groups, cut="x2 > -6")
+    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_five",
+                            "--dir", str(tmp_path)], trained.root, capsys, monkeypatch)  # fmt: skip
+    passing = int(np.count_nonzero(events["x2"][:7] > -6))
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"hh_five_jets.root:Events: one-hot input 'njet' is 5 in {passing} selected events" in err
+    assert "none of its categories [2, 3, 4]" in err
+    assert not list(tmp_path.rglob("*.root"))
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

@@ -21,7 +21,7 @@ from hhscan.data.readers import read_columns
 from hhscan.errors import DataError
 from hhscan.fileio import atomic_write_bytes
 from hhscan.settings import expr
-from hhscan.settings.config import Sample, SampleList, SplitSettings
+from hhscan.settings.config import InputVariable, Sample, SampleList, SplitSettings
 
 CACHE_FORMAT = 3
 ADDED_COLUMNS = ("$sample", "$era", "$tag", "$class")
@@ -259,10 +259,13 @@ def _features(
             numeric = values.dtype.kind in "biuf"
             _check_one_hot_values(variable.name, variable.one_hot, numeric, where)
             categories[variable.name] = np.unique(values).tolist()
+            covered = np.zeros(values.shape, dtype=bool)
             for value in variable.one_hot:
                 hot = np.isclose(values, float(value)) if numeric else values.astype(str) == str(value)
+                covered |= hot
                 blocks.append(hot.astype(np.float32))
                 dtypes.append(np.dtype(np.uint8).str)
+            _check_every_event_has_a_category(variable, values, covered, where)
     # Column-major (events × inputs, Fortran order): each input is one contiguous copy, not a strided one.
     features = np.stack(blocks).T if blocks else np.empty((int(selection.sum()), 0), np.float32)
     finite = np.isfinite(features)
@@ -272,6 +275,22 @@ def _features(
         name = sample_list.feature_names[bad_column]
         raise DataError(f"{where}: input '{name}' is NaN or infinite in {count} selected events; cut them away")
     return features, dtypes, categories
+
+
+def _check_every_event_has_a_category(
+    variable: InputVariable, values: np.ndarray, covered: np.ndarray, where: str
+) -> None:
+    """An event whose value is none of the listed categories would get all-zero columns, an encoding the model may
+    never have seen (a later sample from a new era): refused, never scored silently."""
+    if covered.all():
+        return
+    unlisted, counts = np.unique(values[~covered], return_counts=True)
+    listed = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in variable.one_hot or [])
+    more = f" (and {len(unlisted) - 1} other unlisted values)" if len(unlisted) > 1 else ""
+    raise DataError(
+        f"{where}: one-hot input '{variable.name}' is {unlisted.tolist()[0]!r} in {int(counts[0])} selected events, "
+        f"none of its categories [{listed}]{more}: add it to one_hot (and retrain) or cut those events"
+    )
 
 
 def _check_one_hot_values(name: str, listed: list[Any], numeric: bool, where: str) -> None:
