@@ -359,6 +359,15 @@ def test_report_writes_the_study_to_an_sqlite_file_optuna_reads_back(pruned_scan
     assert code == 0, err
     assert sorted(optuna.study.get_all_study_names(storage=f"sqlite:///{shared}")) == ["other", "pruned"]
     assert len(optuna.load_study(study_name="pruned", storage=f"sqlite:///{shared}").trials) == 8
+    # Ranked by another criterion: the study stays the search as it ran (val_auc, maximised), and the report says so.
+    ranked_by_loss = tmp_path / "by_loss.db"
+    code, out, err = run_cli(["report", "pruned", "--no-plots", "--criterion", "val_loss", "--optuna-storage",
+                              str(ranked_by_loss)], root, capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert "the Optuna study and its plots use val_auc, the objective the search optimised; the ranking uses " \
+        "val_loss" in " ".join(out.split())
+    by_loss = optuna.load_study(study_name="pruned", storage=f"sqlite:///{ranked_by_loss}")
+    assert by_loss.direction == optuna.study.StudyDirection.MAXIMIZE and by_loss.best_value == best.metrics["val_auc"]
 
 
 def test_report_of_an_adaptive_scan_draws_optunas_importance_and_parallel_coordinates(pruned_scan, capsys,

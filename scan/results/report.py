@@ -124,6 +124,12 @@ def make_report(
     checks = scan.input_checks()
     report.probable_leaks = checks.get("probable_leaks", {})
     report.leak_threshold = checks.get("auc_threshold", report.leak_threshold)
+    if parameters.search.adaptive and criterion != parameters.eval_criterion and (plots or optuna_storage):
+        # The study is the search as it ran: its values are what the sampler and pruner compared.
+        report.notes.append(
+            f"the Optuna study and its plots use {parameters.eval_criterion}, the objective the search optimised; "
+            f"the ranking uses {criterion}"
+        )
     if plots and best:
         from hhscan.results import plots as figures
 
