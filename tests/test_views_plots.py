@@ -188,6 +188,39 @@ def test_learning_curves_integer_epochs_and_hyperparameter_legend(tmp_path):
     assert labels[:2] == list(histories) and labels[2:] == ["training", "validation"]
 
 
+def test_hyperparameter_effects_show_a_searched_range_as_a_scatter_and_few_values_as_boxes(rng, tmp_path):
+    n = 24
+    frame = pd.DataFrame({
+        "hp_learning_rate": 10 ** rng.uniform(-4, -1, n),  # a searched log range: 24 distinct values
+        "hp_neurons": rng.choice([16, 32, 64], n),
+        "hp_activation": rng.choice(["relu", "elu"], n),
+        "val_auc": rng.uniform(0.6, 0.9, n),
+    })  # fmt: skip
+    with plots.kept_figures() as figures:
+        paths = plots.hyperparameter_effects(frame, ["learning_rate", "neurons", "activation"], "val_auc", tmp_path)
+    assert [p.name for p in paths] == ["hp_learning_rate.png", "hp_neurons.png", "hp_activation.png",
+                                       "pair_learning_rate__neurons.png", "pair_learning_rate__activation.png",
+                                       "pair_neurons__activation.png"]  # fmt: skip
+    rate, neurons, _, rate_neurons, _, neurons_activation = (f.axes[0] for f in figures)
+    # The range: one point per trial at its own value, on a log axis (not 24 boxes).
+    np.testing.assert_allclose(rate.collections[0].get_offsets(), frame[["hp_learning_rate", "val_auc"]].to_numpy())
+    assert rate.get_xscale() == "log" and not rate.patches
+    # Three values: one box each, in order.
+    assert [t.get_text() for t in neurons.get_xticklabels()] == ["16", "32", "64"] and neurons.get_xscale() == "linear"
+    # A pair with the range: each trial at (neurons, learning rate), coloured by its val_auc.
+    points = rate_neurons.collections[0]
+    np.testing.assert_allclose(points.get_offsets(), frame[["hp_neurons", "hp_learning_rate"]].to_numpy())
+    np.testing.assert_allclose(points.get_array(), frame["val_auc"])
+    assert rate_neurons.get_yscale() == "log" and rate_neurons.get_xscale() == "linear"
+    # Two categorical parameters: the heatmap of the mean per cell, as numpy computes it.
+    cells = neurons_activation.collections[0].get_array().reshape(3, 2)
+    for i, width in enumerate([16, 32, 64]):
+        for j, activation in enumerate(["elu", "relu"]):
+            chosen = (frame["hp_neurons"] == width) & (frame["hp_activation"] == activation)
+            expected = frame["val_auc"][chosen].mean() if chosen.any() else np.nan
+            np.testing.assert_allclose(cells[i, j], expected)
+
+
 def test_significance_axes(tmp_path):
     thresholds = np.linspace(0, 1, 11)
     z = np.array([0, 1, 2, 3, 4, 3.5, 2, 1, 0.5, 0.2, 0.1])

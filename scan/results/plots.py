@@ -140,9 +140,30 @@ def _heatmap_ticks(axis) -> None:
 # --- figures ------------------------------------------------------------------------------------------------------
 
 
+MAX_CATEGORIES = 8  # more distinct numeric values than this (a searched range): a scatter, not one box per value
+
+
+def _numeric(column) -> bool:
+    return column.dropna().dtype.kind in "iuf"
+
+
+def is_continuous(column) -> bool:
+    """A numeric frame column with more distinct values than a box plot or heatmap can show side by side."""
+    return _numeric(column) and column.dropna().nunique() > MAX_CATEGORIES
+
+
+def _value_axis(axis, column, which: str) -> None:
+    """Positive values spanning more than a decade (a learning rate) on a log axis."""
+    values = np.asarray(column.dropna(), dtype=float)
+    if len(values) and values.min() > 0 and values.max() / values.min() > 10:
+        (axis.set_xscale if which == "x" else axis.set_yscale)("log")
+
+
 @_hep
 def hyperparameter_effects(frame, parameters: Sequence[str], criterion: str, directory: Path) -> list[Path]:
-    """One plot per varied hyperparameter (criterion per value), one heatmap per pair (mean criterion)."""
+    """One plot per varied hyperparameter, one per pair. Few values: criterion per value (boxes) and a heatmap of
+    the mean criterion per pair. A searched range (many values): the criterion against the value, and a pair as a
+    scatter of the two values coloured by the criterion."""
     import seaborn as sns
 
     plt = _pyplot()
@@ -150,18 +171,33 @@ def hyperparameter_effects(frame, parameters: Sequence[str], criterion: str, dir
     for name in parameters:
         figure, axis = plt.subplots(figsize=(6, 4.5))
         column = f"hp_{name}"
-        order = sorted(frame[column].dropna().unique(), key=lambda v: (str(type(v)), v))
-        sns.boxplot(data=frame, x=column, y=criterion, order=order, ax=axis, color="#b3cde3", fliersize=0)
-        sns.stripplot(data=frame, x=column, y=criterion, order=order, ax=axis, color="#08306b", size=5)
-        axis.minorticks_off()
+        if is_continuous(frame[column]):
+            axis.scatter(frame[column], frame[criterion], color="#08306b", s=20)
+            _value_axis(axis, frame[column], "x")
+        else:
+            order = sorted(frame[column].dropna().unique(), key=lambda v: (str(type(v)), v))
+            sns.boxplot(data=frame, x=column, y=criterion, order=order, ax=axis, color="#b3cde3", fliersize=0)
+            sns.stripplot(data=frame, x=column, y=criterion, order=order, ax=axis, color="#08306b", size=5)
+            axis.minorticks_off()
         axis.set_xlabel(name)
         axis.set_ylabel(criterion)
         paths.append(_save(figure, directory / f"hp_{name}.png"))
     for first, second in itertools.combinations(parameters, 2):
-        table = frame.pivot_table(index=f"hp_{first}", columns=f"hp_{second}", values=criterion, aggfunc="mean")
-        figure, axis = plt.subplots(figsize=(6, 5))
-        sns.heatmap(table, annot=True, fmt=".3g", cmap="viridis", ax=axis, cbar_kws={"label": f"mean {criterion}"})
-        _heatmap_ticks(axis)
+        x, y = frame[f"hp_{second}"], frame[f"hp_{first}"]
+        if is_continuous(x) or is_continuous(y):
+            figure, axis = plt.subplots(figsize=(6, 5))
+            numeric = [_numeric(v) for v in (x, y)]
+            points = axis.scatter(*(v if n else v.astype(str) for v, n in zip((x, y), numeric, strict=True)),
+                                  c=frame[criterion], cmap="viridis", s=30)  # fmt: skip
+            figure.colorbar(points, ax=axis, label=criterion)
+            for values, which, is_numeric in ((x, "x", numeric[0]), (y, "y", numeric[1])):
+                if is_numeric:
+                    _value_axis(axis, values, which)
+        else:
+            table = frame.pivot_table(index=f"hp_{first}", columns=f"hp_{second}", values=criterion, aggfunc="mean")
+            figure, axis = plt.subplots(figsize=(6, 5))
+            sns.heatmap(table, annot=True, fmt=".3g", cmap="viridis", ax=axis, cbar_kws={"label": f"mean {criterion}"})
+            _heatmap_ticks(axis)
         axis.set_xlabel(second)
         axis.set_ylabel(first)
         paths.append(_save(figure, directory / f"pair_{first}__{second}.png"))
