@@ -178,3 +178,28 @@ def test_a_kfold_trial_resumes_every_fold_model_from_its_own_checkpoint(analysis
         assert resumed.history[f"fold{f}/loss"][:2] == partial.history[f"fold{f}/loss"]
         np.testing.assert_allclose(resumed.history[f"fold{f}/val_loss"], uninterrupted.history[f"fold{f}/val_loss"],
                                    rtol=1e-5)  # fmt: skip
+
+
+def test_a_kfold_trial_is_pruned_on_the_mean_of_its_fold_curves_and_all_its_folds_stop(analysis):
+    """The pruner sees each trial's curve as its record keeps it, the mean over its fold models; pruning one trial
+    freezes all of its fold models at that epoch and leaves the other trial of the pack training."""
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [4], "learning_rate": [0.01, 0.001]},
+                             training={"early_stopping": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    first, second = trial.expand(parameters)
+    seen = []
+
+    def prune(trial_id, epoch, history):
+        seen.append((trial_id, epoch, list(history["val_auc"])))
+        return trial_id == first.id and epoch == 2
+
+    pruned, kept = training.train_pack([first, second], data, parameters, prune=prune)
+    assert [(t, e) for t, e, _ in seen] == [(first.id, 1), (second.id, 1), (first.id, 2), (second.id, 2),
+                                          (second.id, 3)]  # fmt: skip
+    for trial_id, epoch, curve in seen:
+        result = pruned if trial_id == first.id else kept
+        by_hand = np.mean([result.folds[f].history["val_auc"][:epoch] for f in range(3)], axis=0)
+        np.testing.assert_allclose(curve, by_hand, rtol=1e-12)
+    assert pruned.pruned_epoch == 2 and [len(f.history["loss"]) for f in pruned.folds] == [2, 2, 2]
+    assert kept.pruned_epoch is None and kept.epochs_run == 4

@@ -224,7 +224,7 @@ def pruned_scan(tmp_path_factory) -> Callable[[], tuple[Path, config.Parameters]
     return get
 
 
-def _train_pruned(directory: Path) -> tuple[Path, config.Parameters]:
+def _train_pruned(directory: Path, **changes) -> tuple[Path, config.Parameters]:
     analysis = build_analysis(directory / "project")
     analysis.edit_parameters(
         hyperparameters={"learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True}, "neurons": [2, 8],
@@ -232,6 +232,7 @@ def _train_pruned(directory: Path) -> tuple[Path, config.Parameters]:
         search={"sampler": "random", "trials": 8, "pruner": "median", "seed": 3,
                 "pruner_settings": {"n_startup_trials": 1, "n_warmup_steps": WARMUP}},
         training={"pack_size": 1, "early_stopping": {"enabled": False}},
+        **changes,
     )  # fmt: skip
     parameters = config.load_parameters(analysis.parameters)
     sample_list = config.load_sample_list(config.samples_path(parameters))
@@ -240,8 +241,8 @@ def _train_pruned(directory: Path) -> tuple[Path, config.Parameters]:
     return analysis.root, parameters
 
 
-def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_scan, capsys):
-    root, _ = pruned_scan()
+def _check_the_median_rule(root: Path, curve: Callable[[records.TrialRecord], list[float]]) -> None:
+    """Every trial pruned exactly where Optuna's median rule says, computed by hand from the records' curves."""
     scan = Workspace(root).scan("pruned")
     found, _ = scan.records()
     order = _slots(scan.root)
@@ -249,14 +250,14 @@ def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_sc
     epochs, pruned = 4, 0
     for position, trial_id in enumerate(order):
         record = found[trial_id]
-        auc = record.history["val_auc"]
+        auc = curve(record)
         # One worker, one trial per pack: every earlier slot had finished; the median is over the DONE ones.
-        earlier = [found[i] for i in order[:position] if found[i].status == records.DONE]
+        earlier = [curve(found[i]) for i in order[:position] if found[i].status == records.DONE]
         expected = None
         for epoch in range(WARMUP + 1, epochs):  # steps are epochs from 0: the first WARMUP spared; never the last
             if epoch > len(auc) or not earlier:
                 break
-            at_epoch = [r.history["val_auc"][epoch - 1] for r in earlier if len(r.history["val_auc"]) >= epoch]
+            at_epoch = [other[epoch - 1] for other in earlier if len(other) >= epoch]
             if at_epoch and max(auc[:epoch]) < float(np.median(at_epoch)):
                 expected = epoch
                 break
@@ -268,6 +269,25 @@ def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_sc
             assert len(auc) == expected and record.epochs_run == expected  # frozen after that epoch
             assert not scan.model_path(trial_id).exists()
     assert 0 < pruned < 8  # the rule was exercised both ways
+
+
+def test_pruned_trials_match_the_median_rule_computed_from_the_records(pruned_scan, capsys):
+    root, _ = pruned_scan()
+    _check_the_median_rule(root, lambda record: record.history["val_auc"])
+
+
+def test_a_kfold_trial_is_pruned_on_the_mean_curve_of_its_folds(tmp_path, capsys):
+    # Each fold model's own validation AUC per epoch, averaged by hand: the trial's curve the pruner must see.
+    from test_kfold import KFOLD
+
+    root, _ = _train_pruned(tmp_path, split=KFOLD)
+
+    def mean_of_folds(record: records.TrialRecord) -> list[float]:
+        per_fold = [record.history[f"fold{f}/val_auc"] for f in range(3)]
+        assert len({len(c) for c in per_fold}) == 1  # the folds of a trial are pruned together
+        return list(np.mean(per_fold, axis=0))
+
+    _check_the_median_rule(root, mean_of_folds)
 
 
 def test_status_and_report_count_pruned_trials_as_finished_never_ranked(pruned_scan, capsys, monkeypatch):

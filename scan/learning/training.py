@@ -15,7 +15,7 @@ import io
 import json
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,8 +275,8 @@ def train_pack(
     ``checkpoint`` is a directory holding one checkpoint per trial (:func:`checkpoint_path`); the trials must
     resume from the same epoch (:func:`checkpoint_epoch`). ``on_epoch`` is called after every epoch with the
     pack's progress (it must be cheap: it runs in the loop). ``prune`` (an adaptive search's pruner) is asked after
-    every epoch but the last for each trial still training; a pruned trial is frozen as early stopping freezes it
-    (k-fold trials are not pruned: one fold's curve is not the trial's).
+    every epoch but the last for each trial still training, with the trial's curve (for k-fold the mean over its
+    folds, as its record keeps it); a pruned trial is frozen as early stopping freezes it.
 
     With a k-fold split each trial is k fold models. The fold-f models of all the pack's trials train as one fused
     engine on fold f's own training events (``Dataset.fold_view``), and the k engines step through the epochs
@@ -313,10 +313,12 @@ def train_pack(
         epoch_started = time.perf_counter()
         for part in parts:
             _train_epoch(part, epoch, batch_size, parameters.seed, shuffle)
-        if prune is not None and not dataset.folds and epoch + 1 < epochs:
-            for branch in branches:
-                if branch.active and prune(branch.trial.id, epoch + 1, branch.history):
-                    branch.active, branch.pruned_epoch = False, epoch + 1  # frozen, as early stopping freezes it
+        if prune is not None and epoch + 1 < epochs:
+            for i, trial in enumerate(trials):
+                own = [part.branches[i] for part in parts]  # the trial's fold models (one without k-fold)
+                if any(b.active for b in own) and prune(trial.id, epoch + 1, mean_history([b.history for b in own])):
+                    for branch in own:  # frozen, as early stopping freezes it
+                        branch.active, branch.pruned_epoch = False, epoch + 1
         if checkpoint is not None and interval is not None and time.monotonic() - last_saved >= interval:
             for part in parts:
                 _save_checkpoint(checkpoint, epoch, part.branches, part.engine)
@@ -418,10 +420,7 @@ def _fold_bundle(folds: list[TrainedTrial], monitor: str) -> TrainedTrial:
             merged[name] = float(values.mean())
             merged[f"{name}_std"] = float(values.std(ddof=1))
             merged.update({f"{name}_fold{i}": float(v) for i, v in enumerate(values)})
-    history: dict[str, list[float]] = {}
-    for key in folds[0].history:
-        length = min(len(f.history.get(key, [])) for f in folds)
-        history[key] = [float(np.mean([f.history[key][e] for f in folds])) for e in range(length)]
+    history = mean_history([f.history for f in folds])
     for i, fold in enumerate(folds):
         history.update({f"fold{i}/{key}": values for key, values in fold.history.items()})
     curve = history.get(monitor, [])
@@ -435,8 +434,20 @@ def _fold_bundle(folds: list[TrainedTrial], monitor: str) -> TrainedTrial:
         seconds=folds[0].seconds,
         metrics=merged,
         diverged=diverged,
+        pruned_epoch=folds[0].pruned_epoch,  # a trial's fold models are pruned together
         folds=folds,
     )
+
+
+def mean_history(histories: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Per key, the mean over ``histories`` (a k-fold trial's fold models) for the epochs every one of them ran."""
+    if len(histories) == 1:  # every epoch of every pack: no copy of the lists
+        return dict(histories[0])
+    merged = {}
+    for key in histories[0]:
+        length = min(len(h.get(key, [])) for h in histories)
+        merged[key] = [float(np.mean([h[key][e] for h in histories])) for e in range(length)]
+    return merged
 
 
 def best_epoch_monitor(parameters: Parameters) -> str:
