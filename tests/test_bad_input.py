@@ -221,7 +221,8 @@ CASES = {
         ["hh_2016.root:Events: one-hot input 'njet' is 4 in ", " selected events, none of its categories [2, 3]"],
     ),
     "$era category absent": (
-        lambda a: a.edit_samples(inputs=["x1", {"name": "era", "expr": "$era", "one_hot": ["2016", "2018"]}]),
+        # Every era present is listed: a present era left out is refused per file first (the case above).
+        lambda a: a.edit_samples(inputs=["x1", {"name": "era", "expr": "$era", "one_hot": ["2016", "2017", "2018"]}]),
         ["one-hot input 'era' lists the category '2018'", "(values present: '2016', '2017')"],
     ),
     "$class in a cut": (
