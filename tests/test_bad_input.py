@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LUMI, SUMW, XSEC, Analysis, build_analysis, make_events, run_cli, write_root
+from conftest import LUMI, SUMW, XSEC, Analysis, build_analysis, make_events, run_cli, write_h5, write_root
 from hhscan.data import dataset
 from hhscan.execution.scandir import ScanDirectory
 from hhscan.learning import artifacts, training, trial
@@ -31,6 +31,36 @@ def _all_negative(analysis):
     events = make_events(50, -0.5, 4)
     events["weight"] = -np.abs(events["weight"])
     write_root(analysis.data / "tt_2017.root", {"Events": events})
+
+
+def _nan_one_hot(analysis):
+    events = make_events(50, -0.5, 4)
+    njet = events["njet"].astype(np.float32)
+    kept = int(np.flatnonzero((events["x2"] > -6) & (events["weight"] > 0))[0])
+    njet[kept] = np.nan  # passes the cut: NaN > 4 is false
+    events["njet"] = njet
+    write_root(analysis.data / "tt_2017.root", {"Events": events})
+
+
+def _with_period(analysis, expression):
+    """Every file gets an integer branch 'period' = njet + 99998 (100000 … 100002), one-hot on [100001, 100002]."""
+    import h5py
+    import uproot
+
+    for path in sorted(analysis.data.iterdir()):
+        if path.suffix == ".root":
+            with uproot.open(path) as handle:
+                trees = {name: handle[name].arrays(library="np") for name in handle.keys(cycle=False)}
+            for columns in trees.values():
+                columns["period"] = columns["njet"].astype(np.int64) + 99998
+            write_root(path, trees)
+        elif path.suffix == ".h5":
+            with h5py.File(path) as handle:
+                array = handle["events"][()]
+            columns = {name: array[name] for name in array.dtype.names}
+            columns["period"] = columns["njet"].astype(np.int64) + 99998
+            write_h5(path, "events", columns)
+    analysis.edit_samples(inputs=["x1", {"name": "period", "expr": expression, "one_hot": [100001, 100002]}])
 
 
 def _hp(**values):
@@ -219,6 +249,18 @@ CASES = {
     "events outside the one-hot categories": (
         lambda a: a.edit_samples(inputs=["x1", {"name": "njet", "expr": "njet", "one_hot": [2, 3]}]),
         ["hh_2016.root:Events: one-hot input 'njet' is 4 in ", " selected events, none of its categories [2, 3]"],
+    ),
+    "NaN one-hot value": (
+        _nan_one_hot,
+        ["tt_2017.root:Events: one-hot input 'njet' is NaN or infinite in 1 selected events; cut them away"],
+    ),
+    "integer one-hot value next to a large category": (
+        lambda a: _with_period(a, "period"),  # 100000 is within np.isclose's relative tolerance of 100001
+        ["hh_2016.root:Events: one-hot input 'period' is 100000 in ", "none of its categories [100001, 100002]"],
+    ),
+    "float one-hot value next to a large category": (
+        lambda a: _with_period(a, "period * 1.0"),
+        ["hh_2016.root:Events: one-hot input 'period' is 100000.0 in ", "none of its categories [100001, 100002]"],
     ),
     "$era category absent": (
         # Every era present is listed: a present era left out is refused per file first (the case above).

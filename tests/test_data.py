@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
 import uproot
-from conftest import LUMI, SUMW, XSEC, build_analysis, make_events, write_root
+from conftest import LUMI, SUMW, XSEC, build_analysis, make_events, write_h5, write_root
 from hhscan.data import dataset, split
 from hhscan.errors import SplitError
 from hhscan.settings import config
@@ -164,6 +166,30 @@ def test_features_expression_one_hot_and_dash_branch(analysis):
     np.testing.assert_array_equal(got[:, 3:].argmax(axis=1) + 2, columns["njet"][keep])
     np.testing.assert_array_equal(got[:, 3:].sum(axis=1), 1)
     np.testing.assert_array_equal(data.other["event"][data.sample_index == index], columns["event"][keep])
+
+
+def test_a_text_branch_of_hdf5_files_is_one_hot_on_its_quoted_values(analysis):
+    # h5py gives text as bytes: the categories are the configuration's text, never refused as absent (b'B' != 'B').
+    files = {"hh_2016.h5": (0.8, 1, "signal"), "dy_2016.h5": (-0.2, 5, "background")}
+    for name, (shift, seed, _) in files.items():
+        events = make_events(400, shift, seed)
+        events["period"] = np.where(events["event"] % 3 == 0, b"B", b"C").astype("S1")
+        write_h5(analysis.data / name, "events", events)
+    for table in ("xsec_2016.json", "event_weight_sum_2016.json"):
+        content = json.loads((analysis.data / table).read_text())
+        content["hh_2016.h5"] = content["hh_2016.root"]
+        (analysis.data / table).write_text(json.dumps(content))
+    groups = [{"name": name[:2], "files": name, "tree": "events", "class": kind, "era": "2016"}
+              for name, (_, _, kind) in files.items()]  # fmt: skip
+    analysis.edit_samples(groups=groups, inputs=["x1", {"name": "period", "expr": "period", "one_hot": ["B", "C"]}])
+    data, _ = load(analysis)
+    assert data.feature_names == ["x1", "period_B", "period_C"]
+    for index, name in enumerate(data.sample_names):
+        columns = raw(analysis, f"{name}.h5")
+        period = columns["period"][expected_selection(columns)]
+        got = data.features[data.sample_index == index]
+        np.testing.assert_array_equal(got[:, 1], period == b"B")
+        np.testing.assert_array_equal(got[:, 2], period == b"C")
 
 
 def test_split_is_deterministic_exact_and_persisted(analysis):

@@ -258,10 +258,12 @@ def _features(
         else:
             numeric = values.dtype.kind in "biuf"
             _check_one_hot_values(variable.name, variable.one_hot, numeric, where)
+            if not numeric:  # HDF5 text is bytes (b'2016'): compared, listed and named as the configuration's text
+                values = values.astype(str)
             categories[variable.name] = np.unique(values).tolist()
             covered = np.zeros(values.shape, dtype=bool)
             for value in variable.one_hot:
-                hot = np.isclose(values, float(value)) if numeric else values.astype(str) == str(value)
+                hot = _one_hot_match(values, value) if numeric else values == str(value)
                 covered |= hot
                 blocks.append(hot.astype(np.float32))
                 dtypes.append(np.dtype(np.uint8).str)
@@ -284,13 +286,27 @@ def _check_every_event_has_a_category(
     never have seen (a later sample from a new era): refused, never scored silently."""
     if covered.all():
         return
-    unlisted, counts = np.unique(values[~covered], return_counts=True)
+    outside = values[~covered]
+    if outside.dtype.kind == "f" and not np.isfinite(outside).all():  # NaN is no category one_hot could list
+        count = int(np.count_nonzero(~np.isfinite(outside)))
+        raise DataError(
+            f"{where}: one-hot input '{variable.name}' is NaN or infinite in {count} selected events; cut them away"
+        )
+    unlisted, counts = np.unique(outside, return_counts=True)
     listed = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in variable.one_hot or [])
     more = f" (and {len(unlisted) - 1} other unlisted values)" if len(unlisted) > 1 else ""
     raise DataError(
         f"{where}: one-hot input '{variable.name}' is {unlisted.tolist()[0]!r} in {int(counts[0])} selected events, "
         f"none of its categories [{listed}]{more}: add it to one_hot (and retrain) or cut those events"
     )
+
+
+def _one_hot_match(values: np.ndarray, value: float) -> np.ndarray:
+    """Which numeric ``values`` are the category ``value``. Integers compare exactly; floats within 1e-6 relative,
+    a float32 branch's rounding, where np.isclose's default 1e-5 would make 100000 the category 100001."""
+    if values.dtype.kind in "biu":
+        return values == value
+    return np.isclose(values, float(value), rtol=1e-6)
 
 
 def _check_one_hot_values(name: str, listed: list[Any], numeric: bool, where: str) -> None:
@@ -321,7 +337,7 @@ def check_categories(sample_list: SampleList, parts: list[SampleArrays]) -> None
         shown += ", …" if len(present) > 12 else ""
         for value in variable.one_hot:
             numbers = np.asarray([p for p in present if not isinstance(p, str)], dtype=np.float64)
-            found = value in present if isinstance(value, str) else bool(np.isclose(numbers, float(value)).any())
+            found = value in present if isinstance(value, str) else bool(_one_hot_match(numbers, value).any())
             if not found:
                 raise DataError(
                     f"{sample_list.source}:inputs: one-hot input '{variable.name}' lists the category {value!r}, "
