@@ -63,6 +63,12 @@ def _with_period(analysis, expression):
     analysis.edit_samples(inputs=["x1", {"name": "period", "expr": expression, "one_hot": [100001, 100002]}])
 
 
+def _group_without_era(analysis):
+    groups = analysis.samples_yaml()["groups"]
+    groups[4] = {k: v for k, v in groups[4].items() if k != "era"} | {"xsec": 0.033, "event_weight_sum": 180.0}
+    analysis.edit_samples(groups=groups, inputs=["x1", {"name": "era", "expr": "$era", "one_hot": ["2016", "2017"]}])
+
+
 def _hp(**values):
     return lambda analysis: analysis.edit_parameters(hyperparameters=values)
 
@@ -261,6 +267,11 @@ CASES = {
     "float one-hot value next to a large category": (
         lambda a: _with_period(a, "period * 1.0"),
         ["hh_2016.root:Events: one-hot input 'period' is 100000.0 in ", "none of its categories [100001, 100002]"],
+    ),
+    "$era of a group without era": (
+        _group_without_era,  # its $era is '': adding '' to one_hot is no fix
+        ["hh_2017.root:Events: one-hot input 'era' is $era, but the group of this file has no era: give it one "
+         "of ['2016', '2017']"],
     ),
     "$era category absent": (
         # Every era present is listed: a present era left out is refused per file first (the case above).

@@ -294,6 +294,11 @@ def _check_every_event_has_a_category(
         )
     unlisted, counts = np.unique(outside, return_counts=True)
     listed = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in variable.one_hot or [])
+    if variable.expr.strip() == "$era" and unlisted.tolist()[0] == "":  # sample.era None: no category to add
+        raise DataError(
+            f"{where}: one-hot input '{variable.name}' is $era, but the group of this file has no era: give it one "
+            f"of [{listed}]"
+        )
     more = f" (and {len(unlisted) - 1} other unlisted values)" if len(unlisted) > 1 else ""
     raise DataError(
         f"{where}: one-hot input '{variable.name}' is {unlisted.tolist()[0]!r} in {int(counts[0])} selected events, "
