@@ -206,6 +206,28 @@ def test_a_later_sample_outside_the_one_hot_categories_is_refused_and_nothing_is
     assert not list(tmp_path.rglob("*.root"))
 
 
+def test_a_chunked_later_sample_outside_the_categories_names_the_chunk_its_count_is_from(trained, tmp_path):
+    # Scored 50 entries at a time, the events with 5 jets at entries 60-66 and 130-139 are counted per chunk: the
+    # message must say which entries its count is of, not pass 7 for the file's 17.
+    from hhscan.errors import DataError
+    from hhscan.execution.scandir import Workspace
+    from hhscan.results import apply
+
+    events = make_events(180, 1.0, 26)
+    events["njet"][60:67] = 5
+    events["njet"][130:140] = 5
+    write_root(trained.data / "hh_five_chunks.root", {"Events": events})
+    groups = [{**GROUPS[0], "name": "hh_five", "files": "hh_five_chunks.root"}]
+    other = later_list(trained, "five_chunks.yaml", groups=groups, cut=None)
+    with pytest.raises(DataError) as raised:
+        apply.apply_model(Workspace(trained.root), "later_best", ["hh_five"], directory=tmp_path, chunk_size=50,
+                          plots=False, samples=trained.root / other)  # fmt: skip
+    assert "hh_five_chunks.root:Events (entries 50–100): one-hot input 'njet' is 5 in 7 selected events" in str(
+        raised.value
+    )
+    assert not list(tmp_path.rglob("*.root"))
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

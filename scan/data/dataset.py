@@ -161,7 +161,11 @@ def read_sample(
     """
     parsed, used_by = _needed_branches(sample_list, sample, kfold[1] if kfold else None)
     where = f"{sample.path}:{sample.tree}"
+    requested = entries
     columns, entries = read_columns(sample.path, sample.tree, list(used_by), used_by, entries)
+    if requested is not None and entries and (requested[0] > 0 or entries == requested[1] - requested[0]):
+        # A chunk of a larger file: the counts in its errors are the chunk's, so the message says which one.
+        where += f" (entries {requested[0]}–{requested[0] + entries})"
     added = {
         "$sample": sample.name,
         "$era": sample.era or "",
