@@ -23,7 +23,7 @@ from hhscan.fileio import atomic_write_bytes
 from hhscan.settings import expr
 from hhscan.settings.config import InputVariable, Sample, SampleList, SplitSettings
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4  # 4: one-hot values checked against their categories (a cache of 3 skipped the check)
 ADDED_COLUMNS = ("$sample", "$era", "$tag", "$class")
 
 
