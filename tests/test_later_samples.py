@@ -195,15 +195,22 @@ def test_a_later_sample_outside_the_one_hot_categories_is_refused_and_nothing_is
     events = make_events(120, 1.0, 25)
     events["njet"][:7] = 5
     write_root(trained.data / "hh_five_jets.root", {"Events": events})
-    groups = [{**GROUPS[0], "name": "hh_five", "files": "hh_five_jets.root"}]
+    groups = [GROUPS[0], {**GROUPS[0], "name": "hh_five", "files": "hh_five_jets.root"}]
     other = later_list(trained, "five.yaml", groups=groups, cut="x2 > -6")
-    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_five",
+    # hh_new scored once, alone; then again with hh_five after it, which is refused: all or nothing, so the file
+    # of the first run is left as it was and nothing else is written.
+    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new",
                             "--dir", str(tmp_path)], trained.root, capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    first_run = (tmp_path / "samples" / "hh_new.root").read_bytes()
+    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new",
+                            "--output", "hh_five", "--dir", str(tmp_path)], trained.root, capsys, monkeypatch)  # fmt: skip
     passing = int(np.count_nonzero(events["x2"][:7] > -6))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert f"hh_five_jets.root:Events: one-hot input 'njet' is 5 in {passing} selected events" in err
     assert "none of its categories [2, 3, 4]" in err
-    assert not list(tmp_path.rglob("*.root"))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["hh_new.root"]  # no temporary file left
+    assert (tmp_path / "samples" / "hh_new.root").read_bytes() == first_run
 
 
 def test_a_chunked_later_sample_outside_the_categories_names_the_chunk_its_count_is_from(trained, tmp_path):

@@ -76,7 +76,8 @@ class OutputFile:
             dataset.resize(len(dataset) + len(values), axis=0)
             dataset[-len(values) :] = values
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Complete the temporary file (its annotations written, closed); :meth:`commit` puts it in place."""
         if self.handle is None:
             return
         for key, text in self.annotations.items():
@@ -85,11 +86,20 @@ class OutputFile:
             else:
                 self.handle[TREE].attrs[key] = text
         self.handle.close()
-        self.temporary.replace(self.path)
+        self.handle = None
+
+    def commit(self) -> None:
+        if self.temporary.exists():
+            self.temporary.replace(self.path)
+
+    def close(self) -> None:
+        self.finish()
+        self.commit()
 
     def abort(self) -> None:
         if self.handle is not None:
             self.handle.close()
+            self.handle = None
         self.temporary.unlink(missing_ok=True)
 
 
@@ -172,14 +182,26 @@ def apply_model(
     result = ApplyResult(model=path, notes=notes)
     suffix = ".root" if file_format == "root" else ".h5"
     if output_keys:
-        for sample in selected:
-            # Whole samples in their own folder: a test-split file of the same sample never shares their name.
-            target = out_dir / "samples" / f"{sample.name}{suffix}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            step(f"scoring {sample.name} → {target}")
-            result.events[sample.name] = _apply_streaming(keras_model, metadata, sample_list, sample, target,
-                                                          file_format, chunk_size)  # fmt: skip
-            result.outputs[sample.name] = target
+        # All or nothing: each sample is scored into a temporary file, and only once every one is complete are they
+        # put in place. A sample refused midway (a value outside the one-hot categories) leaves the files of an
+        # earlier run as they were.
+        writers: list[OutputFile] = []
+        try:
+            for sample in selected:
+                # Whole samples in their own folder: a test-split file of the same sample never shares their name.
+                target = out_dir / "samples" / f"{sample.name}{suffix}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                step(f"scoring {sample.name} → {target}")
+                writers.append(OutputFile(target, file_format))
+                result.events[sample.name] = _apply_streaming(keras_model, metadata, sample_list, sample, writers[-1],
+                                                              chunk_size)  # fmt: skip
+                result.outputs[sample.name] = target
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
+        for writer in writers:
+            writer.commit()
         return result
     step("reading the samples and the split")
     dataset = load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
@@ -379,36 +401,32 @@ def _same_file(first: Path, second: Path) -> bool:
     return first.exists() and second.exists() and first.samefile(second)
 
 
-def _apply_streaming(keras_model, metadata, sample_list, sample, target, file_format, chunk_size) -> int:
+def _apply_streaming(keras_model, metadata, sample_list, sample, writer: OutputFile, chunk_size) -> int:
+    """Score ``sample`` chunk by chunk into ``writer``'s temporary file, finished but not yet in place."""
     total = count_entries(sample.path, sample.tree)
-    writer = OutputFile(target, file_format)
     written = 0
-    try:
-        for start in range(0, max(total, 1), chunk_size):
-            rule = (keras_model.folds, keras_model.variable) if isinstance(keras_model, model.FoldModels) else None
-            part = read_sample(sample_list, sample, apply_selection=False, entries=(start, start + chunk_size),
-                               kfold=rule)  # fmt: skip
-            if not len(part.features):
-                continue
-            scores = model.predict(keras_model, part.features, fold=part.fold)
-            columns = _input_columns(part.features, metadata["feature_names"], metadata.get("feature_dtypes", []))
-            columns.update({k: v for k, v in part.other.items() if k not in columns})
-            if not sample.is_data:  # real data has no event weight (and so no yield weight) to write
-                columns["event_weight"] = part.event_weight.astype(np.float32)
-            if not sample.is_data and sample.xsec is not None and sample.event_weight_sum:  # every weight kept
-                columns["yield_weight"] = weights.yield_weight(
-                    part.event_weight, xsec=sample.xsec, lumi=sample.lumi, event_weight_sum=sample.event_weight_sum,
-                    unit_factor=sample_list.units.factor,
-                ).astype(np.float32)
-            columns.update(_score_columns(scores, metadata["class_names"]))
-            writer.append(_numeric(columns))
-            written += len(part.features)
-        if written == 0:
-            raise HhscanError(f"{sample.path}:{sample.tree}: no event passes the cut '{sample.cut}'")
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    for start in range(0, max(total, 1), chunk_size):
+        rule = (keras_model.folds, keras_model.variable) if isinstance(keras_model, model.FoldModels) else None
+        part = read_sample(sample_list, sample, apply_selection=False, entries=(start, start + chunk_size),
+                           kfold=rule)  # fmt: skip
+        if not len(part.features):
+            continue
+        scores = model.predict(keras_model, part.features, fold=part.fold)
+        columns = _input_columns(part.features, metadata["feature_names"], metadata.get("feature_dtypes", []))
+        columns.update({k: v for k, v in part.other.items() if k not in columns})
+        if not sample.is_data:  # real data has no event weight (and so no yield weight) to write
+            columns["event_weight"] = part.event_weight.astype(np.float32)
+        if not sample.is_data and sample.xsec is not None and sample.event_weight_sum:  # every weight kept
+            columns["yield_weight"] = weights.yield_weight(
+                part.event_weight, xsec=sample.xsec, lumi=sample.lumi, event_weight_sum=sample.event_weight_sum,
+                unit_factor=sample_list.units.factor,
+            ).astype(np.float32)
+        columns.update(_score_columns(scores, metadata["class_names"]))
+        writer.append(_numeric(columns))
+        written += len(part.features)
+    if written == 0:
+        raise HhscanError(f"{sample.path}:{sample.tree}: no event passes the cut '{sample.cut}'")
+    writer.finish()
     return written
 
 
