@@ -344,8 +344,8 @@ def check_categories(sample_list: SampleList, parts: list[SampleArrays]) -> None
         present = sorted({value for part in parts for value in part.categories.get(variable.name, [])}, key=str)
         shown = ", ".join(repr(p) if isinstance(p, str) else str(p) for p in present[:12])
         shown += ", …" if len(present) > 12 else ""
+        numbers = np.asarray([p for p in present if not isinstance(p, str)], dtype=np.float64)
         for value in variable.one_hot:
-            numbers = np.asarray([p for p in present if not isinstance(p, str)], dtype=np.float64)
             found = value in present if isinstance(value, str) else bool(_one_hot_match(numbers, value).any())
             if not found:
                 raise DataError(

@@ -446,7 +446,7 @@ def mean_history(histories: Sequence[Mapping[str, Sequence[float]]]) -> dict[str
     merged = {}
     for key in histories[0]:
         length = min(len(h.get(key, [])) for h in histories)
-        merged[key] = [float(np.mean([h[key][e] for h in histories])) for e in range(length)]
+        merged[key] = np.mean([h[key][:length] for h in histories], axis=0).tolist() if length else []
     return merged
 
 

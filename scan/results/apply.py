@@ -196,12 +196,11 @@ def apply_model(
                 result.events[sample.name] = _apply_streaming(keras_model, metadata, sample_list, sample, writers[-1],
                                                               chunk_size)  # fmt: skip
                 result.outputs[sample.name] = target
-        except BaseException:
             for writer in writers:
+                writer.commit()
+        finally:
+            for writer in writers:  # a committed file has no temporary left: nothing to remove
                 writer.abort()
-            raise
-        for writer in writers:
-            writer.commit()
         return result
     step("reading the samples and the split")
     dataset = load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
