@@ -1,11 +1,15 @@
 """The GPU benchmark, one command: what a GPU user runs to measure hhscan's packing on their GPU.
 
-    pip install -e ".[cuda]" && python bench/gpu.py     # full sizes; writes the GPU section of bench/RESULTS.md
+    pip install -e ".[cuda]" && python bench/gpu.py     # full sizes (≈5 min on one H200); writes bench/RESULTS.md
+    python bench/gpu.py --baselines jax,torch           # which plain Keras fit loops to compare with (default: all
+                                                        # of jax, torch, tensorflow importable here)
     python bench/gpu.py --tiny --output /tmp/R.md       # tiny sizes, runs on a CPU (the test suite runs it)
 
-Sections, every figure a ratio against a baseline measured in the same run on the same device:
+Sections, every figure a ratio against a baseline measured in the same run on the same device, each written to
+RESULTS.md as soon as it is measured (a killed run keeps what it had; other sections are left as they are):
 - pack scaling: trials/s of the example grid repeated, in packs of K = 1 … 256, against K = 1;
-- the example scan: ``hhscan run --local`` against a plain Keras ``fit`` loop on TensorFlow and on JAX;
+- the example scan: ``hhscan run --local`` against a plain Keras ``fit`` loop per baseline backend (TensorFlow's
+  CPU build cannot share a venv with JAX's CUDA build: give it its own venv, or leave it out);
 - training against the device: trained events/s × FLOP per event against a jitted matmul of the MLP's shape;
 - memory: the largest pack K that trains and validates with 1M validation events (doubling to out-of-memory).
 Each measurement runs in a fresh process (a Keras backend is per process); times exclude imports. ``--tiny``
@@ -27,15 +31,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import results_file  # noqa: E402
 from bench import run as bench_run  # noqa: E402  (the CPU benchmark's project copy, data and plain loop)
 
-FULL = {"sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256], "trials": 256, "epochs": 5, "scan_epochs": 10,
+# Sized to finish in about 5 minutes on one H200 (the first GPU run measured 3.3 s a trial at K = 1, 13 trials/s at
+# K = 256): K trains at most 2 packs of K trials (8 trials at K = 1), the largest-pack sweep stops after 90 s.
+FULL = {"sizes": [1, 4, 16, 64, 256], "trials": 256, "packs_per_size": 2, "epochs": 5, "scan_epochs": 10,
         "grid": bench_run.EXAMPLE_GRID, "mlp": (30, 256, 3), "batch": 1024, "events": 1_000_000,
-        "machine_packs": [1, 16, 64], "validation": 1_000_000, "largest": 1024}  # fmt: skip
+        "machine_packs": [1, 16, 64], "validation": 1_000_000, "largest": 1024, "largest_budget_s": 90}  # fmt: skip
 TINY = {"sizes": [1, 2], "trials": 2, "epochs": 1, "scan_epochs": 1, "split": [0.1, 0.05, 0.85],
         "grid": {**bench_run.EXAMPLE_GRID, "layers": [1], "neurons": [8], "learning_rate": [0.003]},
         "mlp": (8, 16, 2), "batch": 256, "events": 4096, "machine_packs": [1, 2], "validation": 3000,
-        "largest": 2}  # fmt: skip
+        "largest": 2, "largest_budget_s": 60}  # fmt: skip
 
 
 def _project(root: Path, sizes: dict, epochs: int) -> Path:
@@ -133,7 +140,7 @@ def worker_machine(mlp: tuple[int, int, int], batch: int, events: int, packs: li
             "device": model.device_description()}  # fmt: skip
 
 
-def worker_largest(mlp: tuple[int, int, int], validation: int, largest: int) -> dict:
+def worker_largest(mlp: tuple[int, int, int], validation: int, largest: int, budget_s: float = float("inf")) -> dict:
     """Double K until the pack does not train and validate any more (the backend's out-of-memory error)."""
     from hhscan.learning import fused, model, training
 
@@ -152,8 +159,8 @@ def worker_largest(mlp: tuple[int, int, int], validation: int, largest: int) -> 
           "learning_rate": 1e-3}  # fmt: skip
     table, counts = fused.batch_table(training.epoch_order(n_train, 0, 0), 1024)
     fitted, stopped, seconds, chunk = 0, None, {}, None
-    size = 1
-    while size <= largest:
+    size, began = 1, time.perf_counter()
+    while size <= largest and time.perf_counter() - began < budget_s:
         engine = None
         try:
             nets = [model.build_model(hp, inputs, 2, x.mean(0), x.var(0)) for _ in range(size)]
@@ -177,6 +184,7 @@ def worker_largest(mlp: tuple[int, int, int], validation: int, largest: int) -> 
         fitted = size
         size *= 2
     return {"largest": fitted, "out_of_memory_at": stopped, "validate_s": seconds, "chunk": chunk,
+            "seconds": time.perf_counter() - began, "stopped_for_time": stopped is None and size <= largest,
             "device": model.device_description()}  # fmt: skip
 
 
@@ -195,97 +203,160 @@ def _run(name: str, *args, fresh: bool = True) -> dict:
 # ---------------------------------------------------------------------------------------------------- sections
 
 
-def measure(sizes: dict, fresh: bool = True) -> dict:
-    """Every section's raw figures; ``fresh=False`` runs the JAX workers in this process (TensorFlow never)."""
-    results: dict = {}
-    with tempfile.TemporaryDirectory() as directory:
-        root = _project(Path(directory) / "packing", sizes, sizes["epochs"])
-        results["packing"] = _run("worker_packing", str(root), sizes["sizes"], sizes["trials"], fresh=fresh)
-        results["scan"] = {}
-        for tool, worker, args in (
-            ("plain Keras loop (TensorFlow)", "worker_plain", ("tensorflow",)),
-            ("plain Keras loop (JAX)", "worker_plain", ("jax",)),
-            ("hhscan run --local", "worker_hhscan", ()),
-        ):
-            project = _project(Path(directory) / f"scan-{len(results['scan'])}", sizes, sizes["scan_epochs"])
-            results["scan"][tool] = _run(worker, str(project), *args, fresh=fresh or "tensorflow" in args)
-        # Still inside the directory: in this process, JAX's compilation cache may point into it.
-        results["machine"] = _run("worker_machine", sizes["mlp"], sizes["batch"], sizes["events"],
-                                  sizes["machine_packs"], fresh=fresh)  # fmt: skip
-        results["largest"] = _run("worker_largest", sizes["mlp"], sizes["validation"], sizes["largest"],
-                                  fresh=fresh)  # fmt: skip
-    return results
+BACKENDS = ("jax", "torch", "tensorflow")  # the plain Keras fit loop's baselines, in this order
 
 
-def render(results: dict, sizes: dict) -> list[str]:
-    """The GPU section of RESULTS.md."""
-    packing, machine, largest = results["packing"], results["machine"], results["largest"]
-    device = machine["device"]
+def available_backends() -> list[str]:
+    """The Keras backends importable in this venv (TensorFlow's CPU build cannot share a venv with JAX's CUDA one)."""
+    import importlib.util
+
+    return [name for name in BACKENDS if importlib.util.find_spec(name) is not None]
+
+
+def _tool(backend: str) -> str:
+    return f"plain Keras loop ({ {'jax': 'JAX', 'torch': 'torch', 'tensorflow': 'TensorFlow'}[backend] })"
+
+
+def measure_packing(sizes: dict, directory: Path, fresh: bool) -> dict:
+    root = _project(directory / "packing", sizes, sizes["epochs"])
+    return _run("worker_packing", str(root), sizes["sizes"], sizes["trials"], sizes.get("packs_per_size"),
+                fresh=fresh)  # fmt: skip
+
+
+def measure_scan(sizes: dict, directory: Path, fresh: bool, baselines: list[str]) -> dict:
+    rows = {}
+    for tool, worker, args in (*((_tool(b), "worker_plain", (b,)) for b in baselines),
+                               ("hhscan run --local", "worker_hhscan", ())):  # fmt: skip
+        project = _project(directory / f"scan-{len(rows)}", sizes, sizes["scan_epochs"])
+        # A Keras backend is per process: every baseline but JAX always runs in a fresh one.
+        rows[tool] = _run(worker, str(project), *args, fresh=fresh or args not in ((), ("jax",)))
+    return rows
+
+
+def render_packing(packing: dict, sizes: dict, tiny: bool) -> list[str]:
     base = packing["trials_per_s"]["1"]
-    lines = [f"## GPU: measured {time.strftime('%Y-%m-%d')} on {device}", "",
-             f"`python bench/gpu.py{' --tiny' if sizes is TINY else ''}`. Pack scaling: the example grid repeated to "
-             f"{sizes['trials']} trials, {sizes['epochs']} epochs, compilation included (pack size 1 trains the "
-             f"first {min(8, sizes['trials'])}).", "",
-             "| pack size K | trials/s | vs K = 1 | best val AUC |", "|---|---|---|---|"]  # fmt: skip
+    lines = [f"## GPU: measured {time.strftime('%Y-%m-%d')} on {packing['device']}", "",
+             f"`python bench/gpu.py{' --tiny' if tiny else ''}`; each section is written as soon as it is measured.",
+             "", f"### Pack scaling: the example grid repeated, {sizes['epochs']} epochs, compilation included", "",
+             "Pack size K trains the first max(8, K × packs) trials of the grid repeated to "
+             f"{sizes['trials']} (packs = {sizes.get('packs_per_size') or 'all'}).", "",
+             "| pack size K | trials | trials/s | vs K = 1 | best val AUC |", "|---|---|---|---|---|"]  # fmt: skip
     for size in sizes["sizes"]:
         rate = packing["trials_per_s"][str(size)]
-        lines.append(f"| {size} | {rate:.2f} | {rate / base:.1f}× | {packing['best_val_auc'][str(size)]:.4f} |")
-    scan = results["scan"]
-    plain = scan["plain Keras loop (TensorFlow)"]["wall_s"]
-    lines += ["", f"The example scan ({sizes['scan_epochs']} epochs, imports excluded):", "",
-              "| tool | backend | wall s | vs plain TF-Keras loop | best val AUC |",
-              "|---|---|---|---|---|"]  # fmt: skip
+        lines.append(f"| {size} | {packing['trials'][str(size)]} | {rate:.2f} | {rate / base:.1f}× | "
+                     f"{packing['best_val_auc'][str(size)]:.4f} |")  # fmt: skip
+    return lines
+
+
+def render_scan(scan: dict, sizes: dict) -> list[str]:
+    hhscan = scan["hhscan run --local"]["wall_s"]
+    lines = [f"### The example scan: {sizes['scan_epochs']} epochs, imports excluded", "",
+             "| tool | backend | wall s | hhscan faster by | best val AUC |", "|---|---|---|---|---|"]  # fmt: skip
     for tool, row in scan.items():
-        lines.append(f"| {tool} | {row['backend']} | {row['wall_s']:.1f} | {plain / row['wall_s']:.2f}× faster | "
+        lines.append(f"| {tool} | {row['backend']} | {row['wall_s']:.1f} | {row['wall_s'] / hhscan:.2f}× | "
                      f"{row['best_val_auc']:.4f} |")  # fmt: skip
+    return lines
+
+
+def render_machine(machine: dict, sizes: dict) -> list[str]:
     inputs, neurons, layers = sizes["mlp"]
     ceiling = machine["ceiling_flops"]
-    lines += ["", f"Training against the device: {inputs}→{neurons}×{layers}→1 MLP, batch {sizes['batch']}, "
-              f"{sizes['events']:,} events; jitted matmul ceiling (65536×{neurons} @ {neurons}×{neurons}) "
-              f"{ceiling / 1e9:.1f} GFLOP/s, {machine['flop_per_event']} FLOP per trained event.", "",
-              "| pack size K | trained events/s (events × K) | GFLOP/s | fraction of the ceiling |",
-              "|---|---|---|---|"]  # fmt: skip
+    lines = [f"### Training against the device: {inputs}→{neurons}×{layers}→1 MLP, batch {sizes['batch']}, "
+             f"{sizes['events']:,} events", "",
+             f"Jitted matmul ceiling (65536×{neurons} @ {neurons}×{neurons}) {ceiling / 1e9:.1f} GFLOP/s, "
+             f"{machine['flop_per_event']} FLOP per trained event.", "",
+             "| pack size K | trained events/s (events × K) | GFLOP/s | fraction of the ceiling |",
+             "|---|---|---|---|"]  # fmt: skip
     for size, rate in machine["events_per_s"].items():
         achieved = rate * machine["flop_per_event"]
         lines.append(f"| {size} | {rate:,.0f} | {achieved / 1e9:.1f} | **{achieved / ceiling:.2f}** |")
-    stop = (f"out of memory at K = {largest['out_of_memory_at']}" if largest["out_of_memory_at"]
-            else f"no out-of-memory up to K = {sizes['largest']}, the sweep's end")  # fmt: skip
-    lines += ["", f"Largest pack with {sizes['validation']:,} validation events ({inputs}→{neurons}×{layers}→1, "
-              f"validation in chunks of {largest['chunk']:,} events): K = {largest['largest']} ({stop}); "
-              f"validation of that pack {largest['validate_s'][str(largest['largest'])]:.2f} s.", ""]  # fmt: skip
-    rate = {int(k): v / base for k, v in packing["trials_per_s"].items()}
-    hhscan = plain / scan["hhscan run --local"]["wall_s"]
-    lines += ["| target | measured | |", "|---|---|---|"]
-    for label, value, goal in (("trials/s at K = 16 ≥ 10× K = 1", rate.get(16), 10),
-                               ("trials/s at K = 256 ≥ 40× K = 1", rate.get(256), 40),
-                               ("example scan ≥ 10× the plain TF-Keras loop", hhscan, 10)):  # fmt: skip
+    return lines
+
+
+def render_largest(largest: dict, sizes: dict) -> list[str]:
+    inputs, neurons, layers = sizes["mlp"]
+    if largest["out_of_memory_at"]:
+        stop = f"out of memory at K = {largest['out_of_memory_at']}"
+    elif largest.get("stopped_for_time"):
+        stop = f"the sweep stopped after {largest['seconds']:.0f} s, its time budget"
+    else:
+        stop = f"no out-of-memory up to K = {sizes['largest']}, the sweep's end"
+    return ["### Largest pack", "",
+            f"With {sizes['validation']:,} validation events ({inputs}→{neurons}×{layers}→1, validation in chunks of "
+            f"{largest['chunk']:,} events): K = {largest['largest']} ({stop}); validation of that pack "
+            f"{largest['validate_s'][str(largest['largest'])]:.2f} s."]  # fmt: skip
+
+
+def render_targets(results: dict, baselines: list[str]) -> list[str]:
+    """The issue's targets against whatever has been measured so far."""
+    lines = ["### Against the GPU targets", "", "| target | measured | |", "|---|---|---|"]
+    rows = []
+    if "packing" in results:
+        per_size = results["packing"]["trials_per_s"]
+        rate = {int(k): v / per_size["1"] for k, v in per_size.items()}
+        rows += [("trials/s at K = 16 ≥ 10× K = 1", rate.get(16), 10),
+                 ("trials/s at K = 256 ≥ 60× K = 1", rate.get(256), 60)]  # fmt: skip
+    if "scan" in results:
+        hhscan = results["scan"]["hhscan run --local"]["wall_s"]
+        rows += [(f"example scan ≥ 10× the {_tool(b)}", results["scan"][_tool(b)]["wall_s"] / hhscan, 10)
+                 for b in baselines]  # fmt: skip
+    if "machine" in results:
+        machine = results["machine"]
+        one = machine["events_per_s"].get("1")
+        fraction = None if one is None else one * machine["flop_per_event"] / machine["ceiling_flops"]
+        rows.append(("K = 1 ≥ 25% of the matmul ceiling", fraction, 0.25))
+    for label, value, goal in rows:
         if value is None:
             lines.append(f"| {label} | not measured at these sizes | |")
         else:
-            lines.append(f"| {label} | {value:.1f}× on {device} | {'met' if value >= goal else 'not met'} |")
-    return [*lines, ""]
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the GPU section (from ``## GPU`` to the end) of RESULTS.md, keeping everything before it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    head = old[: old.index("## GPU")] if "## GPU" in old else old.rstrip("\n") + "\n\n"
-    path.write_text(head + section)
+            shown = f"{value:.0%}" if goal < 1 else f"{value:.1f}×"
+            lines.append(f"| {label} | {shown} | {'met' if value >= goal else 'not met'} |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke sizes (seconds)")
     parser.add_argument("--output", default=str(REPO / "bench" / "RESULTS.md"))
-    parser.add_argument("--json", help="also write the raw figures here")
+    parser.add_argument("--json", help="also write the raw figures here (after every section)")
+    parser.add_argument("--baselines", default="auto",
+                        help=f"plain Keras fit loops to compare with, of {', '.join(BACKENDS)}; 'auto': those "
+                             "importable here; 'none': hhscan alone")  # fmt: skip
     arguments = parser.parse_args()
-    sizes = TINY if arguments.tiny else FULL
-    results = measure(sizes, fresh=not arguments.tiny)
-    section = "\n".join(render(results, sizes)) + "\n"
-    print(section, flush=True)
-    write_section(Path(arguments.output), section)
-    if arguments.json:
-        Path(arguments.json).write_text(json.dumps(results, indent=1))
+    if arguments.baselines == "auto":
+        baselines = available_backends()
+    elif arguments.baselines == "none":
+        baselines = []
+    else:
+        baselines = arguments.baselines.split(",")
+        unknown = [b for b in baselines if b not in BACKENDS]
+        missing = [b for b in baselines if b in BACKENDS and b not in available_backends()]
+        if unknown or missing:
+            sys.exit(f"--baselines: {', '.join(unknown)} not one of {', '.join(BACKENDS)}" if unknown
+                     else f"--baselines: {', '.join(missing)} not importable in this venv")  # fmt: skip
+    sizes, fresh, output = (TINY if arguments.tiny else FULL), not arguments.tiny, Path(arguments.output)
+    results: dict = {}
+
+    def record(key: str, lines: list[str]) -> None:
+        text = "\n".join(lines) + "\n"
+        print(text, flush=True)
+        results_file.write_section(output, f"gpu-{key}", text)
+        results_file.write_section(output, "gpu-targets", "\n".join(render_targets(results, baselines)) + "\n")
+        if arguments.json:
+            Path(arguments.json).write_text(json.dumps(results, indent=1))
+
+    with tempfile.TemporaryDirectory() as directory:
+        # Inside the directory throughout: in this process, JAX's compilation cache may point into it.
+        results["packing"] = measure_packing(sizes, Path(directory), fresh)
+        record("packing", render_packing(results["packing"], sizes, arguments.tiny))
+        results["scan"] = measure_scan(sizes, Path(directory), fresh, baselines)
+        record("scan", render_scan(results["scan"], sizes))
+        results["machine"] = _run("worker_machine", sizes["mlp"], sizes["batch"], sizes["events"],
+                                  sizes["machine_packs"], fresh=fresh)  # fmt: skip
+        record("machine", render_machine(results["machine"], sizes))
+        results["largest"] = _run("worker_largest", sizes["mlp"], sizes["validation"], sizes["largest"],
+                                  sizes["largest_budget_s"], fresh=fresh)  # fmt: skip
+        record("largest", render_largest(results["largest"], sizes))
 
 
 if __name__ == "__main__":

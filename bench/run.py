@@ -29,6 +29,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import results_file  # noqa: E402  (this file runs as a script too)
+
 EXAMPLE_GRID = {
     "layers": [2, 3],
     "neurons": [32, 64],
@@ -311,8 +315,11 @@ def worker_export(root: Path, target: str) -> dict:
     return {"events": len(x)}
 
 
-def worker_packing(root: Path, sizes: list[int], n_trials: int) -> dict:
-    """Trials/s of the example grid (repeated to ``n_trials``) trained in packs of each size, compilation included."""
+def worker_packing(root: Path, sizes: list[int], n_trials: int, packs_per_size: int | None = None) -> dict:
+    """Trials/s of the example grid (repeated to ``n_trials``) trained in packs of each size, compilation included.
+
+    Size 1 trains the first 8 trials; a larger size K all of them, or ``packs_per_size`` packs of K where given.
+    """
     from hhscan.learning import model, training, trial
 
     model.choose_backend("auto")  # as hhscan sets up a worker: backend, one host device per core
@@ -322,9 +329,13 @@ def worker_packing(root: Path, sizes: list[int], n_trials: int) -> dict:
     grid = trial.expand(parameters)
     trials = [trial.Trial(trial.trial_id(t.hyperparameters, r), t.hyperparameters, r)
               for r in range(-(-n_trials // len(grid))) for t in grid][:n_trials]  # fmt: skip
-    rates, best = {}, {}
+    rates, best, counts = {}, {}, {}
     for size in sizes:
-        subset = trials[: max(size, min(n_trials, 8))] if size == 1 else trials
+        if size == 1:
+            subset = trials[: min(n_trials, 8)]
+        else:
+            subset = trials if packs_per_size is None else trials[: size * packs_per_size]
+        counts[size] = len(subset)
         started = time.perf_counter()
         results = []
         for start in range(0, len(subset), size):
@@ -332,7 +343,7 @@ def worker_packing(root: Path, sizes: list[int], n_trials: int) -> dict:
             keras.backend.clear_session()
         rates[size] = len(subset) / (time.perf_counter() - started)
         best[size] = max(r.metrics["val_auc"] for r in results)
-    return {"trials_per_s": rates, "best_val_auc": best, "device": model.device_description()}
+    return {"trials_per_s": rates, "best_val_auc": best, "trials": counts, "device": model.device_description()}
 
 
 WORKERS = {"hhscan": worker_hhscan, "plain": worker_plain, "optuna": worker_optuna}
@@ -654,25 +665,16 @@ def main() -> None:
     parser.add_argument("--output", default=str(REPO / "bench" / "RESULTS.md"))
     parser.add_argument("--no-talos", action="store_true", help="skip Talos (its venv needs the package index)")
     arguments = parser.parse_args()
-    lines = [f"## Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs"
-             f"{' (quick sizes)' if arguments.quick else ''}", ""]  # fmt: skip
+    stamp = f"measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs{', quick sizes' if arguments.quick else ''}"
     for name in arguments.only.split(","):
         if name == "scan":
             section = section_scan(arguments.quick, talos=not arguments.no_talos)
         else:
             section = SECTIONS[name](arguments.quick)
+        section[0] += f" — {stamp}"
         print("\n".join(section), flush=True)
-        lines += section
-    _write_results(Path(arguments.output), "\n".join(lines) + "\n")
-
-
-def _write_results(path: Path, measured: str) -> None:
-    """Replace the measured part of RESULTS.md, keeping its introduction and the analysis against the targets."""
-    marker, analysis = "## Measured", "### Against the targets"
-    old = path.read_text() if path.exists() else ""
-    head = old[: old.index(marker)] if marker in old else "# Benchmarks\n\n"
-    tail = old[old.index(analysis) :] if analysis in old else ""
-    path.write_text(head + measured + ("\n" + tail if tail else ""))
+        # Written as soon as measured, replacing this section alone: a partial or killed run keeps the others.
+        results_file.write_section(Path(arguments.output), name, "\n".join(section), before=results_file.TARGETS)
 
 
 if __name__ == "__main__":

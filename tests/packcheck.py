@@ -23,9 +23,26 @@ def branches(base: dict) -> list[dict]:
     ]
 
 
+def exact_float32() -> None:
+    """Equality is the point here: matmuls in full float32 on a GPU too (XLA's and TensorFlow's default there is
+    TF32, a 10-bit mantissa, which would make two correct programs differ by ~1e-4)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
 def compare(project: Path) -> dict:
     """Train the pack (no shuffling) and each trial alone with Keras' fit and callbacks; report the differences."""
     import keras
+
+    exact_float32()
     from hhscan.data.split import TRAIN, VALIDATION
     from hhscan.execution import runner
     from hhscan.execution.scandir import Workspace

@@ -17,6 +17,7 @@ from hhscan.learning import callbacks, packing, training, trial
 from hhscan.settings import config
 
 HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.gpu  # `pytest -m gpu` on a GPU machine: what a GPU changes (packing, chunking, devices)
 
 
 def _equivalence_settings(analysis, restore_best_weights: bool = False) -> None:
