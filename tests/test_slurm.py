@@ -497,6 +497,26 @@ def test_a_task_past_its_memory_is_killed_and_resubmitted_with_more(slurm_analys
     records_exactly_once(scan)
 
 
+def test_a_job_failing_before_training_shows_its_error_in_status(slurm_analysis, capsys, monkeypatch):
+    """GPUs given but the backend sees none (the cluster's GPUs are emulated) and no HHSCAN_ALLOW_CPU: the job
+    ends FAILED before any trial, and status shows the first line of its error, as the job's stderr ends with."""
+    monkeypatch.delenv("HHSCAN_ALLOW_CPU")  # sbatch exports the environment to the job
+    slurm_analysis.edit_parameters(hyperparameters={"learning_rate": [0.01], "neurons": [4]})  # one trial
+    code, _, err = run_cli(["submit", "--name", "nogpu"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("nogpu")
+    status = wait_until_settled(scan)
+    assert status.count("missing") == 1 and {t.job_state for t in status.trials} == {"FAILED"}
+    (job,) = scan.manifest()["jobs"]
+    stderr = Path(job["stdout"].replace("_log.out", "_log.err")).read_text().splitlines()
+    raised = [line for line in stderr if line.startswith("hhscan.errors.DeviceError: ")]
+    assert raised and "but the" in raised[-1] and "sees none" in raised[-1]
+    code, out, _ = run_cli(["status", "nogpu"], slurm_analysis.root, capsys, monkeypatch)
+    printed = " ".join(out.split())  # rich wraps long lines
+    expected = raised[-1].removeprefix("hhscan.errors.")
+    assert f"job {job['job_id']} (1 trial) ended FAILED: {' '.join(expected.split())}" in printed, printed
+
+
 def test_an_array_task_that_just_ended_has_its_final_state_before_accounting_catches_up(cluster, tmp_path):
     # slurmdbd lags the controller: for seconds after the tasks end, sacct shows the array as one combined row
     # (or still running). The controller's ended-job record is the truth then; the CI run on record once called

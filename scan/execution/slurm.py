@@ -384,6 +384,7 @@ class ScanStatus:
     litter: list[Path] = field(default_factory=list)
     budget: int | None = None  # an adaptive scan's search.trials (None for a grid): trials beyond those asked
     unasked: int = 0  # … the budget's trials not asked yet
+    unrecorded_models: list[Path] = field(default_factory=list)  # a missing trial's zip: its record never written
 
     def count(self, state: str) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -434,6 +435,8 @@ def scan_status(scan: ScanDirectory) -> ScanStatus:
             state = "failed"
         else:
             state = "missing"
+            if scan.model_path(trial.id).exists():
+                result.unrecorded_models.append(scan.model_path(trial.id))
         result.trials.append(TrialStatus(trial, state, record, job, job_state, lease))
     return result
 
