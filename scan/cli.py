@@ -287,6 +287,9 @@ def report(
         typer.Option("--optuna-storage", help="Adaptive scan: also write its study to this SQLite file "
                      "(optuna-dashboard PATH opens it)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rank and export the best even if some record files are unreadable.")
+    ] = False,
     workspace: WorkspaceOption = Path(),
 ) -> None:
     """Rank all trials: top-N table, models/NAME.csv, plots under models/NAME/, best model models/NAME_best.zip."""
@@ -304,7 +307,8 @@ def report(
         from hhscan.settings import config
 
         config.check_criterion(criterion, "--criterion")
-    result = make_report(space, name, plots=not no_plots, criterion=criterion, optuna_storage=optuna_storage)
+    result = make_report(space, name, plots=not no_plots, criterion=criterion, optuna_storage=optuna_storage,
+                         force=force)
     records = {r.trial_id: r for r in result.ranked + result.failed}
     console_views.print_leaderboard(console, result.scan, result.criterion, records, result.corrupt, top)
     console_views.print_input_warnings(console, result.probable_leaks, result.leak_threshold)

@@ -70,18 +70,40 @@ def test_saved_model_export_is_checked_too(analysis, capsys, monkeypatch):
     assert json.loads((analysis.root / "exported" / "sm_best_saved_model.json").read_text())["check"]["events"] > 0
 
 
-def test_an_export_that_differs_is_refused_and_removed(analysis, capsys, monkeypatch):
-    """The check is real: with a tolerance no float arithmetic meets, the export is refused and nothing stays."""
+# Run in a subprocess before export_model: the exported network's folded scaler gets its offsets shifted by 0.01,
+# so the export really computes other scores than Keras (a damaged export), and the comparison must see it.
+DAMAGED_EXPORT = (
+    "from hhscan.results import export; export.select_backend(); from pathlib import Path; "
+    "from hhscan.execution.scandir import Workspace; folded = export._with_folded_scaler\n"
+    "def damaged(keras_model):\n"
+    "    exportable = folded(keras_model); scaler = exportable.get_layer('scaler'); w = scaler.get_weights()\n"
+    "    scaler.set_weights([w[0], w[1] + 0.01]); return exportable\n"
+    "export._with_folded_scaler = damaged\n"
+)
+
+
+def _contents(directory):
+    """Every file under ``directory`` (hidden ones too) and its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_an_export_that_differs_is_refused_and_the_earlier_one_kept(analysis, capsys, monkeypatch):
+    """The check is real: an export whose scores differ from Keras (its scaler damaged) is refused at the default
+    tolerance, and an earlier good export of the same name stays byte for byte, with no temporary file left."""
     _best(analysis, capsys, monkeypatch, "tight")
-    code = (
-        "import sys; from hhscan.results import export; export.select_backend(); from pathlib import Path; "
-        "from hhscan.execution.scandir import Workspace; w = Workspace(Path('.')); z = Path('models/tight_best.zip'); "
-        "export.export_model(z, 'onnx', Path('out'), export.model_test_events(z, w)[0], tolerance=-1.0)"
+    good = _export(analysis, "--model", "tight_best", "--format", "onnx", "--dir", "out")
+    assert good.returncode == 0, good.stderr[-2000:]
+    before = _contents(analysis.root / "out")
+    assert sorted(before) == ["tight_best.onnx", "tight_best.onnx.json"]
+    code = DAMAGED_EXPORT + (
+        "w = Workspace(Path('.')); z = Path('models/tight_best.zip'); "
+        "export.export_model(z, 'onnx', Path('out'), export.model_test_events(z, w)[0])"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=analysis.root, capture_output=True, text=True,
                             env={**os.environ, "KERAS_BACKEND": ""})  # fmt: skip
-    assert result.returncode != 0 and "differs from Keras by up to" in result.stderr
-    assert not list((analysis.root / "out").glob("*"))
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "differs from Keras by up to" in result.stderr and "(allowed 1e-05)" in result.stderr
+    assert _contents(analysis.root / "out") == before
 
 
 @pytest.mark.parametrize(
@@ -150,14 +172,14 @@ def test_kfold_bundle_exports_one_onnx_per_fold_and_the_fold_rule(analysis, caps
     assert description["provenance"]["split_checksum"] == metadata["split_checksum"]
     assert f"max |Δscore| vs Keras {check['max_abs_difference']:.2g} on {len(features)} test events (each fold" in printed
 
-    # Refused (a tolerance no arithmetic meets): every fold file and the JSON are gone, none half-replaced.
-    code = (
-        "from hhscan.results import export; export.select_backend(); from pathlib import Path; "
-        "from hhscan.execution.scandir import Workspace; z = Path('models/kf_best.zip'); "
-        "f, k = export.model_test_events(z, Workspace(Path('.'))); "
-        "export.export_model(z, 'onnx', Path('models'), f, tolerance=-1.0, test_folds=k)"
+    # Refused (each fold model's export damaged): every fold file and the JSON of the good export stay as they were.
+    before = {p.name: p.read_bytes() for p in models.glob("kf_best*")}
+    code = DAMAGED_EXPORT + (
+        "z = Path('models/kf_best.zip'); f, k = export.model_test_events(z, Workspace(Path('.'))); "
+        "export.export_model(z, 'onnx', Path('models'), f, test_folds=k)"
     )
     refused = subprocess.run([sys.executable, "-c", code], cwd=analysis.root, capture_output=True, text=True,
                              env={**os.environ, "KERAS_BACKEND": ""})  # fmt: skip
     assert refused.returncode != 0 and "(each fold model on its own test fold, 3 folds)" in refused.stderr
-    assert not list(models.glob("kf_best*.onnx")) and not (models / "kf_best.onnx.json").exists()
+    assert {p.name: p.read_bytes() for p in models.glob("kf_best*")} == before
+    assert not list(models.glob(".*kf_best*"))  # no temporary export left behind

@@ -238,3 +238,28 @@ def test_split_model_mismatch_is_refused(reported, capsys, monkeypatch):
     np.savez(split_file, **stored)
     code, _, err = run_cli(["test", "--model", "best"], analysis.root, capsys, monkeypatch)
     assert code == 1 and "trained on split" in err and "test events are unknown" in err
+
+
+def test_an_unreadable_best_record_never_demotes_the_exported_best(analysis, capsys, monkeypatch):
+    """The best trial's record cut off (a damaged file): report refuses in one line naming it and the repair, and
+    the exported best, its pointer and the ranking stay byte for byte; --force exports the best readable one."""
+    code, _, err = run_cli(["run", "--local", "--name", "dmg", "--max-trials", "2"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli(["report", "dmg", "--no-plots"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    models = analysis.root / "models"
+    written = {name: (models / name).read_bytes() for name in ("dmg_best.zip", "best.json", "dmg.csv")}
+    best_id = json.loads(written["best.json"])["trial_id"]
+    others = [r["trial_id"] for r in read_csv(models / "dmg.csv") if r["trial_id"] != best_id]
+    assert len(others) == 1 and read_csv(models / "dmg.csv")[0]["trial_id"] == best_id
+    record = analysis.root / "slurm" / "dmg" / "output" / f"{best_id}.csv"
+    record.write_bytes(record.read_bytes()[: len(record.read_bytes()) // 2])
+
+    code, _, err = run_cli(["report", "dmg", "--no-plots"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"dmg/output/{best_id}.csv: unreadable trial record" in err and "hhscan resubmit dmg" in err and "--force" in err
+    assert {name: (models / name).read_bytes() for name in written} == written
+
+    code, _, err = run_cli(["report", "dmg", "--no-plots", "--force"], analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads((models / "best.json").read_text())["trial_id"] == others[0]

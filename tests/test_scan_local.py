@@ -122,6 +122,21 @@ def test_truncated_record_is_never_counted_as_done(analysis, capsys, monkeypatch
     assert not scan.records()[0]
 
 
+def test_status_names_a_model_zip_without_its_record(analysis, capsys, monkeypatch):
+    """A worker killed between the zip's rename and the record's write: status counts the trial missing and names
+    the zip (resubmit retrains it)."""
+    run_cli(["run", "--local", "--name", "unit", "--max-trials", "2"], analysis.root, capsys, monkeypatch)
+    scan = Workspace(analysis.root).scan("unit")
+    kept, lost = sorted(scan.records()[0])
+    scan.output_dir.joinpath(f"{lost}.csv").unlink()
+    code, out, _ = run_cli(["status", "unit"], analysis.root, capsys, monkeypatch)
+    assert code == 0 and "done: 1" in out and f"missing: {len(scan.trials()) - 1}" in out
+    printed = " ".join(out.split())  # rich wraps long lines
+    assert f"1 model zip(s) without a record (counted missing; resubmit retrains the trial and replaces the zip): " \
+           f"slurm/unit/output/{lost}.zip" in printed
+    assert f"{kept}.zip" not in printed
+
+
 def test_record_round_trip():
     record = records.TrialRecord(trial_id="abc", status="DONE", repetition=0, hyperparameters={"a": [1]},
                                  criterion="val_auc", value=0.5, metrics={"val_auc": 0.5},
@@ -129,7 +144,47 @@ def test_record_round_trip():
     assert records.from_csv(records.to_csv(record)) == record
     long = records.TrialRecord(trial_id="abc", status="DONE", repetition=0, hyperparameters={}, criterion="val_auc",
                                history={key: [0.123456789] * 5000 for key in ("loss", "val_loss", "val_auc")})
-    assert records.from_csv(records.to_csv(long)) == long  # one cell far beyond the csv module's default limit
+    # A record of an older hhscan: the whole history in one cell, far beyond the csv module's default limit.
+    assert records.from_csv(records.to_csv(long)) == long
+
+
+def test_a_long_trainings_record_reads_with_pythons_csv_module(tmp_path):
+    """3000 epochs of four metrics: the history goes beside the row, so the row reads with the csv module's default
+    field limit (131072) and fits a spreadsheet cell; the record reads back whole, and a cut or missing history file
+    makes it unreadable, never a record with half a history."""
+    import csv
+    import hashlib
+
+    history = {key: [0.123456789012 + epoch / 7 for epoch in range(3000)] for key in ("loss", "val_loss", "auc", "val_auc")}
+    record = records.TrialRecord(trial_id="long", status="DONE", repetition=0, hyperparameters={"a": 1},
+                                 criterion="val_auc", value=0.7, metrics={"val_auc": 0.7}, history=history,
+                                 epochs_run=3000)  # fmt: skip
+    path = records.write_record(tmp_path, record)
+    previous = csv.field_size_limit(131072)  # Python's default, as a user's own script has it
+    try:
+        with open(path, newline="") as handle:
+            header, row = list(csv.reader(handle))
+    finally:
+        csv.field_size_limit(previous)
+    assert max(len(cell) for cell in row) <= 32767 and path.stat().st_size < 4096
+    beside = tmp_path / "long.history.json"
+    assert json.loads(beside.read_text()) == history
+    assert json.loads(row[header.index("history")]) == {"$file": "long.history.json",
+                                                        "sha256": hashlib.sha256(beside.read_bytes()).hexdigest()}
+    assert records.read_record(path) == record and records.read_records(tmp_path) == ({"long": record}, {})
+    text = beside.read_text()
+    beside.write_text(text[: len(text) // 2])
+    found, corrupt = records.read_records(tmp_path)
+    assert not found and "long.history.json does not match the record" in corrupt["long.csv"]
+    beside.unlink()
+    found, corrupt = records.read_records(tmp_path)
+    assert not found and "long.history.json is missing" in corrupt["long.csv"]
+    # Rewritten with a short history (kept in the row): the file beside it goes.
+    short = records.TrialRecord(trial_id="long", status="DONE", repetition=0, hyperparameters={"a": 1},
+                                criterion="val_auc", history={"loss": [0.5]})  # fmt: skip
+    beside.write_text(text)
+    records.write_record(tmp_path, short)
+    assert not beside.exists() and records.read_records(tmp_path) == ({"long": short}, {})
 
 
 def test_changed_dictionary_refused_for_an_existing_scan(analysis, capsys, monkeypatch):

@@ -223,6 +223,81 @@ def test_no_slurm_reachable_says_how_to_start_the_cluster(slurm_analysis, capsys
     assert code == 1 and "Slurm is not installed here" in err
 
 
+def cancel_jobs(scan) -> None:
+    ids = [str(job["job_id"]) for job in scan.manifest().get("jobs", [])]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def test_a_refused_later_array_keeps_the_jobs_queued_before_it(slurm_analysis, capsys, monkeypatch):
+    """sbatch refuses the second array of a submission: the first array's jobs are in the manifest, status follows
+    them, and resubmit submits only the trials of the refused and later arrays."""
+    slurm_analysis.edit_parameters(slurm={"max_array_size": 3})  # 6 trials, one per job: arrays of 2 jobs
+    executor_class, calls = slurm.submitit.AutoExecutor, []
+    real_map_array = executor_class.map_array
+
+    def refuse_the_second(self, *args):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise subprocess.CalledProcessError(1, ["sbatch"], output=b"sbatch: error: QOSMaxSubmitJobPerUserLimit")
+        return real_map_array(self, *args)
+
+    monkeypatch.setattr(executor_class, "map_array", refuse_the_second)
+    code, _, err = run_cli(["submit", "--name", "chunks", "--split", "1"], slurm_analysis.root, capsys, monkeypatch)
+    scan = Workspace(slurm_analysis.root).scan("chunks")
+    try:
+        assert code == 1 and "sbatch refused the submission" in err and len(err.strip().splitlines()) == 1, err
+        assert "the 2 job(s) of this submission queued before it are in the scan" in err, err
+        assert "hhscan resubmit chunks" in err and calls == [2, 2]
+        jobs = scan.manifest()["jobs"]
+        queued = {trial_id for job in jobs for trial_id in job["trial_ids"]}
+        assert len(jobs) == 2 and len(queued) == 2
+        status = slurm.scan_status(scan)
+        assert {t.trial.id for t in status.of("pending", "running", "done")} == queued
+        assert {t.trial.id for t in status.of("missing")} == {t.id for t in scan.trials()} - queued
+        monkeypatch.setattr(executor_class, "map_array", real_map_array)
+        code, out, err = run_cli(["resubmit", "chunks", "--dry-run"], slurm_analysis.root, capsys, monkeypatch)
+        assert code == 0, err
+        assert "would submit 4 trial(s)" in out and not any(trial_id in out for trial_id in queued), out
+    finally:
+        cancel_jobs(scan)
+
+
+class SkewedClock:
+    """The ``time`` module as seen on a login host whose clock runs an hour ahead of the controller's."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 3600
+
+
+def test_jobs_are_recognised_by_slurms_own_submit_time_whatever_the_login_hosts_clock(
+    slurm_analysis, capsys, monkeypatch
+):
+    """A login host an hour ahead, in a time zone 14 h from UTC: the scan's jobs are still the scan's (queued or
+    running), never GONE, and their trials never counted missing."""
+    slurm_analysis.edit_parameters(hyperparameters={"learning_rate": [0.01]})  # 2 trials, one job each
+    monkeypatch.setattr(slurm, "time", SkewedClock())
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")
+    time.tzset()
+    try:
+        code, _, err = run_cli(["submit", "--name", "skew", "--split", "1"], slurm_analysis.root, capsys, monkeypatch)
+        assert code == 0, err
+        scan = Workspace(slurm_analysis.root).scan("skew")
+        try:
+            status = slurm.scan_status(scan)
+            assert len(status.jobs) == 2 and all(info.state in slurm.ACTIVE_STATES for info in status.jobs.values())
+            assert status.count("missing") == 0 and status.count("pending") + status.count("running") == 2
+        finally:
+            cancel_jobs(scan)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def test_unknown_scan_lists_the_existing_ones(slurm_analysis, capsys, monkeypatch):
     run_cli(["run", "--local", "--name", "alpha", "--max-trials", "1"], slurm_analysis.root, capsys, monkeypatch)
     for command in (["status", "alpah"], ["resubmit", "alpah"]):
@@ -420,6 +495,26 @@ def test_a_task_past_its_memory_is_killed_and_resubmitted_with_more(slurm_analys
     assert code == 0 and "warning" not in err, err
     wait_until_settled(scan)
     records_exactly_once(scan)
+
+
+def test_a_job_failing_before_training_shows_its_error_in_status(slurm_analysis, capsys, monkeypatch):
+    """GPUs given but the backend sees none (the cluster's GPUs are emulated) and no HHSCAN_ALLOW_CPU: the job
+    ends FAILED before any trial, and status shows the first line of its error, as the job's stderr ends with."""
+    monkeypatch.delenv("HHSCAN_ALLOW_CPU")  # sbatch exports the environment to the job
+    slurm_analysis.edit_parameters(hyperparameters={"learning_rate": [0.01], "neurons": [4]})  # one trial
+    code, _, err = run_cli(["submit", "--name", "nogpu"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    scan = Workspace(slurm_analysis.root).scan("nogpu")
+    status = wait_until_settled(scan)
+    assert status.count("missing") == 1 and {t.job_state for t in status.trials} == {"FAILED"}
+    (job,) = scan.manifest()["jobs"]
+    stderr = Path(job["stdout"].replace("_log.out", "_log.err")).read_text().splitlines()
+    raised = [line for line in stderr if line.startswith("hhscan.errors.DeviceError: ")]
+    assert raised and "but the" in raised[-1] and "sees none" in raised[-1]
+    code, out, _ = run_cli(["status", "nogpu"], slurm_analysis.root, capsys, monkeypatch)
+    printed = " ".join(out.split())  # rich wraps long lines
+    expected = raised[-1].removeprefix("hhscan.errors.")
+    assert f"job {job['job_id']} (1 trial) ended FAILED: {' '.join(expected.split())}" in printed, printed
 
 
 def test_an_array_task_that_just_ended_has_its_final_state_before_accounting_catches_up(cluster, tmp_path):

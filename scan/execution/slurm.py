@@ -195,25 +195,31 @@ def submit_groups(scan: ScanDirectory, groups: list[list[str]], settings: SlurmS
     entries: list[dict[str, Any]] = []
     for start in range(0, len(groups), chunk):
         part = groups[start : start + chunk]
-        before = time.time()
         try:
             jobs = executor.map_array(job, [str(scan.root.resolve())] * len(part), part, [str(frozen)] * len(part))
         except Exception as error:  # sbatch refused: say so with its own words
-            raise BackendError(f"sbatch refused the submission: {' '.join(str(error).split())[:400]}") from None
-        submitted = time.time()
-        for slurm_job, trial_ids in zip(jobs, part, strict=True):
-            entries.append(
-                {
-                    "job_id": slurm_job.job_id,
-                    "trial_ids": trial_ids,
-                    "submission": submission,
-                    "stdout": str(slurm_job.paths.stdout),
-                    "submitted_at": submitted,
-                    "submitted_before": before,
-                    "job_name": name,
-                }
-            )
-    scan.add_jobs(entries)
+            queued = (f"; the {len(entries)} job(s) of this submission queued before it are in the scan (see "
+                      f"'hhscan status {scan.name}'): 'hhscan resubmit {scan.name}' submits only the rest"
+                      if entries else "")  # fmt: skip
+            raise BackendError(
+                f"sbatch refused the submission: {' '.join(str(error).split())[:400]}{queued}"
+            ) from None
+        submitted = _submit_times([str(j.job_id) for j in jobs])
+        part_entries = [
+            {
+                "job_id": slurm_job.job_id,
+                "trial_ids": trial_ids,
+                "submission": submission,
+                "stdout": str(slurm_job.paths.stdout),
+                "job_name": name,
+                **({"slurm_submit": submitted[str(slurm_job.job_id)]} if str(slurm_job.job_id) in submitted else {}),
+            }
+            for slurm_job, trial_ids in zip(jobs, part, strict=True)
+        ]
+        # Each chunk's jobs reach the manifest at once: when a later chunk is refused, status still follows them
+        # and resubmit never submits their trials a second time.
+        scan.add_jobs(part_entries)
+        entries += part_entries
     return entries
 
 
@@ -232,7 +238,8 @@ class JobInfo:
 
 def _query(arguments: list[str], timeout: float = 15) -> str | None:
     try:
-        result = subprocess.run(arguments, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(arguments, capture_output=True, text=True, timeout=timeout,
+                                env={**os.environ, **SLURM_TIME_ENV})  # fmt: skip
     except (subprocess.TimeoutExpired, OSError):
         return None
     return result.stdout if result.returncode == 0 else None
@@ -254,11 +261,32 @@ def unreachable_reason() -> str | None:
     return None
 
 
-def _timestamp(text: str) -> float | None:
+# Slurm prints its own times as Unix seconds (strftime %s): the same number on every host, whatever its clock or
+# time zone. A job is recognised by the submit time Slurm itself recorded, never by the login host's clock.
+SLURM_TIME_ENV = {"SLURM_TIME_FORMAT": "%s"}
+
+
+def _timestamp(text: str) -> int | None:
     try:
-        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+        return int(text)
     except ValueError:
         return None
+
+
+def _submit_times(job_ids: Sequence[str]) -> dict[str, int]:
+    """Slurm's own submit time of each just submitted job (array task), from the controller, else accounting."""
+    bases = sorted({job_id.split("_")[0] for job_id in job_ids})
+    times: dict[str, int] = {}
+    queue = _query(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(bases), "-o", "%i|%V"]) or ""
+    accounting = ""
+    if not set(job_ids) <= {line.split("|")[0] for line in queue.splitlines()}:
+        accounting = _query(["sacct", "-n", "-P", "-X", "-j", ",".join(bases), "-o", "JobID,Submit"]) or ""
+    for line in [*queue.splitlines(), *accounting.splitlines()]:
+        task, _, submit = line.partition("|")
+        for job_id in _task_ids(task):
+            if (seconds := _timestamp(submit)) is not None:
+                times.setdefault(job_id, seconds)
+    return {job_id: times[job_id] for job_id in job_ids if job_id in times}
 
 
 def _task_ids(job_id: str) -> list[str]:
@@ -273,12 +301,17 @@ def _task_ids(job_id: str) -> list[str]:
     return ids
 
 
-def _identical(entry: dict[str, Any], name: str, submit: float | None) -> bool:
-    """The job Slurm describes is the one hhscan submitted: same name, submitted during the submission."""
+def _identical(entry: dict[str, Any], name: str, submit: int | None) -> bool:
+    """The job Slurm describes is the one hhscan submitted: same name, and the submit time Slurm gave it then."""
     if name != entry.get("job_name", name):
         return False
-    if submit is None or "submitted_at" not in entry:  # known only from a live lease, which proves it
+    if submit is None:  # known only from a live lease, which proves it
         return True
+    if "slurm_submit" in entry:
+        return submit == entry["slurm_submit"]
+    if "submitted_at" not in entry:
+        return True
+    # A manifest from before Slurm's own submit time was kept: the login host's clock around the submission.
     after = entry.get("submitted_at", 0.0)
     before = entry.get("submitted_before", after - 600)
     return before - 2 <= submit <= after + 2  # Slurm keeps whole seconds
@@ -351,6 +384,7 @@ class ScanStatus:
     litter: list[Path] = field(default_factory=list)
     budget: int | None = None  # an adaptive scan's search.trials (None for a grid): trials beyond those asked
     unasked: int = 0  # … the budget's trials not asked yet
+    unrecorded_models: list[Path] = field(default_factory=list)  # a missing trial's zip: its record never written
 
     def count(self, state: str) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -401,6 +435,8 @@ def scan_status(scan: ScanDirectory) -> ScanStatus:
             state = "failed"
         else:
             state = "missing"
+            if scan.model_path(trial.id).exists():
+                result.unrecorded_models.append(scan.model_path(trial.id))
         result.trials.append(TrialStatus(trial, state, record, job, job_state, lease))
     return result
 

@@ -1,8 +1,12 @@
 """Trial records: one CSV file per trial (header + one row), written atomically and self-checking.
 
 The last column is a checksum of the others, so a file cut off mid-write (a crash, a full disk) is detected and
-never counted as done. A failed trial is a record too (status FAIL, with its error), not a crash. A trial an
-adaptive search's pruner stopped is PRUNED (with the epoch): finished, never missing, never ranked.
+never counted as done. A history too long for one spreadsheet cell (a long training: 3000 epochs are ~200 KB, and
+Python's ``csv`` module refuses fields over 128 KiB) is written beside the row, as ``<trial>.history.json``; the
+row's ``history`` cell then names that file and its SHA-256, so the checksum covers it too. Records written with the
+whole history in the row (older hhscan) still read. A failed trial is a record too (status FAIL, with its error),
+not a crash. A trial an adaptive search's pruner stopped is PRUNED (with the epoch): finished, never missing, never
+ranked.
 """
 
 from __future__ import annotations
@@ -80,8 +84,20 @@ def _checksum(cells: list[str]) -> str:
     return hashlib.sha256("\x1f".join(cells).encode()).hexdigest()[:16]
 
 
-def to_csv(record: TrialRecord) -> str:
-    cells = _encode(record)
+# Longest history cell kept in the row: a spreadsheet cell's limit (Python's csv module allows 131072 by default).
+HISTORY_INLINE_LIMIT = 32767
+HISTORY_FILE = "$file"  # the key of a history cell that names the file beside the row (never a metric name)
+
+
+def history_path(output_dir: Path, trial_id: str) -> Path:
+    return Path(output_dir) / f"{trial_id}.history.json"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _rows(cells: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*_COLUMNS, "checksum"])
@@ -89,13 +105,32 @@ def to_csv(record: TrialRecord) -> str:
     return buffer.getvalue()
 
 
+def to_csv(record: TrialRecord) -> str:
+    """The record as one CSV row, its whole history in the row (see :func:`write_record` for long ones)."""
+    return _rows(_encode(record))
+
+
+def encode(record: TrialRecord) -> tuple[str, str | None]:
+    """The record's CSV text and, for a history longer than ``HISTORY_INLINE_LIMIT``, the history file's text
+    (the row then names that file and its SHA-256)."""
+    cells = _encode(record)
+    index = _COLUMNS.index("history")
+    if len(cells[index]) <= HISTORY_INLINE_LIMIT:
+        return _rows(cells), None
+    history = cells[index]
+    name = history_path(Path(), record.trial_id).name
+    cells[index] = json.dumps({HISTORY_FILE: name, "sha256": _sha256(history)}, sort_keys=True)
+    return _rows(cells), history
+
+
 class CorruptRecord(ValueError):
     """A record file that is truncated, edited or not a record."""
 
 
-def from_csv(text: str) -> TrialRecord:
-    """A record from its CSV text; records written by an older hhscan (fewer columns) read with defaults."""
-    # A long training's history is one large cell (2500 epochs > the csv module's default 128 KiB per field).
+def from_csv(text: str, directory: Path | None = None) -> TrialRecord:
+    """A record from its CSV text; records written by an older hhscan (fewer columns) read with defaults. A history
+    kept beside the row is read from ``directory`` (the record's own) and checked against its SHA-256."""
+    # Records of older hhscan keep a long training's history in one large cell (> the default 128 KiB per field).
     csv.field_size_limit(2**31 - 1)
     rows = list(csv.reader(io.StringIO(text)))
     # Records from before a column was added lack it: any in-order subset of the columns is read, with defaults.
@@ -110,7 +145,9 @@ def from_csv(text: str) -> TrialRecord:
     values: dict[str, Any] = {}
     types = {name: f.type for name, f in TrialRecord.__dataclass_fields__.items()}
     for column, cell in zip(header, cells, strict=True):
-        if column in _JSON_FIELDS or cell == "null":
+        if column == "history" and cell.startswith(f'{{"{HISTORY_FILE}"'):
+            values[column] = _read_history(json.loads(cell), directory)
+        elif column in _JSON_FIELDS or cell == "null":
             values[column] = json.loads(cell)
         elif types[column] in ("int", "int | None"):
             values[column] = int(cell)
@@ -121,18 +158,37 @@ def from_csv(text: str) -> TrialRecord:
     return TrialRecord(**values)
 
 
+def _read_history(reference: dict[str, str], directory: Path | None) -> dict[str, list[float]]:
+    if directory is None:
+        raise CorruptRecord(f"its history is kept in {reference[HISTORY_FILE]}: read it with its directory")
+    path = Path(directory) / reference[HISTORY_FILE]
+    try:
+        text = path.read_text()
+    except OSError:
+        raise CorruptRecord(f"its history file {path.name} is missing or unreadable") from None
+    if _sha256(text) != reference.get("sha256"):
+        raise CorruptRecord(f"its history file {path.name} does not match the record (truncated or edited)")
+    return json.loads(text)
+
+
 def record_path(output_dir: Path, trial_id: str) -> Path:
     return output_dir / f"{trial_id}.csv"
 
 
 def write_record(output_dir: Path, record: TrialRecord) -> Path:
+    """The history file first (when the history is long), then the row that names it: each written atomically."""
     path = record_path(output_dir, record.trial_id)
-    atomic_write_text(path, to_csv(record))
+    text, history = encode(record)
+    if history is not None:
+        atomic_write_text(history_path(output_dir, record.trial_id), history)
+    atomic_write_text(path, text)
+    if history is None:  # a longer history an earlier record of the trial kept beside it
+        history_path(output_dir, record.trial_id).unlink(missing_ok=True)
     return path
 
 
 def read_record(path: Path) -> TrialRecord:
-    return from_csv(Path(path).read_text())
+    return from_csv(Path(path).read_text(), Path(path).parent)
 
 
 def read_records(output_dir: Path) -> tuple[dict[str, TrialRecord], dict[str, str]]:
@@ -147,7 +203,7 @@ def read_records(output_dir: Path) -> tuple[dict[str, TrialRecord], dict[str, st
                 continue
             try:
                 with open(entry.path) as handle:
-                    record = from_csv(handle.read())
+                    record = from_csv(handle.read(), output_dir)
             except (CorruptRecord, ValueError, TypeError) as error:
                 corrupt[entry.name] = str(error)
                 continue

@@ -5,14 +5,17 @@ exported graph: Keras' ``Normalization`` keeps its statistics as constants that 
 *inputs*, so the export model carries the same scaling as a fixed linear layer, diag(1/σ)·x − μ/σ, which is what
 ``Normalization`` computes (σ = max(√variance, ε)). Before anything is reported, the exported model is run on the
 model's own test split (ONNX Runtime, or TensorFlow for a SavedModel) and compared with Keras: above ``TOLERANCE`` the
-export is removed and refused. A JSON file beside it names the inputs in order (with their expressions), the outputs
-and the model's provenance. A k-fold bundle exports each fold model to its own file, checked on the events of the
-fold it was tested on, and its JSON adds the fold rule (variable mod folds) and which file scores which fold.
+export is refused. Exports are written under temporary names and moved into place after the check, so a refused
+one leaves an earlier export of the same name as it was. A JSON file beside it names the inputs in order (with their
+expressions), the outputs and the model's provenance. A k-fold bundle exports each fold model to its own file,
+checked on the events of the fold it was tested on, and its JSON adds the fold rule (variable mod folds) and which
+file scores which fold.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +76,14 @@ def export_model(
     directory.mkdir(parents=True, exist_ok=True)
     description = directory / f"{stem}{suffix}.json"
     written = [target for _, _, target, _ in jobs]
-    for path in [*written, description]:  # an earlier export of the same name must not survive half-replaced
-        _remove(path)
-    checks = []
+    # Each export is written under a temporary name and moved into place only once every check passed: a refused
+    # export leaves an earlier one of the same name as it was.
+    token = secrets.token_hex(4)
+    temporary = {target: target.with_name(f".{token}.{target.name}") for target in written}
+    checks, accepted = [], False
     try:
         for fold, keras_model, target, features in jobs:
-            difference = _export_and_check(keras_model, file_format, target, features)
+            difference = _export_and_check(keras_model, file_format, temporary[target], features)
             checks.append({"fold": fold, "file": target.name, "events": len(features),
                            "max_abs_difference": difference})  # fmt: skip
         difference = max(check["max_abs_difference"] for check in checks)
@@ -89,10 +94,15 @@ def export_model(
                 f"{zip_path}: the {file_format} export differs from Keras by up to {difference:.3g} on "
                 f"{events} test events{where} (allowed {tolerance:g}): nothing was written"
             )
-    except BaseException:
-        for path in written:
-            _remove(path)
-        raise
+        accepted = True
+    finally:
+        if not accepted:
+            for path in temporary.values():
+                _remove(path)
+    for target, path in temporary.items():
+        if path.is_dir():  # a SavedModel directory: a rename cannot replace a non-empty one
+            _remove(target)
+        path.replace(target)
     text = json.dumps(_description(metadata, zip_path, checks, difference, events), indent=1)
     atomic_write_text(description, text)
     return ExportResult(written, description, difference, events)

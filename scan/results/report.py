@@ -93,8 +93,12 @@ def make_report(
     export: bool = True,
     criterion: str | None = None,
     optuna_storage: Path | None = None,
+    force: bool = False,
 ) -> Report:
     """Rank by ``criterion``, default the scan's current ``eval_criterion`` (its latest configuration).
+
+    An unreadable record file refuses the report before anything is written when it would export the best: the
+    trial it describes may be the best, and the best of the others must not replace it (``force`` does).
 
     An adaptive scan also gets Optuna's importance and parallel-coordinate plots of its study, and with
     ``optuna_storage`` the study written as an SQLite file that ``optuna-dashboard`` opens."""
@@ -105,6 +109,8 @@ def make_report(
     if optuna_storage is not None:  # refused before any record is read
         _check_storage(scan.name, parameters, Path(optuna_storage))
     found, corrupt = scan.records()
+    if corrupt and export and not force:
+        _refuse_unreadable(scan, corrupt)
     records = list(found.values())
     if not records:
         raise ScanError(f"scan '{scan.name}' has no trial records yet under {scan.output_dir}: see 'hhscan status'")
@@ -152,6 +158,16 @@ def make_report(
     if best and export:
         report.best_zip = export_best(workspace, scan, best[0])
     return report
+
+
+def _refuse_unreadable(scan: ScanDirectory, corrupt: dict[str, str]) -> None:
+    file = sorted(corrupt)[0]
+    others = f" (and {len(corrupt) - 1} other record file(s))" if len(corrupt) > 1 else ""
+    raise ScanError(
+        f"{scan.output_dir / file}: unreadable trial record ({corrupt[file]}){others}; that trial may be the best, "
+        f"so the best model is not re-exported: rerun the trial ('hhscan resubmit {scan.name}', or 'hhscan run "
+        f"--local --name {scan.name}' for a local scan) or pass --force to rank and export the readable records only"
+    )
 
 
 def _storage_url(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -27,17 +28,26 @@ def _log(path: str) -> str:
     return f"  log {path}" if path and Path(path).exists() else ""
 
 
-def _killed_for_memory(job: dict) -> str:
-    """Slurm's own words at the end of the job's stderr: a task killed past its ``--mem``."""
+def _job_error(job: dict) -> str:
+    """Why an ended job failed, from the end of its stderr: Slurm's words for a task killed past its ``--mem``, else
+    the first line of the error its Python traceback ends with (submitit prints the job's exception there)."""
     path = Path(str(job.get("stdout", "")).replace("_log.out", "_log.err"))
     try:
         with open(path, "rb") as handle:
-            handle.seek(max(0, path.stat().st_size - 4096))
-            tail = handle.read().decode(errors="replace").lower()
+            handle.seek(max(0, path.stat().st_size - 16384))
+            tail = handle.read().decode(errors="replace")
     except OSError:
         return ""
-    killed = "exceeded memory limit" in tail or "exceeded job memory limit" in tail or "oom-kill" in tail
-    return " (killed past its memory limit: raise slurm.resources.mem_gb)" if killed else ""
+    lowered = tail.lower()
+    if "exceeded memory limit" in lowered or "exceeded job memory limit" in lowered or "oom-kill" in lowered:
+        return " (killed past its memory limit: raise slurm.resources.mem_gb)"
+    lines = tail.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    for line in lines[starts[-1] + 1 :] if starts else []:
+        if line.strip() and not line[0].isspace():  # the frames are indented; the error is not
+            error = re.sub(r"^(?:\w+\.)+(?=\w+:)", "", line.strip())  # hhscan.errors.DeviceError → DeviceError
+            return f": {error[:300]}"
+    return ""
 
 
 def _best(item: TrialStatus) -> str:
@@ -72,6 +82,11 @@ def print_status(console: Console, name: str, status: ScanStatus, verbose: bool 
         console.print(
             f"  [yellow]{len(status.corrupt)} unreadable record file(s)[/]: {', '.join(sorted(status.corrupt))}"
         )
+    if status.unrecorded_models:  # a worker stopped between writing the model and writing its record
+        console.print(
+            f"  [yellow]{len(status.unrecorded_models)} model zip(s) without a record[/] (counted missing; resubmit "
+            f"retrains the trial and replaces the zip): " + escape(", ".join(str(p) for p in status.unrecorded_models))
+        )
     if status.litter:
         size = sum(p.stat().st_size for p in status.litter if p.exists()) / 2**20
         console.print(
@@ -95,7 +110,7 @@ def _print_group(
     elif state == "pending" and info is not None:
         detail = f"  {info.state}" + (f"  elapsed {info.elapsed} of {info.limit}" if info.state == "RUNNING" else "")
     elif state == "missing" and items[0].job:
-        detail = f"  ended {items[0].job_state or 'UNKNOWN'}" + _killed_for_memory(items[0].job)
+        detail = f"  ended {items[0].job_state or 'UNKNOWN'}" + _job_error(items[0].job)
     elif state == "failed":
         errors = {i.record.error for i in items if i.record is not None}
         detail = f"  {sorted(errors)[0]}" + (f" (+{len(errors) - 1} other errors)" if len(errors) > 1 else "")
