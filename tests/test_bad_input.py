@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,7 +164,10 @@ CASES = {
         lambda a: a.edit_parameters(hyperparameters={"optimizer": ["adamm"]}),
         ["unknown optimizer 'adamm'", "closest: adam"],
     ),
-    "unknown criterion": (lambda a: a.edit_parameters(eval_criterion="val_f1"), ["eval_criterion", "val_f1"]),
+    "unknown criterion": (
+        lambda a: a.edit_parameters(eval_criterion="val_f1"),
+        ["scan.yaml:eval_criterion: unknown criterion 'val_f1'"],
+    ),
     "invalid YAML": (
         lambda a: a.parameters.write_text("samples: [unclosed\n"),
         ["scan.yaml", "not valid YAML"],
@@ -300,6 +304,10 @@ CASES = {
 }
 
 
+# "eval_criterion: eval_criterion:": a validator's message repeating the location pydantic already names.
+DOUBLED_PREFIX = re.compile(r"(?<![\w.])([\w.]+): \1:")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gives_one_clear_line(case, analysis, capsys, monkeypatch):
     break_it, expected = CASES[case]
@@ -312,6 +320,7 @@ def test_bad_input_gives_one_clear_line(case, analysis, capsys, monkeypatch):
     for fragment in expected:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     assert "Traceback" not in err
+    assert not DOUBLED_PREFIX.search(lines[0]), f"a key named twice in {lines[0]!r}"
 
 
 def test_debug_shows_the_traceback(analysis, capsys, monkeypatch):

@@ -410,7 +410,8 @@ class Parameters(_Strict):
     @field_validator("eval_criterion")
     @classmethod
     def _criterion(cls, value: str) -> str:
-        check_criterion(value, "eval_criterion", ValueError)
+        if problem := criterion_problem(value):  # pydantic's location names the key: the message does not repeat it
+            raise ValueError(problem)
         return value
 
     @field_validator("repetitions")
@@ -442,10 +443,17 @@ class Parameters(_Strict):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def check_criterion(value: str, where: str, error: type[Exception] = ConfigError) -> None:
-    """A metric a scan may be ranked by (a validation metric of the registry), else one line listing them."""
-    if value not in criteria.CRITERIA:
-        raise error(f"{where}: unknown criterion '{value}' ({did_you_mean(value, criteria.CRITERIA, 'criteria')})")
+def criterion_problem(value: str) -> str | None:
+    """Why ``value`` cannot rank a scan (not a validation metric of the registry, the closest listed), or None."""
+    if value in criteria.CRITERIA:
+        return None
+    return f"unknown criterion '{value}' ({did_you_mean(value, criteria.CRITERIA, 'criteria')})"
+
+
+def check_criterion(value: str, where: str) -> None:
+    """A metric a scan may be ranked by, else one line naming ``where`` and listing them."""
+    if problem := criterion_problem(value):
+        raise ConfigError(f"{where}: {problem}")
 
 
 # ------------------------------------------------------------------------------------------------- loading
