@@ -54,9 +54,13 @@ def _positive(value: float | None) -> float | None:
 
 
 class Era(_Strict):
-    """Per era: luminosity and where cross-sections and Σweights come from (JSON, see ``XSEC_LAYOUTS``)."""
+    """Per era: luminosity and where cross-sections and Σweights come from (JSON, see ``XSEC_LAYOUTS``).
 
-    lumi: float = 1.0
+    ``lumi`` has no default: a sample of the era with a cross-section is refused without it (a silent 1 pb⁻¹ made
+    yields wrong by orders of magnitude).
+    """
+
+    lumi: float | None = None
     xsec: str | dict[str, Any] | None = None
     event_weight_sum: str | dict[str, Any] | None = None
 
@@ -99,7 +103,7 @@ class Sample(_Strict):
     weight: str | None
     xsec: float | None
     event_weight_sum: float | None
-    lumi: float
+    lumi: float  # its era's; a sample with a cross-section always has one (1.0, never used, where it has none)
     is_signal: bool
     training: bool = True
     # The group's name (a key for ``hhscan test --samples … --output``); kept out of dumps: caches and snapshots
@@ -634,6 +638,12 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path, scoring: b
             files.extend(matches)
         is_signal = group.class_name in sample_list.signal_classes
         era = sample_list.eras.get(group.era) if group.era else None
+        if group.era is None and (group.xsec is not None or group.event_weight_sum is not None):
+            given = "xsec" if group.xsec is not None else "event_weight_sum"
+            raise ConfigError(
+                f"{where}: group '{group.name or group.files[0]}' has {given} but no era, so no lumi for its yields: "
+                f"give it an era with lumi: (eras: {', '.join(sample_list.eras) or 'none defined'})"
+            )
         xsecs, sums = tables.get(group.era or "", ({}, {}))
         for file in files:
             name = group.name if group.name and len(files) == 1 else file.stem
@@ -643,6 +653,11 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path, scoring: b
             weight_sum = (
                 group.event_weight_sum if group.event_weight_sum is not None else _lookup(sums, file, group.name)
             )
+            if xsec is not None and era is not None and era.lumi is None:
+                raise ConfigError(
+                    f"{path}:eras.{group.era}: no lumi, which '{file.name}' (groups.{index}) needs: it has a "
+                    f"cross-section, and its yields are xsec × lumi (give lumi: in {sample_list.units.lumi})"
+                )
             if not is_signal and group.training:
                 backgrounds.append((where, file, xsecs, group.class_name, xsec is None))
             if xsec is not None and (weight_sum is None or weight_sum <= 0):
@@ -666,7 +681,7 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path, scoring: b
                     weight=weight,
                     xsec=xsec,
                     event_weight_sum=weight_sum,
-                    lumi=era.lumi if era else 1.0,
+                    lumi=era.lumi if era and era.lumi is not None else 1.0,
                     is_signal=is_signal,
                     training=group.training,
                     group=group.name,
@@ -706,6 +721,14 @@ def _check_classes(sample_list: SampleList, path: Path) -> None:
                 raise ConfigError(f"{path}:classes: class '{cls}' has no samples")
     if len(classes) < 2:
         raise ConfigError(f"{path}: need at least two classes, found {classes}")
+    for name in sample_list.signal_classes:  # a name that is no class gives no signal column: Z 0 for every trial
+        if name not in classes:
+            raise ConfigError(
+                f"{path}:signal_classes: '{name}' is not a class (classes: {', '.join(classes)}; "
+                f"{did_you_mean(name, classes, 'classes')})"
+            )
+    if not sample_list.signal_classes:
+        raise ConfigError(f"{path}:signal_classes: empty; name at least one of the classes {', '.join(classes)}")
     if len(classes) == 2 and sum(c in sample_list.signal_classes for c in classes) != 1:
         raise ConfigError(
             f"{path}:signal_classes: a binary task needs exactly one signal class among {classes} "
