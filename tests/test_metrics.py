@@ -29,6 +29,10 @@ def test_multiclass_auc_is_the_mean_one_vs_rest():
     weights = rng.uniform(0.5, 2, 900)
     expected = np.mean([roc_auc_score(labels == k, probabilities[:, k], sample_weight=weights) for k in range(3)])
     assert metrics.multiclass_auc(labels, probabilities, weights) == pytest.approx(expected, abs=1e-12)
+    # What the README says val_auc/test_auc are: scikit-learn's macro one-vs-rest (on normalised probabilities).
+    softmax = probabilities / probabilities.sum(axis=1, keepdims=True)
+    macro = roc_auc_score(labels, softmax, multi_class="ovr", average="macro", sample_weight=weights)
+    assert metrics.multiclass_auc(labels, softmax, weights) == pytest.approx(macro, abs=1e-12)
 
 
 def test_asimov_significance_formula_and_limits():
@@ -43,10 +47,13 @@ def test_significance_scan_matches_a_brute_force_cut():
     scores = rng.random(500)
     weights = rng.uniform(0.1, 1.0, 500)
     thresholds, z = metrics.significance_scan(labels, scores, weights, np.array([0.0, 0.3, 0.77, 1.0]))
+    assert list(thresholds) == [0.0, 0.3, 0.77, 1.0]
     for cut, value in zip(thresholds, z, strict=True):
         above = scores >= cut
-        expected = metrics.asimov_significance(weights[above & labels].sum(), weights[above & ~labels].sum())
-        assert value == pytest.approx(expected)
+        s, b = weights[above & labels].sum(), weights[above & ~labels].sum()
+        expected = np.sqrt(2 * ((s + b) * np.log(1 + s / b) - s)) if s > 0 and b > 0 else 0.0  # by hand
+        assert value == pytest.approx(expected, rel=1e-12)
+    assert z[0] > 0 and z[-1] == 0  # nothing passes a cut at 1
 
 
 def test_weighted_ks_reduces_to_scipy_with_unit_weights():
