@@ -38,7 +38,7 @@ class ApplyResult:
     events: dict[str, int] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # what was not computed, and why
+    notes: list[str] = field(default_factory=list)  # what was not computed and why; the cut behind Z
 
 
 class OutputFile:
@@ -235,6 +235,9 @@ def apply_model(
     result.metrics = _test_metrics(dataset, scores)
     if problem := dataset.yield_problem():
         result.notes.append(f"significance not computed: {problem}")
+    else:  # the cut, s and b behind test_significance, and the guard the cut obeys
+        test = dataset.partition == TEST
+        result.notes.append(f"test_significance: {dataset.significance_scan(test, scores[test]).describe()}")
     if plots:
         result.plots = evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir, step)
     return result
@@ -452,8 +455,7 @@ def _test_metrics(dataset: Dataset, scores: np.ndarray) -> dict[str, float]:
             key = f"test_auc_signal_vs_{name.replace(' ', '_')}"
             result[key] = metrics.weighted_auc(signal[chosen], score[chosen], dataset.learning_weight[chosen])
     if dataset.yield_problem() is None:
-        _, z = metrics.significance_scan(signal[test], score[test], dataset.yields(test))
-        result["test_significance"] = float(z.max())
+        result["test_significance"] = dataset.significance_scan(test, scores[test]).best_z
     return result
 
 
@@ -487,12 +489,9 @@ def evaluation_plots(
     paths.append(figures.overtraining(by_class, out_dir / "overtraining.png", f"P({signal_name})"))
     test = parts["test"]
     problem = dataset.yield_problem()
-    if problem is None:
-        # Physical yields of the test events, each sample scaled up to its whole (weights.partition_yields).
-        thresholds, z = metrics.significance_scan(is_signal[test], signal_scores[test], dataset.yields(test))
-    else:
-        thresholds, z = np.linspace(0, 1, 101), None
-    paths.append(figures.significance(thresholds, z, out_dir / "significance.png", reason=problem))
+    # Physical yields of the test events, each sample scaled up to its whole (weights.partition_yields).
+    z_scan = dataset.significance_scan(test, scores[test]) if problem is None else None
+    paths.append(figures.significance(z_scan, out_dir / "significance.png", reason=problem))
     if scores.ndim == 2:
         predicted = scores[test].argmax(axis=1)
         n = len(dataset.class_names)

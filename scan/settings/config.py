@@ -142,6 +142,16 @@ class LeakCheck(_Strict):
     allow: list[str] = []  # input columns known to separate this well (acknowledged, not flagged)
 
 
+class Significance(_Strict):
+    """How the Asimov Z scan picks its best cut (``metrics.significance_scan``): only cuts whose background MC can be
+    trusted (a Z resting on one background event is a fluctuation), optionally with a relative background
+    uncertainty in Z."""
+
+    min_background_events: int = Field(10, ge=0)  # background MC events passing the cut (unweighted)
+    max_background_error: float | None = Field(0.2, gt=0)  # relative MC error of b, √Σw²/Σw; null: no limit
+    background_uncertainty: float = Field(0.0, ge=0)  # σ_b / b in Cowan et al.'s Asimov Z; 0: none
+
+
 # Columns hhscan adds from the configuration: the class (and the sample or tag that determines it) is the truth.
 TRUTH_COLUMNS = ("$class", "$sample", "$tag")
 
@@ -158,6 +168,7 @@ class SampleList(_Strict):
     label_branch: str | None = None
     units: Units = Units()
     leak_check: LeakCheck = LeakCheck()
+    significance: Significance = Significance()
     eras: dict[str, Era] = {}
     groups: list[SampleGroup]
     # Resolved at load time, not read from YAML.
@@ -210,7 +221,12 @@ class SampleList(_Strict):
     def fingerprint_data(self) -> dict[str, Any]:
         """Everything in the sample list that shapes the training arrays (for the cache key)."""
         # leak_check only decides what is warned about: changing it changes no trial's result.
-        return self.model_dump(mode="json", exclude={"source", "base_dir", "groups", "leak_check"})
+        data = self.model_dump(mode="json", exclude={"source", "base_dir", "groups", "leak_check", "significance"})
+        # The Z guard changes val_significance, so a changed one is a changed scan; at its defaults it is left out,
+        # so scans and caches made before it existed keep their fingerprints.
+        if self.significance != Significance():
+            data["significance"] = self.significance.model_dump(mode="json")
+        return data
 
 
 # ----------------------------------------------------------------------------------------------- parameters
