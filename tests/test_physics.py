@@ -92,6 +92,11 @@ def test_val_significance_follows_the_sample_lists_guard_and_background_uncertai
     assert record.metrics["val_significance"] == pytest.approx(expected, rel=1e-5)
     plain = hand_asimov_z_max(data.labels[val] == 1, scores[:, 0], yields, 3, 0.5)
     assert expected < plain  # the uncertainty counts
+    code, out, err = run_cli(["report", "zs", "--no-plots", "--criterion", "val_significance"], analysis.root, capsys,
+                             monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert ("val_significance: Asimov Z at the best score cut with ≥ 3 bkg MC events, bkg MC error ≤ 50%, "
+            "σ_b = 10%·b") in " ".join(out.split())  # fmt: skip
     # The guard changes val_significance: an existing scan is not continued under another one.
     analysis.edit_samples(significance={"min_background_events": 4})
     code, _, err = run_cli(["run", "--local", "--name", "zs"], analysis.root, capsys, monkeypatch)

@@ -160,11 +160,7 @@ class SignificanceScan:
 
     def guard(self) -> str:
         """The rule the best cut obeys, in words (for plots, tables and ``hhscan test``)."""
-        parts = [f"≥ {self.min_background_events} bkg MC events"]
-        if self.max_background_error is not None:
-            parts.append(f"bkg MC error ≤ {self.max_background_error:.0%}")
-        parts.append(f"σ_b = {self.background_uncertainty:.0%}·b")
-        return ", ".join(parts)
+        return guard_text(self.min_background_events, self.max_background_error, self.background_uncertainty)
 
     def describe(self) -> str:
         """``Z 3.21 at score ≥ 0.87: s 12.3, b 45.6 (57 bkg MC events, MC error 13%)`` and the guard."""
@@ -174,6 +170,15 @@ class SignificanceScan:
         selected = f"s {self.signal[i]:.4g}, b {self.background[i]:.4g}"
         mc = f"{int(self.background_events[i])} bkg MC events, MC error {self.background_error[i]:.0%}"
         return f"Z {self.z[i]:.4g} at score ≥ {self.thresholds[i]:.2f}: {selected} ({mc}; guard: {self.guard()})"
+
+
+def guard_text(min_background_events: int, max_background_error: float | None, background_uncertainty: float) -> str:
+    """``≥ 10 bkg MC events, bkg MC error ≤ 20%, σ_b = 0%·b``: the MC-statistics guard and σ_b of a Z scan."""
+    parts = [f"≥ {min_background_events} bkg MC events"]
+    if max_background_error is not None:
+        parts.append(f"bkg MC error ≤ {max_background_error:.0%}")
+    parts.append(f"σ_b = {background_uncertainty:.0%}·b")
+    return ", ".join(parts)
 
 
 def significance_scan(
