@@ -7,6 +7,7 @@ own sample list beside it and scores into its own directory.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import zipfile
 
@@ -127,14 +128,17 @@ def test_new_signal_and_data_are_scored_like_plain_keras(trained, capsys, monkey
         assert set(written) == {"x1", "abs_x2", "btag", "njet_2", "njet_3", "njet_4", "event", "njet", "score"}
 
 
-@pytest.mark.parametrize("reached", ["relative", "absolute", "hard link"])
+@pytest.mark.parametrize("reached", ["relative", "absolute", "hard link", "byte-identical copy"])
 def test_a_training_sample_under_another_name_is_refused_unless_forced(trained, capsys, monkeypatch, tmp_path,
                                                                        reached):  # fmt: skip
     # tt_2016.root of the training, reached by another path, with the same cut spelt otherwise.
     files = {"relative": "../sample_lists/../data/tt_2016.root", "absolute": str(trained.data / "tt_2016.root"),
-             "hard link": f"tt_link_{tmp_path.name}.root"}[reached]  # fmt: skip
+             "hard link": f"tt_link_{tmp_path.name}.root", "byte-identical copy": f"tt_copy_{tmp_path.name}.root",
+             }[reached]  # fmt: skip
     if reached == "hard link":
         os.link(trained.data / "tt_2016.root", trained.data / files)
+    if reached == "byte-identical copy":  # another file, another name: the same events
+        shutil.copyfile(trained.data / "tt_2016.root", trained.data / files)
     groups = [{"name": "ttbar", "files": files, "tree": "Events", "class": "background"}]
     other = later_list(trained, "twin.yaml", groups)
     args = ["test", "--model", "later_best", "--samples", other, "--output", "ttbar", "--dir", str(tmp_path)]

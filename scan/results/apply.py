@@ -10,6 +10,7 @@ written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import ast
+import filecmp
 import json
 import os
 import zipfile
@@ -164,15 +165,16 @@ def apply_model(
     # training samples whole (each event by the model tested on its fold) once the data are checked to fall in the
     # folds they trained in.
     kfold = bool(metadata.get("kfold"))
+    trained = sample_list
     if samples is not None:
-        sample_list, selected, notes = _later_samples(path, metadata, sample_list, Path(samples), output_keys or [],
-                                                      force)  # fmt: skip
+        sample_list, selected, notes, twins = _later_samples(path, metadata, trained, Path(samples), output_keys or [],
+                                                             force)  # fmt: skip
     else:
         selected = _selected_samples(sample_list, output_keys, force or kfold) if output_keys else []
-        notes = []
-        if kfold and any(sample.training for sample in selected):
-            step("checking the events' folds against the persisted split")
-            load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
+        notes, twins = [], [sample for sample in selected if sample.training]
+    if kfold and twins:  # training events scored whole: each by its fold's model, once their folds are checked
+        step("checking the events' folds against the persisted split")
+        _training_dataset(path, metadata, parameters, trained, workspace)
     model.choose_backend("auto")  # a .keras model loads on any backend
     step(f"loading the model {path.name}")
     keras_model, _ = artifacts.load_model_zip(path)
@@ -203,15 +205,7 @@ def apply_model(
                 writer.abort()
         return result
     step("reading the samples and the split")
-    dataset = load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
-    if dataset.split_checksum != metadata["split_checksum"]:
-        raise ModelError(
-            f"{path}: the model was trained on split {metadata['split_checksum']}, the data now give "
-            f"{dataset.split_checksum} (split '{parameters.split.name}' in {workspace.splits}): "
-            f"its test events are unknown"
-        )
-    if dataset.feature_names != metadata["feature_names"]:
-        raise ModelError(f"{path}: inputs {metadata['feature_names']} differ from the data's {dataset.feature_names}")
+    dataset = _training_dataset(path, metadata, parameters, sample_list, workspace)
     step(f"scoring {len(dataset.features)} events")
     if isinstance(keras_model, model.FoldModels):
         dataset, scores = kfold_scoring_view(dataset, keras_model)
@@ -241,6 +235,24 @@ def apply_model(
     if plots:
         result.plots = evaluation_plots(dataset, scores, metadata, sample_list, parameters, out_dir, step)
     return result
+
+
+def _training_dataset(
+    path: Path, metadata: dict, parameters: Parameters, sample_list: SampleList, workspace: Workspace
+) -> Dataset:
+    """The model's training samples read again, with the persisted split; refused unless it is the split the model
+    was trained on (a split made again from changed data, e.g. shifted event numbers, puts events a model trained
+    on among those it would score)."""
+    dataset = load_dataset(sample_list, parameters.split, workspace.splits, workspace.cache)
+    if dataset.split_checksum != metadata["split_checksum"]:
+        raise ModelError(
+            f"{path}: the model was trained on split {metadata['split_checksum']}, the data now give "
+            f"{dataset.split_checksum} (split '{parameters.split.name}' in {workspace.splits}): "
+            f"its test events are unknown"
+        )
+    if dataset.feature_names != metadata["feature_names"]:
+        raise ModelError(f"{path}: inputs {metadata['feature_names']} differ from the data's {dataset.feature_names}")
+    return dataset
 
 
 def _group_keys(dataset: Dataset, sample_list: SampleList, split_name: str) -> np.ndarray:
@@ -296,11 +308,12 @@ def _selected_samples(sample_list: SampleList, keys: Iterable[str], force: bool)
 
 def _later_samples(
     model_path: Path, metadata: dict, trained: SampleList, path: Path, keys: list[str], force: bool
-) -> tuple[SampleList, list[Sample], list[str]]:
+) -> tuple[SampleList, list[Sample], list[str], list[Sample]]:
     """The samples of a sample list added after training, checked before the model loads or an event is read.
 
     Returns that list with the model's own inputs (same names and expressions, in the model's order), the
-    samples the keys name, and notes on those that share events with a training sample.
+    samples the keys name, notes on those that share events with a training sample, and the training samples
+    scored whole (``force``).
     """
     other = config.load_sample_list(path, scoring=True)
     if not keys:
@@ -311,16 +324,17 @@ def _later_samples(
     _check_inputs(model_path, trained, other)
     other = other.model_copy(update={"inputs": trained.inputs})
     selected = _keyed_samples(other, keys)
-    notes = []
+    notes, twins = [], []
     for sample in selected:
         twin, overlapping = _training_twin(sample, trained)
         if twin is not None and not force:
             raise HhscanError(
-                f"--output {sample.name}: sample '{sample.name}' of {other.source.name} reads the same file, tree and "
-                f"cut as '{twin.name}', a training sample of {model_path.name}: scoring it whole would hide "
-                f"overfitting (use --force to score it anyway)"
+                f"--output {sample.name}: sample '{sample.name}' of {other.source.name} reads the same file (or a "
+                f"byte-identical copy), tree and cut as '{twin.name}', a training sample of {model_path.name}: scoring "
+                f"it whole would hide overfitting (use --force to score it anyway)"
             )
         if twin is not None:
+            twins.append(twin)
             notes.append(f"{sample.name}: the events of training sample '{twin.name}', scored whole (--force)")
         elif overlapping is not None:  # a cut need not exclude the training events: say so, do not guess
             notes.append(
@@ -330,7 +344,7 @@ def _later_samples(
     for sample in selected:
         # Zero entries: every branch the cut, weight, inputs and other variables use is looked up, none is read.
         read_sample(other, sample, apply_selection=False, entries=(0, 0))
-    return other, selected, notes
+    return other, selected, notes, twins
 
 
 def _check_inputs(model_path: Path, trained: SampleList, other: SampleList) -> None:
@@ -397,10 +411,16 @@ def _training_twin(sample: Sample, trained: SampleList) -> tuple[Sample | None, 
 
 
 def _same_file(first: Path, second: Path) -> bool:
-    """One file, however reached: relative or absolute, through '..', a symbolic or a hard link."""
+    """One file, however reached (relative or absolute, through '..', a symbolic or a hard link), or a byte-identical
+    copy of it under another name: the same events, whatever the file is called."""
     if first.resolve() == second.resolve():
         return True
-    return first.exists() and second.exists() and first.samefile(second)
+    if not (first.exists() and second.exists()):
+        return False
+    if first.samefile(second):
+        return True
+    # Sizes first: only a file of exactly the training file's size is read to compare.
+    return first.stat().st_size == second.stat().st_size and filecmp.cmp(first, second, shallow=False)
 
 
 def _apply_streaming(keras_model, metadata, sample_list, sample, writer: OutputFile, chunk_size) -> int:
