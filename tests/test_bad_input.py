@@ -421,6 +421,7 @@ def _one_error_line(code: int, err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     assert "Traceback" not in err
+    assert not DOUBLED_PREFIX.search(lines[0]), f"a key named twice in {lines[0]!r}"
     return lines[0]
 
 
