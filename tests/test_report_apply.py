@@ -257,3 +257,16 @@ def test_split_model_mismatch_is_refused(reported, capsys, monkeypatch):
     np.savez(split_file, **stored)
     code, _, err = run_cli(["test", "--model", "best"], analysis.root, capsys, monkeypatch)
     assert code == 1 and "trained on split" in err and "test events are unknown" in err
+
+
+def test_the_readme_layout_names_every_module_and_no_other():
+    """The README's "Layout" lists each subpackage's modules: a module split off or removed must show there."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    layout = re.search(r"## Layout\n(.*?)\n## ", (repo / "README.md").read_text(), re.S).group(1)
+    named = set(re.findall(r"`(\w+)`", layout))
+    modules = {p.stem for p in (repo / "scan").glob("*/*.py") if p.stem != "__init__"}
+    packages = {p.name for p in (repo / "scan").iterdir() if (p / "__init__.py").is_file()}
+    assert modules - named == set(), "modules the README's layout does not name"
+    assert named - modules - packages - {"hhscan", "errors", "fileio", "cli"} == set(), "names in the layout that are no module"
