@@ -229,6 +229,14 @@ CASES = {
         lambda a: a.edit_samples(signal_classes=["signal", "HH"]),
         ["analysis.yaml:signal_classes: 'HH' is not a class (classes: background, signal"],
     ),
+    "negative background uncertainty": (
+        lambda a: a.edit_samples(significance={"background_uncertainty": -0.1}),
+        ["analysis.yaml:significance.background_uncertainty: Input should be greater than or equal to 0"],
+    ),
+    "misspelt significance guard": (
+        lambda a: a.edit_samples(significance={"min_bkg_events": 5}),
+        ["analysis.yaml: unknown key 'significance.min_bkg_events'", "closest: min_background_events"],
+    ),
     "negative group xsec": (
         lambda a: a.edit_samples(**_groups(a, 3, xsec=-6000.0, event_weight_sum=2e7)),
         ["analysis.yaml:groups.3.xsec: must be a positive number, got -6000"],
