@@ -328,3 +328,20 @@ def test_run_in_a_log_prints_one_line_per_epoch_per_pack(tiny, capsys, monkeypat
     assert [line.split(" epoch ")[1].split()[0] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
     assert "\x1b[" not in out and "\r" not in out  # no redraws in a log
     assert out.rstrip().splitlines()[-1].startswith("next: hhscan report log")
+
+
+def test_the_sample_table_shows_a_luminosity_only_where_a_yield_uses_one():
+    from hhscan.data.dataset import SampleSummary
+    from hhscan.results.views import print_summaries
+    from rich.console import Console
+
+    common = {"class_name": "background", "era": None, "entries": 10, "selected": 8, "dropped_non_positive": 1,
+              "used": 7}  # fmt: skip
+    summaries = [SampleSummary(name="with_xsec", file="a.root", xsec=831.8, event_weight_sum=1e6, lumi=36.3,
+                               expected_events=30.2, **common),
+                 SampleSummary(name="without", file="b.root", xsec=None, event_weight_sum=None, lumi=1.0, **common)]  # fmt: skip
+    console = Console(record=True, width=250)
+    print_summaries(console, summaries, "jax")
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
+            for line in console.export_text().splitlines() if line.startswith("│")}  # fmt: skip
+    assert rows["with_xsec"][5] == "36.3" and rows["without"][5] == "–"  # lumi [pb-1]

@@ -36,7 +36,7 @@ def print_summaries(
     for s in summaries:
         table.add_row(
             escape(s.name), escape(s.class_name), escape(s.era or "–"), _number(s.xsec), _number(s.event_weight_sum),
-            _number(s.lumi),
+            _number(s.lumi) if s.xsec is not None else "–",  # no cross-section: no yield, so no luminosity used
             str(s.entries), str(s.selected), str(s.dropped_non_positive), str(s.used), _number(s.learning_weight_sum),
             _number(s.expected_events) if s.expected_events is not None else "no xsec",
         )  # fmt: skip
