@@ -577,7 +577,8 @@ def section_data(quick: bool) -> list[str]:
             "classes": ["background", "signal"],
             "groups": [{"name": "sig", "files": "big.root", "tree": "Events", "class": "signal"},
                        {"name": "bkg", "files": "big.root", "tree": "Events", "class": "background",
-                        "xsec": 1.0, "event_weight_sum": 1.0}],
+                        "era": "bench", "xsec": 1.0, "event_weight_sum": 1.0}],
+            "eras": {"bench": {"lumi": 1.0}},  # a sample with a cross-section needs its era's luminosity
             "inputs": names[:29], "cut": "v29 > -100",
         }))  # fmt: skip
         samples = config.load_sample_list(root / "s.yaml")

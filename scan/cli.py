@@ -310,7 +310,8 @@ def report(
     result = make_report(space, name, plots=not no_plots, criterion=criterion, optuna_storage=optuna_storage,
                          force=force)
     records = {r.trial_id: r for r in result.ranked + result.failed}
-    console_views.print_leaderboard(console, result.scan, result.criterion, records, result.corrupt, top)
+    significance = space.scan(result.scan).load_config()[1].significance  # the guard behind *_significance
+    console_views.print_leaderboard(console, result.scan, result.criterion, records, result.corrupt, top, significance)
     console_views.print_input_warnings(console, result.probable_leaks, result.leak_threshold)
     console.print(f"all trials ranked: {_text(result.csv_path)}")
     if result.plot_paths:

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def _with_period(analysis, expression):
 
 def _group_without_era(analysis):
     groups = analysis.samples_yaml()["groups"]
-    groups[4] = {k: v for k, v in groups[4].items() if k != "era"} | {"xsec": 0.033, "event_weight_sum": 180.0}
+    groups[4] = {k: v for k, v in groups[4].items() if k != "era"}  # a signal: no xsec needed (nor a lumi)
     analysis.edit_samples(groups=groups, inputs=["x1", {"name": "era", "expr": "$era", "one_hot": ["2016", "2017"]}])
 
 
@@ -163,7 +164,10 @@ CASES = {
         lambda a: a.edit_parameters(hyperparameters={"optimizer": ["adamm"]}),
         ["unknown optimizer 'adamm'", "closest: adam"],
     ),
-    "unknown criterion": (lambda a: a.edit_parameters(eval_criterion="val_f1"), ["eval_criterion", "val_f1"]),
+    "unknown criterion": (
+        lambda a: a.edit_parameters(eval_criterion="val_f1"),
+        ["scan.yaml:eval_criterion: unknown criterion 'val_f1'"],
+    ),
     "invalid YAML": (
         lambda a: a.parameters.write_text("samples: [unclosed\n"),
         ["scan.yaml", "not valid YAML"],
@@ -208,6 +212,30 @@ CASES = {
     "zero lumi": (
         lambda a: a.edit_samples(eras={"2017": {"lumi": 0}}),
         ["analysis.yaml:eras.2017.lumi: must be a positive number, got 0"],
+    ),
+    "era without lumi": (  # its samples have cross-sections: a default of 1 pb-1 would make every yield wrong
+        lambda a: a.edit_samples(eras={"2017": {"lumi": None}}),
+        ["analysis.yaml:eras.2017: no lumi, which 'tt_2017.root' (groups.2) needs", "give lumi: in pb-1"],
+    ),
+    "group xsec without era": (
+        lambda a: a.edit_samples(**_groups(a, 3, era=None, xsec=6000.0, event_weight_sum=2e7)),
+        ["analysis.yaml:groups.3: group 'dy' has xsec but no era, so no lumi", "eras: 2016, 2017"],
+    ),
+    "group event_weight_sum without era": (
+        lambda a: a.edit_samples(**_groups(a, 3, era=None, event_weight_sum=2e7)),
+        ["analysis.yaml:groups.3: group 'dy' has event_weight_sum but no era, so no lumi"],
+    ),
+    "signal_classes naming no class": (
+        lambda a: a.edit_samples(signal_classes=["signal", "HH"]),
+        ["analysis.yaml:signal_classes: 'HH' is not a class (classes: background, signal"],
+    ),
+    "negative background uncertainty": (
+        lambda a: a.edit_samples(significance={"background_uncertainty": -0.1}),
+        ["analysis.yaml:significance.background_uncertainty: Input should be greater than or equal to 0"],
+    ),
+    "misspelt significance guard": (
+        lambda a: a.edit_samples(significance={"min_bkg_events": 5}),
+        ["analysis.yaml: unknown key 'significance.min_bkg_events'", "closest: min_background_events"],
     ),
     "negative group xsec": (
         lambda a: a.edit_samples(**_groups(a, 3, xsec=-6000.0, event_weight_sum=2e7)),
@@ -300,6 +328,10 @@ CASES = {
 }
 
 
+# "eval_criterion: eval_criterion:": a validator's message repeating the location pydantic already names.
+DOUBLED_PREFIX = re.compile(r"(?<![\w.])([\w.]+): \1:")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gives_one_clear_line(case, analysis, capsys, monkeypatch):
     break_it, expected = CASES[case]
@@ -312,6 +344,23 @@ def test_bad_input_gives_one_clear_line(case, analysis, capsys, monkeypatch):
     for fragment in expected:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     assert "Traceback" not in err
+    assert not DOUBLED_PREFIX.search(lines[0]), f"a key named twice in {lines[0]!r}"
+
+
+def test_signal_classes_of_a_multiclass_task_must_be_classes(tmp_path, capsys, monkeypatch):
+    """With 3+ classes a signal name that is no class gave no signal column: Z 0 for every trial, ranked by id."""
+    analysis = build_analysis(tmp_path / "multi", classes=3)
+    groups = analysis.samples_yaml()["groups"]
+    for group in groups:
+        group["class"] = {"TT": "bkgA", "DY": "bkgB"}.get(group["class"], group["class"])
+    analysis.edit_samples(classes=["bkgA", "bkgB", "signal"], groups=groups, signal_classes=["HH"])
+    code, _, err = run_cli(["run", "--local", "--name", "bad"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "analysis.yaml:signal_classes: 'HH' is not a class (classes: bkgA, bkgB, signal; " in err
+    analysis.edit_samples(signal_classes=[])
+    code, _, err = run_cli(["run", "--local", "--name", "bad"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "analysis.yaml:signal_classes: empty; name at least one of the classes bkgA, bkgB, signal" in err
 
 
 def test_debug_shows_the_traceback(analysis, capsys, monkeypatch):
@@ -380,6 +429,7 @@ def _one_error_line(code: int, err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     assert "Traceback" not in err
+    assert not DOUBLED_PREFIX.search(lines[0]), f"a key named twice in {lines[0]!r}"
     return lines[0]
 
 

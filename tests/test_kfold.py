@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import uproot
+import yaml
 from conftest import run_cli
 from hhscan.data import split
 from hhscan.errors import ModelError, SplitError
@@ -157,6 +158,26 @@ def test_the_guard_refuses_events_that_moved_fold_and_a_bundle_whose_roles_colli
     code, _, err = run_cli(["test", "--model", "best"], analysis.root, capsys, monkeypatch)
     assert code == 1 and "now fall in another fold" in err and "hh_2016" in err, err
     assert len(err.strip().splitlines()) == 1
+    # The same file named in a later sample list and scored whole (--force): its folds are checked too.
+    later = analysis.root / "sample_lists" / "later.yaml"
+    content = analysis.samples_yaml()
+    content["groups"] = [{"name": "hh_again", "files": "hh_2016.root", "tree": "Events", "class": "signal"}]
+    later.write_text(yaml.safe_dump(content))
+    scored = analysis.root / "scored"
+    code, _, err = run_cli(["test", "--model", "best", "--samples", str(later), "--output", "hh_again", "--force",
+                            "--dir", str(scored)], analysis.root, capsys, monkeypatch)  # fmt: skip
+    assert code == 1 and "now fall in another fold" in err and "hh_2016" in err, err
+    assert len(err.strip().splitlines()) == 1 and not scored.exists()
+    # With the persisted split gone, the split made again from the shifted data is not the one the bundle was
+    # trained on: whole samples (--output) are refused as the test split is, by the split checksum.
+    for made in [*(analysis.root / "splits").iterdir(), *(analysis.root / "cache").glob("*.npz")]:
+        made.unlink()
+    for command in (["--output", "hh_2016"], []):
+        code, _, err = run_cli(["test", "--model", "best", "--dir", str(scored), *command], analysis.root, capsys,
+                               monkeypatch)  # fmt: skip
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert "kf_best.zip: the model was trained on split" in err and "its test events are unknown" in err
+    assert not (scored / "samples").exists()
 
 
 def test_a_kfold_trial_resumes_every_fold_model_from_its_own_checkpoint(analysis, tmp_path):

@@ -7,6 +7,7 @@ own sample list beside it and scores into its own directory.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import zipfile
 
@@ -16,10 +17,10 @@ import uproot
 import yaml
 from conftest import build_analysis, make_events, run_cli, write_root
 
-NEW_XSEC, NEW_SUMW = 0.05, 120.0
+NEW_XSEC, NEW_SUMW, NEW_LUMI = 0.05, 120.0, 59.8
 GROUPS = [
-    {"name": "hh_new", "files": "hh_new.root", "tree": "Events", "class": "signal", "xsec": NEW_XSEC,
-     "event_weight_sum": NEW_SUMW},
+    {"name": "hh_new_2018", "files": "hh_new_2018.root", "tree": "Events", "class": "signal", "era": "2018",
+     "xsec": NEW_XSEC, "event_weight_sum": NEW_SUMW},
     {"name": "data", "files": "data_2018*.root", "tree": "Events"},  # no class, weight, xsec: real data
     {"name": "hh_renamed", "files": "hh_renamed.root", "tree": "Events", "class": "signal"},
 ]  # fmt: skip
@@ -43,7 +44,7 @@ def trained(tmp_path_factory):
     assert (analysis.root / "models" / "later_best.zip").is_file()
     # Added after training: a new signal (weighted, with a cross-section) and real data in two files (no weight,
     # no label), one file with a renamed branch.
-    write_root(analysis.data / "hh_new.root", {"Events": make_events(250, 1.0, 21)})
+    write_root(analysis.data / "hh_new_2018.root", {"Events": make_events(250, 1.0, 21)})
     for part, seed in (("a", 22), ("b", 23)):
         events = make_events(150 + seed, 0.1, seed)
         write_root(analysis.data / f"data_2018{part}.root",
@@ -68,6 +69,7 @@ def later_list(analysis, name: str = "later.yaml", groups: list | None = None, *
             "x1",
         ],
         "other_variables": ["event", "njet"],
+        "eras": {"2018": {"lumi": NEW_LUMI}},
         "groups": groups or GROUPS,
         **changes,
     }
@@ -98,21 +100,22 @@ def read_back(path) -> dict[str, np.ndarray]:
 def test_new_signal_and_data_are_scored_like_plain_keras(trained, capsys, monkeypatch, tmp_path):
     other = later_list(trained)
     out = tmp_path / "scored"
-    code, stdout, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new", "--output", "data",
+    code, stdout, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new_2018", "--output", "data",
                                  "--dir", str(out)], trained.root, capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
     # A group key scores each of its files.
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["data_2018a.root", "data_2018b.root", "hh_new.root"]
-    with uproot.open(trained.data / "hh_new.root") as handle:
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["data_2018a.root", "data_2018b.root", "hh_new_2018.root"]
+    with uproot.open(trained.data / "hh_new_2018.root") as handle:
         raw = handle["Events"].arrays(library="np")
     passing, expected = keras_scores(trained, raw)
-    written = read_back(out / "samples" / "hh_new.root")
-    assert f"hh_new: {passing.sum()} events" in stdout
+    written = read_back(out / "samples" / "hh_new_2018.root")
+    assert f"hh_new_2018: {passing.sum()} events" in stdout
     np.testing.assert_array_equal(written["event"], raw["event"][passing])
     np.testing.assert_allclose(written["score"], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(written["x1"], raw["x1"][passing])
     np.testing.assert_allclose(written["event_weight"], raw["weight"][passing], rtol=1e-6)
-    np.testing.assert_allclose(written["yield_weight"], raw["weight"][passing] * NEW_XSEC / NEW_SUMW, rtol=1e-6)
+    np.testing.assert_allclose(written["yield_weight"], raw["weight"][passing] * NEW_XSEC * NEW_LUMI / NEW_SUMW,
+                               rtol=1e-6)
     assert "label" not in written and "x2" not in written  # x2: an input of the other list the model does not use
     for part in ("a", "b"):
         with uproot.open(trained.data / f"data_2018{part}.root") as handle:
@@ -125,14 +128,17 @@ def test_new_signal_and_data_are_scored_like_plain_keras(trained, capsys, monkey
         assert set(written) == {"x1", "abs_x2", "btag", "njet_2", "njet_3", "njet_4", "event", "njet", "score"}
 
 
-@pytest.mark.parametrize("reached", ["relative", "absolute", "hard link"])
+@pytest.mark.parametrize("reached", ["relative", "absolute", "hard link", "byte-identical copy"])
 def test_a_training_sample_under_another_name_is_refused_unless_forced(trained, capsys, monkeypatch, tmp_path,
                                                                        reached):  # fmt: skip
     # tt_2016.root of the training, reached by another path, with the same cut spelt otherwise.
     files = {"relative": "../sample_lists/../data/tt_2016.root", "absolute": str(trained.data / "tt_2016.root"),
-             "hard link": f"tt_link_{tmp_path.name}.root"}[reached]  # fmt: skip
+             "hard link": f"tt_link_{tmp_path.name}.root", "byte-identical copy": f"tt_copy_{tmp_path.name}.root",
+             }[reached]  # fmt: skip
     if reached == "hard link":
         os.link(trained.data / "tt_2016.root", trained.data / files)
+    if reached == "byte-identical copy":  # another file, another name: the same events
+        shutil.copyfile(trained.data / "tt_2016.root", trained.data / files)
     groups = [{"name": "ttbar", "files": files, "tree": "Events", "class": "background"}]
     other = later_list(trained, "twin.yaml", groups)
     args = ["test", "--model", "later_best", "--samples", other, "--output", "ttbar", "--dir", str(tmp_path)]
@@ -169,7 +175,7 @@ def test_a_training_sample_under_another_name_is_refused_unless_forced(trained, 
 def test_an_input_the_model_needs_must_be_built_the_same_way(trained, capsys, monkeypatch, tmp_path, inputs,
                                                              fragments):  # fmt: skip
     other = later_list(trained, "inputs.yaml", inputs=inputs)
-    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new",
+    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new_2018",
                             "--dir", str(tmp_path)], trained.root, capsys, monkeypatch)  # fmt: skip
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "inputs.yaml:inputs" in err
@@ -179,12 +185,12 @@ def test_an_input_the_model_needs_must_be_built_the_same_way(trained, capsys, mo
 
 def test_a_missing_branch_is_refused_before_anything_is_scored(trained, capsys, monkeypatch, tmp_path):
     other = later_list(trained)
-    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new", "--output", "hh_renamed",
+    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new_2018", "--output", "hh_renamed",
                             "--dir", str(tmp_path)], trained.root, capsys, monkeypatch)  # fmt: skip
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert f"{trained.data / 'hh_renamed.root'}:Events" in err
     assert "'jet_b-tag'" in err and "closest: jet_btag" in err
-    assert not (tmp_path / "samples").exists()  # checked before hh_new, the first key, was scored
+    assert not (tmp_path / "samples").exists()  # checked before hh_new_2018, the first key, was scored
 
 
 def test_a_later_sample_outside_the_one_hot_categories_is_refused_and_nothing_is_written(
@@ -197,20 +203,20 @@ def test_a_later_sample_outside_the_one_hot_categories_is_refused_and_nothing_is
     write_root(trained.data / "hh_five_jets.root", {"Events": events})
     groups = [GROUPS[0], {**GROUPS[0], "name": "hh_five", "files": "hh_five_jets.root"}]
     other = later_list(trained, "five.yaml", groups=groups, cut="x2 > -6")
-    # hh_new scored once, alone; then again with hh_five after it, which is refused: all or nothing, so the file
+    # hh_new_2018 scored once, alone; then again with hh_five after it, which is refused: all or nothing, so the file
     # of the first run is left as it was and nothing else is written.
-    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new",
+    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new_2018",
                             "--dir", str(tmp_path)], trained.root, capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
-    first_run = (tmp_path / "samples" / "hh_new.root").read_bytes()
-    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new",
+    first_run = (tmp_path / "samples" / "hh_new_2018.root").read_bytes()
+    code, _, err = run_cli(["test", "--model", "later_best", "--samples", other, "--output", "hh_new_2018",
                             "--output", "hh_five", "--dir", str(tmp_path)], trained.root, capsys, monkeypatch)  # fmt: skip
     passing = int(np.count_nonzero(events["x2"][:7] > -6))
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert f"hh_five_jets.root:Events: one-hot input 'njet' is 5 in {passing} selected events" in err
     assert "none of its categories [2, 3, 4]" in err
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["hh_new.root"]  # no temporary file left
-    assert (tmp_path / "samples" / "hh_new.root").read_bytes() == first_run
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["hh_new_2018.root"]  # no temporary file left
+    assert (tmp_path / "samples" / "hh_new_2018.root").read_bytes() == first_run
 
 
 def test_a_chunked_later_sample_outside_the_categories_names_the_chunk_its_count_is_from(trained, tmp_path):
@@ -238,8 +244,8 @@ def test_a_chunked_later_sample_outside_the_categories_names_the_chunk_its_count
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--output", "hh_nwe"], ["--output hh_nwe", "later.yaml", "closest: hh_new"]),
-        ([], ["--samples", "name the samples to score with --output", "hh_new"]),
+        (["--output", "hh_nwe"], ["--output hh_nwe", "later.yaml", "closest: hh_new_2018"]),
+        ([], ["--samples", "name the samples to score with --output", "hh_new_2018"]),
     ],
 )
 def test_bad_keys_of_a_later_sample_list(trained, capsys, monkeypatch, tmp_path, args, fragments):

@@ -21,14 +21,25 @@ from hhscan.settings import config
 from sklearn.metrics import roc_auc_score
 
 
-def hand_asimov_z_max(is_signal: np.ndarray, score: np.ndarray, yields: np.ndarray) -> float:
-    """Z = sqrt(2((s+b) ln(1+s/b) − s)) of the events with score ≥ cut, maximised over cuts 0, 0.01, …, 1."""
+def hand_asimov_z_max(is_signal: np.ndarray, score: np.ndarray, yields: np.ndarray, min_events: int = 10,
+                      max_error: float | None = 0.2, relative_sigma: float = 0.0) -> float:  # fmt: skip
+    """Z = sqrt(2((s+b) ln(1+s/b) − s)) of the events with score ≥ cut, maximised over cuts 0, 0.01, …, 1 that
+    keep at least ``min_events`` background MC events with a relative MC error √Σw²/Σw of b ≤ ``max_error`` (the
+    sample list's default guard); with ``relative_sigma`` Cowan et al.'s Z with σ = relative_sigma · b."""
     best = 0.0
     for cut in np.linspace(0, 1, 101):
         above = score >= cut
-        s, b = yields[above & is_signal].sum(), yields[above & ~is_signal].sum()
-        if s > 0 and b > 0:
-            best = max(best, float(np.sqrt(2 * ((s + b) * np.log(1 + s / b) - s))))
+        background = yields[above & ~is_signal]
+        s, b = yields[above & is_signal].sum(), background.sum()
+        trusted = len(background) >= min_events and (max_error is None or np.sqrt((background**2).sum()) / b <= max_error)
+        if not (s > 0 and b > 0 and trusted):
+            continue
+        if relative_sigma:
+            v = (relative_sigma * b) ** 2
+            z2 = 2 * ((s + b) * np.log((s + b) * (b + v) / (b**2 + (s + b) * v)) - b**2 / v * np.log(1 + v * s / (b * (b + v))))
+        else:
+            z2 = 2 * ((s + b) * np.log(1 + s / b) - s)
+        best = max(best, float(np.sqrt(z2)))
     return best
 
 
@@ -67,6 +78,29 @@ def test_val_significance_is_the_asimov_z_of_physical_validation_yields(analysis
     # Yields, not learning weights: the equalised weights would give a very different (meaningless) Z.
     learning = hand_asimov_z_max(data.labels[val] == 1, scores[:, 0], data.learning_weight[val])
     assert abs(learning - expected) > 0.1 * expected
+
+
+def test_val_significance_follows_the_sample_lists_guard_and_background_uncertainty(analysis, capsys, monkeypatch):
+    analysis.edit_samples(significance={"min_background_events": 3, "max_background_error": 0.5,
+                                        "background_uncertainty": 0.1})  # fmt: skip
+    scan, data, _ = _scan(analysis, "zs", capsys, monkeypatch, "--max-trials", "1")
+    (record,) = scan.records()[0].values()
+    val, scores = _validation_scores(scan, record, data)
+    yields = hand_partition_yields(data, val)
+    expected = hand_asimov_z_max(data.labels[val] == 1, scores[:, 0], yields, 3, 0.5, 0.1)
+    assert expected > 0
+    assert record.metrics["val_significance"] == pytest.approx(expected, rel=1e-5)
+    plain = hand_asimov_z_max(data.labels[val] == 1, scores[:, 0], yields, 3, 0.5)
+    assert expected < plain  # the uncertainty counts
+    code, out, err = run_cli(["report", "zs", "--no-plots", "--criterion", "val_significance"], analysis.root, capsys,
+                             monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert ("val_significance: Asimov Z at the best score cut with ≥ 3 bkg MC events, bkg MC error ≤ 50%, "
+            "σ_b = 10%·b") in " ".join(out.split())  # fmt: skip
+    # The guard changes val_significance: an existing scan is not continued under another one.
+    analysis.edit_samples(significance={"min_background_events": 4})
+    code, _, err = run_cli(["run", "--local", "--name", "zs"], analysis.root, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "the significance guard" in err, err
 
 
 def test_multiclass_significance_uses_the_signal_class_wherever_it_is(analysis3, capsys, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import zipfile
 
 import h5py
@@ -124,6 +125,24 @@ def test_scored_root_outputs_hold_each_test_event_once_with_plain_keras_scores(r
     plots = {p.name for p in directory.glob("*.png")}
     assert {"roc.png", "overtraining.png", "significance.png", "training.png", "inputs.png"} <= plots
     assert "test_auc" in out
+    # Z from the written files by hand: the best cut of 0, 0.01, …, 1 keeping ≥ 10 background MC events with an MC
+    # error ≤ 20 % (the default guard); `test` prints it with its cut, s and b.
+    score, label, yields = (np.concatenate([p[k] for p in scores.values()]) for k in (0, 1, 3))
+    best = (0.0, 0.0, 0.0, 0.0)
+    for cut in np.linspace(0, 1, 101):
+        background = yields[(score >= cut) & (label == 0)]
+        s_, b_ = yields[(score >= cut) & (label == 1)].sum(), background.sum()
+        if len(background) >= 10 and np.sqrt((background.astype(np.float64) ** 2).sum()) / b_ <= 0.2 and s_ > 0:
+            z = np.sqrt(2 * ((s_ + b_) * np.log(1 + s_ / b_) - s_))
+            best = max(best, (z, -cut, s_, b_))
+    z, cut, s_, b_ = best[0], -best[1], best[2], best[3]
+    assert z > 0 and f"test_significance {z:.4f}" in out
+    flat = " ".join(out.split())  # the console wraps long lines
+    shown = re.search(r"test_significance: Z (\S+) at score ≥ (\S+): s (\S+), b (\S+) \((\d+) bkg MC events", flat)
+    assert shown is not None, out
+    assert float(shown[1]) == pytest.approx(z, rel=1e-3) and float(shown[2]) == pytest.approx(cut)
+    assert float(shown[3]) == pytest.approx(s_, rel=1e-3) and float(shown[4]) == pytest.approx(b_, rel=1e-3)
+    assert "guard: ≥ 10 bkg MC events, bkg MC error ≤ 20%, σ_b = 0%·b)" in flat
 
 
 def test_hdf5_outputs_and_split_name_by_class(reported, capsys, monkeypatch, tmp_path):
@@ -263,3 +282,16 @@ def test_an_unreadable_best_record_never_demotes_the_exported_best(analysis, cap
     code, _, err = run_cli(["report", "dmg", "--no-plots", "--force"], analysis.root, capsys, monkeypatch)
     assert code == 0, err
     assert json.loads((models / "best.json").read_text())["trial_id"] == others[0]
+
+
+def test_the_readme_layout_names_every_module_and_no_other():
+    """The README's "Layout" lists each subpackage's modules: a module split off or removed must show there."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    layout = re.search(r"## Layout\n(.*?)\n## ", (repo / "README.md").read_text(), re.S).group(1)
+    named = set(re.findall(r"`(\w+)`", layout))
+    modules = {p.stem for p in (repo / "scan").glob("*/*.py") if p.stem != "__init__"}
+    packages = {p.name for p in (repo / "scan").iterdir() if (p / "__init__.py").is_file()}
+    assert modules - named == set(), "modules the README's layout does not name"
+    assert named - modules - packages - {"hhscan", "errors", "fileio", "cli"} == set(), "names in the layout that are no module"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
+from hhscan.data import metrics
 from hhscan.learning.records import DONE, TrialRecord
 from hhscan.learning.training import EpochProgress
 from hhscan.results import plots
@@ -221,15 +222,26 @@ def test_hyperparameter_effects_show_a_searched_range_as_a_scatter_and_few_value
             np.testing.assert_allclose(cells[i, j], expected)
 
 
-def test_significance_axes(tmp_path):
+def test_significance_axes_mark_the_best_trusted_cut_and_state_the_guard(tmp_path):
+    # Background yields falling with the cut; above 0.6 only one background event passes (a spike of Z).
     thresholds = np.linspace(0, 1, 11)
-    z = np.array([0, 1, 2, 3, 4, 3.5, 2, 1, 0.5, 0.2, 0.1])
+    scores = np.r_[np.linspace(0, 1, 200), np.linspace(0, 0.55, 300), [0.75]]
+    labels = np.r_[np.ones(200, bool), np.zeros(301, bool)]
+    weights = np.r_[np.full(200, 0.2), np.full(300, 1.0), [0.01]]
+    scan = metrics.significance_scan(labels, scores, weights, thresholds, min_background_events=10,
+                                     max_background_error=0.5, background_uncertainty=0.1)  # fmt: skip
     with plots.kept_figures() as figures:
-        plots.significance(thresholds, z, tmp_path / "z.png")
+        plots.significance(scan, tmp_path / "z.png")
     axis = figures[0].axes[0]
     assert axis.get_xlabel() == "score cut" and "significance" in axis.get_ylabel()
-    assert any("= 4 at score > 0.40" in t.get_text() for t in axis.get_legend().get_texts())
-    assert not axis.get_title()
+    # The best cut by hand: the largest Z among cuts keeping ≥ 10 background events (0.6 and above keep one).
+    trusted = [k for k, cut in enumerate(thresholds) if ((scores >= cut) & ~labels).sum() >= 10]
+    best = max(trusted, key=lambda k: scan.z[k])
+    s, b = weights[(scores >= thresholds[best]) & labels].sum(), weights[(scores >= thresholds[best]) & ~labels].sum()
+    legend = [t.get_text() for t in axis.get_legend().get_texts()]
+    assert f"$Z_{{max}}$ = {scan.z[best]:.3g} at score ≥ {thresholds[best]:.2f}: s {s:.3g}, b {b:.3g}" in legend
+    assert np.argmax(scan.z) > best  # the spike the guard refuses
+    assert axis.get_title() == "guard: ≥ 10 bkg MC events, bkg MC error ≤ 50%, σ_b = 10%·b"
 
 
 # --- console ------------------------------------------------------------------------------------------------------
@@ -316,3 +328,20 @@ def test_run_in_a_log_prints_one_line_per_epoch_per_pack(tiny, capsys, monkeypat
     assert [line.split(" epoch ")[1].split()[0] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
     assert "\x1b[" not in out and "\r" not in out  # no redraws in a log
     assert out.rstrip().splitlines()[-1].startswith("next: hhscan report log")
+
+
+def test_the_sample_table_shows_a_luminosity_only_where_a_yield_uses_one():
+    from hhscan.data.dataset import SampleSummary
+    from hhscan.results.views import print_summaries
+    from rich.console import Console
+
+    common = {"class_name": "background", "era": None, "entries": 10, "selected": 8, "dropped_non_positive": 1,
+              "used": 7}  # fmt: skip
+    summaries = [SampleSummary(name="with_xsec", file="a.root", xsec=831.8, event_weight_sum=1e6, lumi=36.3,
+                               expected_events=30.2, **common),
+                 SampleSummary(name="without", file="b.root", xsec=None, event_weight_sum=None, lumi=1.0, **common)]  # fmt: skip
+    console = Console(record=True, width=250)
+    print_summaries(console, summaries, "jax")
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
+            for line in console.export_text().splitlines() if line.startswith("│")}  # fmt: skip
+    assert rows["with_xsec"][5] == "36.3" and rows["without"][5] == "–"  # lumi [pb-1]

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hhscan.data import split, weights
+from hhscan.data import metrics, split, weights
 from hhscan.data.readers import read_columns
 from hhscan.errors import DataError
 from hhscan.fileio import atomic_write_bytes
 from hhscan.settings import expr
-from hhscan.settings.config import InputVariable, Sample, SampleList, SplitSettings
+from hhscan.settings.config import InputVariable, Sample, SampleList, Significance, SplitSettings
 
 CACHE_FORMAT = 4  # 4: one-hot values checked against their categories (a cache of 3 skipped the check)
 ADDED_COLUMNS = ("$sample", "$era", "$tag", "$class")
@@ -89,6 +89,7 @@ class Dataset:
     # own partition through ``fold_view``.
     fold: np.ndarray | None = None
     folds: int = 0
+    significance: Significance = field(default_factory=Significance)  # the sample list's Z guard (not cached)
 
     def fold_view(self, model_fold: int) -> Dataset:
         """The dataset as fold model ``model_fold`` sees it (arrays shared): its fold is the test partition, the
@@ -112,6 +113,16 @@ class Dataset:
             return None
         shown = ", ".join(missing[:4]) + (", …" if len(missing) > 4 else "")
         return f"no cross-section or Σweights for {shown}: physical yields unknown"
+
+    def significance_scan(self, selected: np.ndarray, scores: np.ndarray) -> metrics.SignificanceScan:
+        """Z against the cut on the signal score of the ``selected`` events (``scores``: theirs), physical yields,
+        with the sample list's MC-statistics guard and background uncertainty."""
+        return metrics.significance_scan(
+            np.isin(self.labels[selected], self.signal_columns),
+            metrics.signal_scores(scores, self.signal_columns),
+            self.yields(selected),
+            **self.significance.model_dump(),
+        )
 
     def yields(self, selected: np.ndarray) -> np.ndarray:
         """Physical yields of the selected events, each sample scaled to its whole (see weights.partition_yields)."""
@@ -382,8 +393,10 @@ def load_dataset(
     if cache_path is not None and cache_path.exists():
         dataset = _read_cache(cache_path)
         if _split_file_unchanged(splits_dir, split_settings, dataset):
+            dataset.significance = sample_list.significance
             return dataset
     dataset = _build(sample_list, split_settings, splits_dir)
+    dataset.significance = sample_list.significance
     if cache_path is not None:
         _write_cache(cache_path, dataset)
     return dataset

@@ -1,10 +1,14 @@
 """Classifier metrics with event weights: pure functions on arrays.
 
-Weighted ROC/AUC, Asimov significance against a score cut, a weighted two-sample Kolmogorov–Smirnov test,
-weighted accuracy and cross-entropy. References in the tests: scikit-learn, scipy and the formulas.
+Weighted ROC/AUC, Asimov significance against a score cut (with a guard on background MC statistics), a weighted
+two-sample Kolmogorov–Smirnov test, weighted accuracy and cross-entropy. References in the tests: scikit-learn,
+scipy and the formulas.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -91,36 +95,138 @@ def cross_entropy(labels: np.ndarray, probabilities: np.ndarray, weights: np.nda
     return float(np.average(losses, weights=weights))
 
 
-def asimov_significance(signal: np.ndarray | float, background: np.ndarray | float) -> np.ndarray:
-    """Z = sqrt(2((s+b) ln(1+s/b) − s)); 0 where s or b is not positive."""
+def asimov_significance(
+    signal: np.ndarray | float, background: np.ndarray | float, background_uncertainty: float = 0.0
+) -> np.ndarray:
+    """Discovery Asimov Z (Cowan, Cranmer, Gross, Vitells, Eur. Phys. J. C 71 (2011) 1554); 0 where s or b ≤ 0.
+
+    Without uncertainty: Z = sqrt(2((s+b) ln(1+s/b) − s)). With a relative background uncertainty r (σ = r·b):
+    Z = sqrt(2((s+b) ln((s+b)(b+σ²)/(b²+(s+b)σ²)) − (b²/σ²) ln(1 + σ²s/(b(b+σ²))))), here with σ² = r²b² divided
+    out (b+σ² = b(1+r²b), b²/σ² = 1/r²) and written with log1p, which keeps it accurate for small r.
+    """
+    if not (math.isfinite(background_uncertainty) and background_uncertainty >= 0):
+        raise ValueError(f"background_uncertainty must be ≥ 0, got {background_uncertainty}")
     s = np.asarray(signal, dtype=np.float64)
     b = np.asarray(background, dtype=np.float64)
     valid = (s > 0) & (b > 0)
     safe_b = np.where(valid, b, 1.0)
     safe_s = np.where(valid, s, 0.0)
-    z2 = 2 * ((safe_s + safe_b) * np.log1p(safe_s / safe_b) - safe_s)
+    if background_uncertainty == 0:
+        z2 = 2 * ((safe_s + safe_b) * np.log1p(safe_s / safe_b) - safe_s)
+    else:
+        r2 = background_uncertainty**2
+        total = safe_s + safe_b
+        first = total * (np.log(total) + np.log1p(r2 * safe_b) - np.log(safe_b) - np.log1p(r2 * total))
+        second = np.log1p(r2 * safe_s / (1 + r2 * safe_b)) / r2
+        z2 = 2 * (first - second)
     return np.where(valid, np.sqrt(np.maximum(z2, 0.0)), 0.0)
 
 
+CUT_GRID = np.linspace(0, 1, 101)  # the Z scan's cuts on the signal score: 0, 0.01, …, 1 (events with score ≥ cut)
+
+
+@dataclass(frozen=True)
+class SignificanceScan:
+    """Asimov Z against the score cut, with what each cut selects and whether its background MC can be trusted.
+
+    ``background_events`` counts the background MC events passing (unweighted); ``background_error`` is the
+    relative MC statistical error of b, √Σw²/Σw of their yields. ``allowed`` marks the cuts that pass the guard
+    (at least ``min_background_events``, error at most ``max_background_error``): only those can be the best cut, so
+    Z never rests on a few background events that happen to pass.
+    """
+
+    thresholds: np.ndarray
+    z: np.ndarray
+    signal: np.ndarray
+    background: np.ndarray
+    background_events: np.ndarray
+    background_error: np.ndarray
+    allowed: np.ndarray
+    min_background_events: int = 0
+    max_background_error: float | None = None
+    background_uncertainty: float = 0.0
+
+    @property
+    def best(self) -> int | None:
+        """Index of the allowed cut with the largest Z (the lowest such cut on ties); None if no cut is allowed."""
+        if not self.allowed.any():
+            return None
+        return int(np.argmax(np.where(self.allowed, self.z, -np.inf)))
+
+    @property
+    def best_z(self) -> float:
+        """Z at the best allowed cut; 0 when no cut has enough background MC."""
+        return 0.0 if self.best is None else float(self.z[self.best])
+
+    def guard(self) -> str:
+        """The rule the best cut obeys, in words (for plots, tables and ``hhscan test``)."""
+        return guard_text(self.min_background_events, self.max_background_error, self.background_uncertainty)
+
+    def describe(self) -> str:
+        """``Z 3.21 at score ≥ 0.87: s 12.3, b 45.6 (57 bkg MC events, MC error 13%)`` and the guard."""
+        if self.best is None:
+            return f"Z not computed: no cut passes the MC-statistics guard ({self.guard()})"
+        i = self.best
+        selected = f"s {self.signal[i]:.4g}, b {self.background[i]:.4g}"
+        mc = f"{int(self.background_events[i])} bkg MC events, MC error {self.background_error[i]:.0%}"
+        return f"Z {self.z[i]:.4g} at score ≥ {self.thresholds[i]:.2f}: {selected} ({mc}; guard: {self.guard()})"
+
+
+def guard_text(min_background_events: int, max_background_error: float | None, background_uncertainty: float) -> str:
+    """``≥ 10 bkg MC events, bkg MC error ≤ 20%, σ_b = 0%·b``: the MC-statistics guard and σ_b of a Z scan."""
+    parts = [f"≥ {min_background_events} bkg MC events"]
+    if max_background_error is not None:
+        parts.append(f"bkg MC error ≤ {max_background_error:.0%}")
+    parts.append(f"σ_b = {background_uncertainty:.0%}·b")
+    return ", ".join(parts)
+
+
 def significance_scan(
-    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, thresholds: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Asimov Z of the events with score ≥ cut, for each cut; weights are the expected yields."""
+    labels: np.ndarray,
+    scores: np.ndarray,
+    weights: np.ndarray,
+    thresholds: np.ndarray | None = None,
+    *,
+    min_background_events: int = 0,
+    max_background_error: float | None = None,
+    background_uncertainty: float = 0.0,
+) -> SignificanceScan:
+    """Asimov Z of the events with score ≥ cut, for each cut (default ``CUT_GRID``); weights are expected yields."""
     labels = np.asarray(labels).astype(bool)
     scores = _finite(scores)
     weights = np.asarray(weights, dtype=np.float64)
     if not np.isfinite(weights).all():
         raise ValueError("yields are NaN or infinite: a sample has no cross-section")
-    thresholds = np.linspace(0, 1, 101) if thresholds is None else np.asarray(thresholds)
+    thresholds = CUT_GRID if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     order = np.argsort(scores)
-    sorted_scores = scores[order]
-    # Sum of weights above each threshold = total − cumulative sum below it.
-    signal_cum = np.r_[0.0, np.cumsum((weights * labels)[order])]
-    background_cum = np.r_[0.0, np.cumsum((weights * ~labels)[order])]
-    below = np.searchsorted(sorted_scores, thresholds, side="left")
-    s = signal_cum[-1] - signal_cum[below]
-    b = background_cum[-1] - background_cum[below]
-    return thresholds, asimov_significance(s, b)
+    below = np.searchsorted(scores[order], thresholds, side="left")
+
+    def above(values: np.ndarray) -> np.ndarray:
+        """Σ values of the events above each threshold = total − cumulative sum below it."""
+        cumulative = np.r_[0.0, np.cumsum(values[order])]
+        return cumulative[-1] - cumulative[below]
+
+    background_mask = (~labels).astype(np.float64)
+    s = above(weights * labels)
+    b = above(weights * background_mask)
+    events = np.rint(above(background_mask))
+    squared = np.maximum(above(weights**2 * background_mask), 0.0)
+    error = np.divide(np.sqrt(squared), b, out=np.full(len(b), np.inf), where=b > 0)
+    allowed = (events >= max(min_background_events, 1)) & (b > 0)
+    if max_background_error is not None:
+        allowed &= error <= max_background_error
+    return SignificanceScan(
+        thresholds=thresholds,
+        z=asimov_significance(s, b, background_uncertainty),
+        signal=s,
+        background=b,
+        background_events=events,
+        background_error=error,
+        allowed=allowed,
+        min_background_events=min_background_events,
+        max_background_error=max_background_error,
+        background_uncertainty=background_uncertainty,
+    )
 
 
 def weighted_ks(

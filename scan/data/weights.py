@@ -26,15 +26,15 @@ def physics_weight(
     event_weight: np.ndarray,
     *,
     is_signal: bool,
-    xsec: float | None = None,
-    lumi: float = 1.0,
-    event_weight_sum: float | None = None,
+    xsec: float | None,
+    lumi: float,
+    event_weight_sum: float | None,
 ) -> np.ndarray:
     """The learning weight before class equalisation.
 
     event weight × xsec × lumi / Σweights for a background with a cross-section; the event weight itself for
     signal, and for a background without one (allowed when it is alone in its class: equalisation then cancels
-    the normalisation).
+    the normalisation). No number has a default: a luminosity of 1 pb⁻¹ assumed silently made yields wrong.
     """
     weight = np.asarray(event_weight, dtype=np.float64)
     if is_signal or xsec is None:

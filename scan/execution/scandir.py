@@ -220,7 +220,7 @@ class ScanDirectory:
         if data_fingerprint is not None and data_fingerprint != manifest["data_fingerprint"]:
             raise ScanError(
                 f"scan '{self.name}': the sample list or its files changed since it was created (inputs, cuts, "
-                f"weights or events): results would mix; start a new scan with another --name"
+                f"weights, events or the significance guard): results would mix; start a new scan with another --name"
             )
 
     @property

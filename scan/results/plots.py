@@ -293,21 +293,28 @@ def overtraining(
 
 
 @_hep
-def significance(thresholds: np.ndarray, z: np.ndarray | None, path: Path, reason: str | None = None) -> Path:
-    """Asimov significance against the score cut, the best cut marked; without physical yields (``z`` None) the
-    plot says why instead of showing a number."""
+def significance(scan: metrics.SignificanceScan | None, path: Path, reason: str | None = None) -> Path:
+    """Asimov significance against the score cut, the best allowed cut marked and the MC-statistics guard stated;
+    cuts the guard refuses (too few background MC events, too large an MC error) are drawn faint. Without physical
+    yields (``scan`` None) the plot says why instead of showing a number."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4.5))
-    if z is None:
+    if scan is None:
         axis.text(0.5, 0.5, f"Z not computed:\n{reason}", ha="center", va="center", wrap=True, fontsize=11,
                   transform=axis.transAxes)  # fmt: skip
         axis.set_title("Asimov significance: not computed", fontsize=12)
     else:
-        best = int(np.argmax(z))
-        axis.plot(thresholds, z, label="Asimov $Z$ (physical yields, test split)")
-        axis.axvline(thresholds[best], color="grey", linestyle=":",
-                     label=f"$Z_{{max}}$ = {z[best]:.3g} at score > {thresholds[best]:.2f}")  # fmt: skip
-        axis.legend(loc="best")
+        trusted = np.where(scan.allowed, scan.z, np.nan)
+        axis.plot(scan.thresholds, scan.z, color="C0", alpha=0.3, linestyle="--",
+                  label="cuts refused: too little background MC")  # fmt: skip
+        axis.plot(scan.thresholds, trusted, color="C0", label="Asimov $Z$ (physical yields, test split)")
+        if scan.best is not None:
+            best = scan.best
+            axis.axvline(scan.thresholds[best], color="grey", linestyle=":",
+                         label=f"$Z_{{max}}$ = {scan.z[best]:.3g} at score ≥ {scan.thresholds[best]:.2f}: "
+                               f"s {scan.signal[best]:.3g}, b {scan.background[best]:.3g}")  # fmt: skip
+        axis.legend(loc="best", fontsize=9)
+        axis.set_title(f"guard: {scan.guard()}", fontsize=10)
     axis.set_xlabel("score cut")
     axis.set_ylabel(r"Asimov significance $Z$ [$\sigma$]")
     return _save(figure, path)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from hhscan.data import metrics
 from hhscan.data.dataset import SampleSummary
 from hhscan.execution.scandir import ScanDirectory
 from hhscan.learning.records import PRUNED, TrialRecord
 from hhscan.learning.training import EpochProgress
 from hhscan.results.ranking import criterion_value, ranked, varying
+from hhscan.settings.config import Significance
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -34,7 +36,7 @@ def print_summaries(
     for s in summaries:
         table.add_row(
             escape(s.name), escape(s.class_name), escape(s.era or "–"), _number(s.xsec), _number(s.event_weight_sum),
-            _number(s.lumi),
+            _number(s.lumi) if s.xsec is not None else "–",  # no cross-section: no yield, so no luminosity used
             str(s.entries), str(s.selected), str(s.dropped_non_positive), str(s.used), _number(s.learning_weight_sum),
             _number(s.expected_events) if s.expected_events is not None else "no xsec",
         )  # fmt: skip
@@ -207,7 +209,8 @@ class Steps:
 
 def print_scan_leaderboard(console: Console, scan: ScanDirectory, top: int = 10) -> None:
     records, corrupt = scan.records()
-    print_leaderboard(console, scan.name, scan.load_config()[0].eval_criterion, records, corrupt, top)
+    parameters, sample_list = scan.load_config()
+    print_leaderboard(console, scan.name, parameters.eval_criterion, records, corrupt, top, sample_list.significance)
 
 
 def print_leaderboard(
@@ -217,8 +220,13 @@ def print_leaderboard(
     records: dict[str, TrialRecord],
     corrupt: dict[str, str],
     top: int = 10,
+    significance: Significance | None = None,
 ) -> None:
+    """The leaderboard and what it leaves out; ranked by a significance, the guard its best cut obeys."""
     console.print(leaderboard_table(scan_name, criterion, records, top))
+    if criterion.endswith("_significance") and significance is not None:
+        guard = metrics.guard_text(**significance.model_dump())
+        console.print(f"{criterion}: Asimov Z at the best score cut with {guard}", markup=False)
     failed = [r for r in records.values() if not r.finished]
     pruned = sorted((r for r in records.values() if r.status == PRUNED), key=lambda r: r.trial_id)
     no_value = [r for r in records.values() if r.done and criterion_value(r, criterion) is None]

@@ -54,9 +54,13 @@ def _positive(value: float | None) -> float | None:
 
 
 class Era(_Strict):
-    """Per era: luminosity and where cross-sections and Σweights come from (JSON, see ``XSEC_LAYOUTS``)."""
+    """Per era: luminosity and where cross-sections and Σweights come from (JSON, see ``XSEC_LAYOUTS``).
 
-    lumi: float = 1.0
+    ``lumi`` has no default: a sample of the era with a cross-section is refused without it (a silent 1 pb⁻¹ made
+    yields wrong by orders of magnitude).
+    """
+
+    lumi: float | None = None
     xsec: str | dict[str, Any] | None = None
     event_weight_sum: str | dict[str, Any] | None = None
 
@@ -99,7 +103,7 @@ class Sample(_Strict):
     weight: str | None
     xsec: float | None
     event_weight_sum: float | None
-    lumi: float
+    lumi: float  # its era's; a sample with a cross-section always has one (1.0, never used, where it has none)
     is_signal: bool
     training: bool = True
     # The group's name (a key for ``hhscan test --samples … --output``); kept out of dumps: caches and snapshots
@@ -138,6 +142,16 @@ class LeakCheck(_Strict):
     allow: list[str] = []  # input columns known to separate this well (acknowledged, not flagged)
 
 
+class Significance(_Strict):
+    """How the Asimov Z scan picks its best cut (``metrics.significance_scan``): only cuts whose background MC can be
+    trusted (a Z resting on one background event is a fluctuation), optionally with a relative background
+    uncertainty in Z."""
+
+    min_background_events: int = Field(10, ge=0)  # background MC events passing the cut (unweighted)
+    max_background_error: float | None = Field(0.2, gt=0)  # relative MC error of b, √Σw²/Σw; null: no limit
+    background_uncertainty: float = Field(0.0, ge=0)  # σ_b / b in Cowan et al.'s Asimov Z; 0: none
+
+
 # Columns hhscan adds from the configuration: the class (and the sample or tag that determines it) is the truth.
 TRUTH_COLUMNS = ("$class", "$sample", "$tag")
 
@@ -154,6 +168,7 @@ class SampleList(_Strict):
     label_branch: str | None = None
     units: Units = Units()
     leak_check: LeakCheck = LeakCheck()
+    significance: Significance = Significance()
     eras: dict[str, Era] = {}
     groups: list[SampleGroup]
     # Resolved at load time, not read from YAML.
@@ -206,7 +221,12 @@ class SampleList(_Strict):
     def fingerprint_data(self) -> dict[str, Any]:
         """Everything in the sample list that shapes the training arrays (for the cache key)."""
         # leak_check only decides what is warned about: changing it changes no trial's result.
-        return self.model_dump(mode="json", exclude={"source", "base_dir", "groups", "leak_check"})
+        data = self.model_dump(mode="json", exclude={"source", "base_dir", "groups", "leak_check", "significance"})
+        # The Z guard changes val_significance, so a changed one is a changed scan; at its defaults it is left out,
+        # so scans and caches made before it existed keep their fingerprints.
+        if self.significance != Significance():
+            data["significance"] = self.significance.model_dump(mode="json")
+        return data
 
 
 # ----------------------------------------------------------------------------------------------- parameters
@@ -410,7 +430,8 @@ class Parameters(_Strict):
     @field_validator("eval_criterion")
     @classmethod
     def _criterion(cls, value: str) -> str:
-        check_criterion(value, "eval_criterion", ValueError)
+        if problem := criterion_problem(value):  # pydantic's location names the key: the message does not repeat it
+            raise ValueError(problem)
         return value
 
     @field_validator("repetitions")
@@ -442,10 +463,17 @@ class Parameters(_Strict):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def check_criterion(value: str, where: str, error: type[Exception] = ConfigError) -> None:
-    """A metric a scan may be ranked by (a validation metric of the registry), else one line listing them."""
-    if value not in criteria.CRITERIA:
-        raise error(f"{where}: unknown criterion '{value}' ({did_you_mean(value, criteria.CRITERIA, 'criteria')})")
+def criterion_problem(value: str) -> str | None:
+    """Why ``value`` cannot rank a scan (not a validation metric of the registry, the closest listed), or None."""
+    if value in criteria.CRITERIA:
+        return None
+    return f"unknown criterion '{value}' ({did_you_mean(value, criteria.CRITERIA, 'criteria')})"
+
+
+def check_criterion(value: str, where: str) -> None:
+    """A metric a scan may be ranked by, else one line naming ``where`` and listing them."""
+    if problem := criterion_problem(value):
+        raise ConfigError(f"{where}: {problem}")
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -626,6 +654,12 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path, scoring: b
             files.extend(matches)
         is_signal = group.class_name in sample_list.signal_classes
         era = sample_list.eras.get(group.era) if group.era else None
+        if group.era is None and (group.xsec is not None or group.event_weight_sum is not None):
+            given = "xsec" if group.xsec is not None else "event_weight_sum"
+            raise ConfigError(
+                f"{where}: group '{group.name or group.files[0]}' has {given} but no era, so no lumi for its yields: "
+                f"give it an era with lumi: (eras: {', '.join(sample_list.eras) or 'none defined'})"
+            )
         xsecs, sums = tables.get(group.era or "", ({}, {}))
         for file in files:
             name = group.name if group.name and len(files) == 1 else file.stem
@@ -635,6 +669,11 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path, scoring: b
             weight_sum = (
                 group.event_weight_sum if group.event_weight_sum is not None else _lookup(sums, file, group.name)
             )
+            if xsec is not None and era is not None and era.lumi is None:
+                raise ConfigError(
+                    f"{path}:eras.{group.era}: no lumi, which '{file.name}' (groups.{index}) needs: it has a "
+                    f"cross-section, and its yields are xsec × lumi (give lumi: in {sample_list.units.lumi})"
+                )
             if not is_signal and group.training:
                 backgrounds.append((where, file, xsecs, group.class_name, xsec is None))
             if xsec is not None and (weight_sum is None or weight_sum <= 0):
@@ -658,7 +697,7 @@ def _resolve_samples(sample_list: SampleList, base: Path, path: Path, scoring: b
                     weight=weight,
                     xsec=xsec,
                     event_weight_sum=weight_sum,
-                    lumi=era.lumi if era else 1.0,
+                    lumi=era.lumi if era and era.lumi is not None else 1.0,
                     is_signal=is_signal,
                     training=group.training,
                     group=group.name,
@@ -698,6 +737,14 @@ def _check_classes(sample_list: SampleList, path: Path) -> None:
                 raise ConfigError(f"{path}:classes: class '{cls}' has no samples")
     if len(classes) < 2:
         raise ConfigError(f"{path}: need at least two classes, found {classes}")
+    for name in sample_list.signal_classes:  # a name that is no class gives no signal column: Z 0 for every trial
+        if name not in classes:
+            raise ConfigError(
+                f"{path}:signal_classes: '{name}' is not a class (classes: {', '.join(classes)}; "
+                f"{did_you_mean(name, classes, 'classes')})"
+            )
+    if not sample_list.signal_classes:
+        raise ConfigError(f"{path}:signal_classes: empty; name at least one of the classes {', '.join(classes)}")
     if len(classes) == 2 and sum(c in sample_list.signal_classes for c in classes) != 1:
         raise ConfigError(
             f"{path}:signal_classes: a binary task needs exactly one signal class among {classes} "
