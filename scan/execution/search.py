@@ -76,7 +76,11 @@ def read_asked(scan_root: Path) -> list[Asked]:
             found.append(
                 Asked(
                     int(stem),
-                    trial.Trial(data["trial_id"], data["hyperparameters"], data.get("repetition", 0)),
+                    trial.Trial(
+                        data["trial_id"],
+                        hyperparameters.with_defaults(data["hyperparameters"]),  # keys added since: their default
+                        data.get("repetition", 0),
+                    ),
                     data.get("system_attrs", {}),
                     data.get("study_system_attrs", {}),
                 )

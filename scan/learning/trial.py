@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +24,25 @@ class Trial:
         return int(self.id[:8], 16)
 
 
-def canonical(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+def canonical(
+    hyperparameters: Mapping[str, Any], entries: Mapping[str, registry.Hyperparameter] = registry.REGISTRY
+) -> dict[str, Any]:
     """Hyperparameters with canonical types and defaults, so 1 and 1.0, 'Adam' and 'adam', or an omitted key and
     its default, give the same id."""
-    return registry.canonical(hyperparameters)
+    return registry.canonical(hyperparameters, entries)
 
 
-def trial_id(hyperparameters: dict[str, Any], repetition: int) -> str:
-    """A stable hash of the canonical hyperparameters and the repetition index."""
-    payload = json.dumps({"hp": canonical(hyperparameters), "rep": repetition}, sort_keys=True)
+def trial_id(
+    hyperparameters: Mapping[str, Any],
+    repetition: int,
+    entries: Mapping[str, registry.Hyperparameter] = registry.REGISTRY,
+) -> str:
+    """A stable hash of the canonical hyperparameters and the repetition index.
+
+    Entries added to the registry later are left out while at their default (``registry.hashed``): an id given
+    before they existed stays the same (the golden ids of tests/test_registries.py).
+    """
+    payload = json.dumps({"hp": registry.hashed(hyperparameters, entries), "rep": repetition}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

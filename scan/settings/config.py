@@ -435,7 +435,9 @@ class Parameters(_Strict):
     def dictionary_hash(self) -> str:
         """Hash of what defines the scan's trials: the dictionary and the repetitions (and, for an adaptive
         search, the sampler, its seed and the pruner: not the budget, which may be raised to go on)."""
-        content: dict[str, Any] = {"hp": self.hyperparameters, "rep": self.repetitions}
+        # An entry added to the registry since, at its default, is left out: the scan's hash stays what it was.
+        dictionary = {k: v for k, v in self.hyperparameters.items() if not hyperparameters.at_silent_default(k, v)}
+        content: dict[str, Any] = {"hp": dictionary, "rep": self.repetitions}
         if self.search.adaptive:  # a grid scan's hash is unchanged by the search section
             content["search"] = self.search.model_dump(mode="json", exclude={"trials"})
         payload = json.dumps(content, sort_keys=True)

@@ -1,0 +1,130 @@
+"""One place for each concept: golden trial ids and scan hashes, and the registries they come from.
+
+Adding a hyperparameter (README "Adding a hyperparameter"): one ``Hyperparameter(...)`` entry at the end of
+``REGISTRY`` in scan/settings/hyperparameters.py with ``hashed_at_default=False`` and a default that means "what
+hhscan did before it existed", plus the model code that reads it. The golden values below were computed with the
+hhscan of before ``weight_decay`` existed and must never change: a scan that does not set a new hyperparameter
+keeps its trial ids and its scan hash, so upgrading hhscan never orphans an existing scan's results.
+"""
+
+from __future__ import annotations
+
+import yaml
+from conftest import REPO
+from hhscan.execution import search
+from hhscan.learning import records, trial
+from hhscan.settings import config, hyperparameters
+from hhscan.settings.hyperparameters import REGISTRY
+
+# `hhscan run --local` of the shipped example (parameters/scan.yaml): its eight trials, before any new entry.
+GOLDEN_IDS = [
+    "9a98afa0cceb", "68a86a6f8a88", "7d966486f425", "141a54b2b69b",
+    "cac29eb0aaac", "4bdc1f77da65", "67c388220dec", "739b8ad99b80",
+]  # fmt: skip
+GOLDEN_GRID_HASH = "b44d7c8e613c419b"
+# An adaptive variant of the example (ranges, a sampler and a pruner) and one point it may ask.
+ADAPTIVE = {
+    "hyperparameters": {
+        "layers": [2, 3],
+        "neurons": {"low": 16, "high": 64, "step": 16},
+        "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+        "epochs": [5],
+    },
+    "search": {"sampler": "tpe", "trials": 6, "pruner": "median", "pruner_settings": {"n_warmup_steps": 2}},
+}
+GOLDEN_ADAPTIVE_HASH = "434fd5a93981f40d"
+GOLDEN_ADAPTIVE_POINT = ({"layers": 3, "neurons": 48, "learning_rate": 0.0005}, "28e916b63bef")
+
+
+def _example(**changes) -> config.Parameters:
+    content = yaml.safe_load((REPO / "parameters" / "scan.yaml").read_text())
+    content.update(changes)
+    return config.Parameters.model_validate(content)
+
+
+def test_the_shipped_examples_trial_ids_and_hash_never_change():
+    parameters = config.load_parameters(REPO / "parameters" / "scan.yaml")
+    assert [t.id for t in trial.expand(parameters)] == GOLDEN_IDS
+    assert parameters.dictionary_hash() == GOLDEN_GRID_HASH
+
+
+def test_an_adaptive_scans_hash_and_point_ids_never_change():
+    parameters = _example(**ADAPTIVE)
+    assert parameters.dictionary_hash() == GOLDEN_ADAPTIVE_HASH
+    _, fixed = search.search_space(parameters)
+    point, golden = GOLDEN_ADAPTIVE_POINT
+    assert search.point_trial(point, fixed).id == golden
+
+
+def test_a_new_hyperparameter_at_its_default_is_recorded_but_not_hashed():
+    parameters = _example()
+    first = trial.expand(parameters)[0]
+    assert first.hyperparameters["weight_decay"] == 0.0  # recorded: every trial says what it trained with
+    written = {**ADAPTIVE["hyperparameters"], "weight_decay": [0]}  # 0 written by hand, as an int
+    assert _example(hyperparameters=written, search=ADAPTIVE["search"]).dictionary_hash() == GOLDEN_ADAPTIVE_HASH
+    grid = yaml.safe_load((REPO / "parameters" / "scan.yaml").read_text())["hyperparameters"]
+    explicit = _example(hyperparameters={**grid, "weight_decay": [0.0]})
+    assert [t.id for t in trial.expand(explicit)] == GOLDEN_IDS
+    assert explicit.dictionary_hash() == GOLDEN_GRID_HASH
+
+
+def test_a_new_hyperparameter_away_from_its_default_is_hashed():
+    grid = yaml.safe_load((REPO / "parameters" / "scan.yaml").read_text())["hyperparameters"]
+    decayed = _example(hyperparameters={**grid, "weight_decay": [0.0, 0.004]})
+    ids = [t.id for t in trial.expand(decayed)]
+    assert len(ids) == 16 and len(set(ids)) == 16
+    assert set(GOLDEN_IDS) < set(ids)  # the weight_decay 0 half are today's trials
+    assert decayed.dictionary_hash() != GOLDEN_GRID_HASH
+    point = trial.canonical({"weight_decay": 0.004})
+    assert point["weight_decay"] == 0.004
+    assert trial.trial_id(point, 0) != trial.trial_id(trial.canonical({}), 0)
+
+
+def test_the_original_entries_are_hashed_at_their_default_and_later_ones_are_not():
+    original = ["layers", "neurons", "activation", "dropout", "l2", "optimizer", "learning_rate", "batch_size",
+                "epochs"]  # fmt: skip
+    assert [name for name, entry in REGISTRY.items() if entry.hashed_at_default] == original
+    assert [name for name, entry in REGISTRY.items() if entry.network] == original[:5]
+    # An id hashes the original nine by hand: sha256 of the canonical JSON without the later entries.
+    assert trial.trial_id(trial.expand(_example())[2].hyperparameters, 0) == "7d966486f425"
+
+
+def test_an_old_record_without_a_new_key_reads_as_its_default(tmp_path):
+    old_point = {k: v for k, v in trial.expand(_example())[0].hyperparameters.items() if k != "weight_decay"}
+    record = records.TrialRecord(GOLDEN_IDS[0], records.DONE, 0, old_point, "val_auc")
+    path = records.write_record(tmp_path, record)
+    read = records.read_record(path)
+    assert read.hyperparameters == {**old_point, "weight_decay": 0.0}
+    own_model = records.TrialRecord("0" * 12, records.DONE, 0, {"width": 3}, "val_auc")
+    # An own model's record gains the training entries only, never the built-in network's.
+    read = records.read_record(records.write_record(tmp_path, own_model))
+    assert read.hyperparameters == {"width": 3, "weight_decay": 0.0}
+
+
+def test_weight_decay_is_checked_like_every_number(analysis):
+    from hhscan.errors import ConfigError
+
+    analysis.edit_parameters(hyperparameters={"weight_decay": [-0.1]})
+    try:
+        config.load_parameters(analysis.parameters)
+    except ConfigError as error:
+        assert str(error).endswith("hyperparameters.weight_decay: -0.1 is not in [0, ∞)")
+    else:
+        raise AssertionError("a negative weight_decay was accepted")
+    assert hyperparameters.REGISTRY["weight_decay"].default == 0.0
+
+
+def test_the_optimizer_is_built_with_exactly_the_trials_weight_decay():
+    import keras
+    from hhscan.learning import model
+
+    adamw = model.make_optimizer("adamw", 0.01)
+    assert isinstance(adamw, keras.optimizers.AdamW)
+    assert adamw.get_config()["weight_decay"] == 0.0  # not Keras' own 0.004, which no record would show
+    assert model.make_optimizer("AdamW", 0.01, 0.02).get_config()["weight_decay"] == 0.02
+    assert model.make_optimizer("sgd", 0.01, 0.05).get_config()["weight_decay"] == 0.05
+    assert model.make_optimizer("adam", 0.01, 0.0).get_config()["weight_decay"] is None  # no decay step at all
+    # The engine reads it from the trial's hyperparameters (model.compile_model, used by training._build_pack).
+    net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile_model(net, {"optimizer": "adamw", "learning_rate": 0.1, "weight_decay": 0.3}, 2)
+    assert net.optimizer.get_config()["weight_decay"] == 0.3
