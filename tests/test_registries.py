@@ -128,3 +128,66 @@ def test_the_optimizer_is_built_with_exactly_the_trials_weight_decay():
     net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile_model(net, {"optimizer": "adamw", "learning_rate": 0.1, "weight_decay": 0.3}, 2)
     assert net.optimizer.get_config()["weight_decay"] == 0.3
+
+
+# ------------------------------------------------------------------------------------------ no private APIs
+
+PRIVATE_NAMES = ("._storage", "._study_id", "._trial_id", "_valid_parameters", "keras.src", "module_utils", "._save(")
+
+
+def test_scan_uses_no_private_api_of_optuna_submitit_keras_or_its_own_modules():
+    import re
+
+    sources = {path: path.read_text() for path in (REPO / "scan").rglob("*.py")}
+    found = [f"{path.relative_to(REPO)}: {name}" for path, text in sources.items() for name in PRIVATE_NAMES
+             if name in text]  # fmt: skip
+    assert found == []
+    # Nor any other underscore attribute of another object or module (self._x and cls._x are a class's own).
+    attribute = re.compile(r"\b(?!self\b|cls\b)[A-Za-z_]\w*\._[A-Za-z]\w*")
+    crossing = [f"{path.relative_to(REPO)}: {match.group()}" for path, text in sources.items()
+                for match in attribute.finditer(text)]  # fmt: skip
+    assert crossing == []
+
+
+def test_keras_on_jax_never_imports_tensorflow_yet_leaves_it_importable(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from hhscan.learning import model, training\n"
+        "training.seed_everything(5)\n"
+        "net = model.build_model(model_hp, 3, 2, np.zeros(3), np.ones(3))\n"
+        "model.compile_model(net, model_hp, 2)\n"
+        "first = [w.copy() for w in net.get_weights()]\n"
+        "net.save(sys.argv[1])\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
+        "training.seed_everything(5)\n"
+        "again = model.build_model(model_hp, 3, 2, np.zeros(3), np.ones(3)).get_weights()\n"
+        "assert all(np.array_equal(a, b) for a, b in zip(first, again)), 'seeding is not reproducible'\n"
+        "import tensorflow\n"  # still importable for whatever needs it (an ONNX export) after Keras was told no
+        "print('ok')\n"
+    ).replace("model_hp", repr(trial.canonical({"layers": 1, "neurons": 4})))
+    env = {**__import__("os").environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras")], capture_output=True, text=True,
+                            env=env, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_the_slurm_parameters_kept_by_hhscan_are_submitits_own(tmp_path):
+    import re
+
+    import submitit
+    from hhscan.execution import slurm
+
+    executor = submitit.SlurmExecutor(folder=tmp_path)
+    try:  # submitit's public answer to an unknown name lists every valid one
+        executor.update_parameters(not_a_parameter=1)
+    except ValueError as error:
+        listed = re.findall(r"^\s+- (\w+) \(default", str(error), flags=re.MULTILINE)
+    else:
+        raise AssertionError("submitit accepted an unknown parameter")
+    assert sorted(slurm.SLURM_PARAMETERS) == sorted(listed)
+    assert slurm.resource_parameters(config.SlurmSettings(resources={"partition": "gpu", "slurm_qos": "high"})) == {
+        "slurm_partition": "gpu", "slurm_qos": "high", "slurm_array_parallelism": 64}  # fmt: skip

@@ -231,11 +231,13 @@ class SearchStudy:
     study: optuna.Study
     space: dict[str, Any]
     fixed: dict[str, Any]
-    ids: dict[str, int] = field(default_factory=dict)  # hhscan trial id → Optuna's internal trial id
+    storage: optuna.storages.BaseStorage  # the study's own, kept here: Optuna's public API gives no way back to it
+    study_id: int
+    ids: dict[str, int] = field(default_factory=dict)  # hhscan trial id → the storage's trial id
 
-    @property
-    def storage(self) -> optuna.storages.BaseStorage:
-        return self.study._storage
+    def storage_id(self, number: int) -> int:
+        """The storage's id of the study's trial ``number`` (Optuna's public storage API)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     @property
     def prunes(self) -> bool:
@@ -245,9 +247,9 @@ class SearchStudy:
         """One point from the sampler, as an hhscan trial and the slot content that records how it was asked."""
         asked = self.study.ask(self.space)
         found = point_trial(asked.params, self.fixed)
-        self.ids[found.id] = asked._trial_id
-        frozen = self.storage.get_trial(asked._trial_id)
-        study_attrs = self.storage.get_study_system_attrs(self.study._study_id)
+        self.ids[found.id] = internal = self.storage_id(asked.number)
+        frozen = self.storage.get_trial(internal)
+        study_attrs = self.storage.get_study_system_attrs(self.study_id)
         return found, Asked(-1, found, dict(frozen.system_attrs), dict(study_attrs))
 
     def tell_duplicate(self, trial_id: str, value: float | None) -> None:
@@ -324,12 +326,13 @@ def build_study(
         direction=direction(parameters),
         study_name=f"hhscan-{name}",  # Hyperband's brackets hash the study name with the trial number
     )
-    result = SearchStudy(parameters, study, space, fixed)
-    for item in asked:
+    study_id = storage.get_study_id_from_name(study.study_name)
+    result = SearchStudy(parameters, study, space, fixed, storage, study_id)
+    for number, item in enumerate(asked):  # added in order: the slot's trial is the study's trial ``number``
         study.add_trial(frozen_trial(parameters, space, item, records.get(item.trial.id)))
-        result.ids[item.trial.id] = study._storage.get_all_trials(study._study_id, deepcopy=False)[-1]._trial_id
+        result.ids[item.trial.id] = result.storage_id(number)
         for key, attr in item.study_system_attrs.items():  # e.g. QMC's sample counter, as of this slot's ask
-            storage.set_study_system_attr(study._study_id, key, attr)
+            storage.set_study_system_attr(study_id, key, attr)
     return result
 
 

@@ -86,24 +86,11 @@ def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> di
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and Keras seeds; TensorFlow's only on the TensorFlow backend.
-
-    ``keras.utils.set_random_seed`` imports TensorFlow whenever it is installed (≈3 s per process on JAX).
-    """
-    import random
-
+    """Python, NumPy and Keras seeds (``keras.utils.set_random_seed``), without importing TensorFlow on JAX."""
     import keras
 
-    if keras.backend.backend() == "tensorflow":
-        keras.utils.set_random_seed(seed)
-        return
-    from keras.src.backend.common import global_state
-    from keras.src.random import seed_generator
-
-    random.seed(seed)
-    np.random.seed(seed)
-    global_state.set_global_attribute("global_random_seed", seed)
-    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    model.keep_tensorflow_out()
+    keras.utils.set_random_seed(seed)
 
 
 def _scores(outputs: np.ndarray) -> np.ndarray:
