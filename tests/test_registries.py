@@ -9,6 +9,7 @@ keeps its trial ids and its scan hash, so upgrading hhscan never orphans an exis
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from conftest import REPO
 from hhscan.execution import search
@@ -191,3 +192,72 @@ def test_the_slurm_parameters_kept_by_hhscan_are_submitits_own(tmp_path):
     assert sorted(slurm.SLURM_PARAMETERS) == sorted(listed)
     assert slurm.resource_parameters(config.SlurmSettings(resources={"partition": "gpu", "slurm_qos": "high"})) == {
         "slurm_partition": "gpu", "slurm_qos": "high", "slurm_array_parallelism": 64}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def test_weighted_average_precision_is_sklearns():
+    import numpy as np
+    from hhscan.data import metrics
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.random(500) < 0.3
+    scores = np.round(rng.random(500) * 0.5 + 0.4 * labels, 2)  # ties, which move together
+    weights = rng.uniform(0.1, 3.0, 500)
+    expected = average_precision_score(labels, scores, sample_weight=weights)
+    assert metrics.weighted_average_precision(labels, scores, weights) == pytest.approx(expected, rel=1e-12)
+    assert metrics.multiclass_average_precision(labels, scores, weights) == pytest.approx(expected, rel=1e-12)
+    classes = rng.integers(0, 3, 500)
+    probabilities = rng.dirichlet([1, 1, 1], 500)
+    probabilities[np.arange(500), classes] += 0.3
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    macro = average_precision_score(np.eye(3)[classes], probabilities, sample_weight=weights, average="macro")
+    assert metrics.multiclass_average_precision(classes, probabilities, weights) == pytest.approx(macro, rel=1e-12)
+
+
+def test_every_registry_metric_is_recorded_for_both_splits_from_the_registry_alone(analysis):
+    import numpy as np
+    from hhscan.data.split import TRAIN, VALIDATION
+    from hhscan.execution import runner
+    from hhscan.execution.scandir import Workspace
+    from hhscan.learning import model, training
+    from hhscan.settings import criteria
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    analysis.edit_parameters(hyperparameters={"learning_rate": [0.01]}, eval_criterion="val_pr_auc")
+    parameters = config.load_parameters(analysis.parameters)
+    sample_list = config.load_sample_list(analysis.sample_list)
+    data = runner.prepare_dataset(parameters, sample_list, Workspace(analysis.root))
+    (result,) = training.train_pack(trial.expand(parameters), data, parameters)
+    computed = [m for m in criteria.METRICS.values() if m.compute is not None]
+    assert sorted(result.metrics) == sorted([m.name for m in computed] + [m.train_twin for m in computed])
+    assert sorted(result.history) == sorted([*criteria.MONITORS, "learning_rate"])  # per-epoch ones only
+    assert "val_pr_auc" not in result.history and "val_auc" in result.history
+    for partition, key in ((VALIDATION, "val"), (TRAIN, "train")):
+        x, y, weights = data.part(partition)
+        scores = model.predict(result.model, x)
+        assert result.metrics[f"{key}_pr_auc"] == pytest.approx(
+            average_precision_score(y, scores, sample_weight=weights), rel=1e-6)  # fmt: skip
+        assert result.metrics[f"{key}_auc"] == pytest.approx(roc_auc_score(y, scores, sample_weight=weights), rel=1e-6)
+    assert np.isfinite(result.metrics["val_significance"])
+
+
+def test_a_metric_not_logged_every_epoch_ranks_but_cannot_be_monitored(analysis):
+    from hhscan.errors import ConfigError
+    from hhscan.results import views
+
+    analysis.edit_parameters(eval_criterion="val_pr_auc")
+    assert config.load_parameters(analysis.parameters).eval_criterion == "val_pr_auc"
+    analysis.edit_parameters(training={"early_stopping": {"monitor": "val_pr_auc"}})
+    try:
+        config.load_parameters(analysis.parameters)
+    except ConfigError as error:
+        assert "unknown monitor 'val_pr_auc' (computed once at the end, not every epoch)" in str(error)
+    else:
+        raise AssertionError("val_pr_auc was accepted as a monitor")
+    record = records.TrialRecord("a" * 12, records.DONE, 0, {}, "val_pr_auc",
+                                 metrics={"val_pr_auc": 0.7, "train_pr_auc": 0.75})  # fmt: skip
+    table = views.leaderboard_table("s", "val_pr_auc", {record.trial_id: record})
+    assert [column.header for column in table.columns][-3:] == ["val_pr_auc", "train_pr_auc", "epochs run"]
