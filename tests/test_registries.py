@@ -261,3 +261,67 @@ def test_a_metric_not_logged_every_epoch_ranks_but_cannot_be_monitored(analysis)
                                  metrics={"val_pr_auc": 0.7, "train_pr_auc": 0.75})  # fmt: skip
     table = views.leaderboard_table("s", "val_pr_auc", {record.trial_id: record})
     assert [column.header for column in table.columns][-3:] == ["val_pr_auc", "train_pr_auc", "epochs run"]
+
+
+# ------------------------------------------------------------------------------------------ samplers and pruners
+
+
+@pytest.mark.parametrize(
+    ("search_section", "key", "message"),
+    [
+        ({"pruner": "median", "pruner_settings": {"n_warmup_steps": True}}, "search.pruner_settings.n_warmup_steps",
+         "Input should be a valid integer (True given)"),
+        ({"pruner": "patient", "pruner_settings": {"patience": 2.5}}, "search.pruner_settings.patience",
+         "Input should be a valid integer (2.5 given)"),
+        ({"pruner": "patient"}, "search.pruner_settings.patience", "required key is missing"),
+        ({"pruner": "patient", "pruner_settings": {"patience": 1, "min_delta": -1}}, "search.pruner_settings",
+         "min_delta"),
+        ({"pruner": "patient", "pruner_settings": {"patience": 1, "warmup": 1}}, "search.pruner_settings.warmup",
+         "not a setting of pruner patient (settings: min_delta, patience)"),
+        ({"pruner": "medain"}, "search.pruner", "unknown pruner 'medain' (closest: median"),
+        ({"sampler": "tpee"}, "search.sampler", "unknown sampler 'tpee' (closest: tpe"),
+    ],
+)  # fmt: skip
+def test_pruner_settings_are_typed_and_checked_before_any_data_is_read(analysis, search_section, key, message):
+    from hhscan.errors import ConfigError
+
+    analysis.edit_parameters(search={"sampler": "random", "trials": 3, **search_section})
+    with pytest.raises(ConfigError) as caught:
+        config.load_parameters(analysis.parameters)
+    text = str(caught.value)
+    assert text.startswith(f"{analysis.parameters}:{key}: ") and message in text, text
+    assert "\n" not in text
+
+
+def test_the_patient_pruner_is_one_row_and_prunes_as_optunas_rule_says(tmp_path):
+    import optuna
+    from conftest import build_analysis
+    from hhscan.execution import runner, session
+    from hhscan.execution.scandir import Workspace
+
+    analysis = build_analysis(tmp_path / "project")
+    analysis.edit_parameters(
+        hyperparameters={"learning_rate": {"low": 3.0, "high": 10.0, "log": True}, "epochs": [5]},  # unsteady
+        search={"sampler": "random", "trials": 4, "pruner": "patient", "seed": 1,
+                "pruner_settings": {"patience": 0, "min_delta": 0.001}},
+        eval_criterion="val_loss", training={"pack_size": 4, "early_stopping": {"enabled": False}},
+    )  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    built = search._pruner(parameters)
+    assert isinstance(built, optuna.pruners.PatientPruner)
+    sample_list = config.load_sample_list(config.samples_path(parameters))
+    prepared = session.prepare(parameters, sample_list, analysis.root, "patient", kind="local")
+    runner.run_adaptive(prepared.scan, dataset=prepared.dataset)
+    found, _ = Workspace(analysis.root).scan("patient").records()
+    assert len(found) == 4
+    pruned = 0
+    for record in found.values():
+        loss = record.history["val_loss"]
+        expected = None  # by hand: pruned after epoch e when its loss is worse than the best before by min_delta
+        for epoch in range(2, 5):  # patience 0: one epoch after at least one before; never after the last
+            if min(loss[: epoch - 1]) + 0.001 < loss[epoch - 1]:
+                expected = epoch
+                break
+        assert record.pruned_epoch == expected, (record.trial_id, loss)
+        pruned += expected is not None
+    assert pruned >= 1

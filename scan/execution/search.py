@@ -24,7 +24,6 @@ import json
 import math
 import os
 import secrets
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from hhscan.learning import trial
 from hhscan.learning.records import DONE, FAIL, PRUNED, TrialRecord
-from hhscan.settings import criteria, hyperparameters
+from hhscan.settings import criteria, hyperparameters, searchers
 from hhscan.settings.config import Parameters
 
 if TYPE_CHECKING:
@@ -191,36 +190,23 @@ def state_of(parameters: Parameters, record: TrialRecord | None) -> tuple[str, f
 
 def _sampler(parameters: Parameters, n_asked: int) -> optuna.samplers.BaseSampler:
     import numpy as np
-    import optuna
 
     search = parameters.search
+    entry = searchers.SAMPLERS[search.sampler]
+    if entry.build is None:  # a caller's bug: the grid's trials are expanded (trial.expand), never asked
+        raise ValueError(f"sampler {search.sampler} builds no study")
     seed = parameters.seed if search.seed is None else search.seed
-    if search.sampler == "qmc":  # its sequence is fixed by the seed; the position is the study's sample counter
-        with warnings.catch_warnings():  # "experimental" once per rebuild says nothing to a user who chose it
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if not entry.reseeded:  # QMC: its sequence is fixed by the seed; the position is the study's sample counter
+        return entry.build(seed)
     # A rebuilt study has a fresh sampler: its seed moves on with the number of points asked, so each rebuild
     # draws new points, and a rerun from the same records draws the same ones.
-    derived = int(np.random.SeedSequence([seed % 2**32, n_asked]).generate_state(1)[0] % 2**31)
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=derived)
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=derived, constant_liar=True)  # trials in training count as lies
-    return optuna.samplers.CmaEsSampler(seed=derived, warn_independent_sampling=False)
+    return entry.build(int(np.random.SeedSequence([seed % 2**32, n_asked]).generate_state(1)[0] % 2**31))
 
 
 def _pruner(parameters: Parameters) -> optuna.pruners.BasePruner:
-    import optuna
-
     search = parameters.search
-    settings = dict(search.pruner_settings)
-    if search.pruner == "median":
-        return optuna.pruners.MedianPruner(**settings)
-    if search.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(**settings)
-    if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(**settings)
-    return optuna.pruners.NopPruner()
+    pruner = searchers.PRUNERS[search.pruner]
+    return pruner.build(**searchers.given(pruner.settings.model_validate(search.pruner_settings)))
 
 
 @dataclass
