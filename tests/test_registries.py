@@ -325,3 +325,86 @@ def test_the_patient_pruner_is_one_row_and_prunes_as_optunas_rule_says(tmp_path)
         assert record.pruned_epoch == expected, (record.trial_id, loss)
         pruned += expected is not None
     assert pruned >= 1
+
+
+# ------------------------------------------------------------------------------------------ README against them
+
+
+def _readme_table(header: str) -> list[str]:
+    """The rows of README's markdown table whose header line starts with ``header``."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line.startswith(header)]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def test_readme_hyperparameter_table_is_the_registry():
+    kinds = {int: "integer", float: "number", str: "string", bool: "true or false"}
+    expected = []
+    for name, entry in REGISTRY.items():
+        if name == "activation":  # 30 names: README names the rule, checked below
+            valid = "one of Keras' activations a hidden layer takes"
+        else:
+            valid = entry.domain + (" (any case)" if entry.case_insensitive else "")
+        expected.append(f"| `{name}` | {kinds[entry.kind]} | {_number(entry.default)} | {valid} |")
+    assert _readme_table("| hyperparameter |") == expected
+    left_out = " and ".join(f"`{name}`" for name in hyperparameters.KERAS_ACTIVATIONS_LEFT_OUT)
+    assert f"are all of `keras.activations`\nbut {left_out}" in (REPO / "README.md").read_text()
+
+
+def test_readme_metric_table_is_the_registry():
+    from hhscan.settings import criteria
+
+    rows = _readme_table("| metric |")
+    assert len(rows) == len(criteria.METRICS)
+    for row, entry in zip(rows, criteria.METRICS.values(), strict=True):
+        better = "lower" if entry.direction == "min" else "higher"
+        twin = f"`{entry.train_twin}`" if entry.train_twin else "–"
+        epoch = "yes" if entry.per_epoch else "no"
+        assert row.startswith(f"| `{entry.name}` | {better} | {epoch} | {twin} | "), row
+
+
+def test_readme_sampler_and_pruner_tables_are_the_tables():
+    from hhscan.settings import searchers
+
+    samplers = [f"| `{entry.name}` | {entry.description} |" for entry in searchers.SAMPLERS.values()]
+    assert _readme_table("| sampler |") == samplers
+    pruners = []
+    for entry in searchers.PRUNERS.values():
+        fields = entry.settings.model_fields
+        names = [f"`{n}`" + (" (required)" if f.is_required() else "") for n, f in fields.items()]
+        pruners.append(f"| `{entry.name}` | {', '.join(names) or '–'} | {entry.description} |")
+    assert _readme_table("| pruner |") == pruners
+
+
+def test_readme_parameters_example_shows_the_defaults_of_training_and_slurm():
+    import typing
+
+    text = (REPO / "README.md").read_text()
+    block = text.split("**Parameters**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    shown = yaml.safe_load(block)
+    config.Parameters.model_validate(shown)  # every key and value of the example is valid
+
+    def subset(written, default, where):
+        for key, value in written.items():
+            if isinstance(value, dict):
+                subset(value, default[key], f"{where}.{key}")
+            else:
+                assert value == default[key], f"README {where}.{key}: {value!r}, default {default[key]!r}"
+
+    subset(shown["training"], config.Training().model_dump(), "training")
+    defaults = config.SlurmSettings()
+    assert shown["slurm"]["array_parallelism"] == defaults.array_parallelism
+    assert defaults.resources.items() <= shown["slurm"]["resources"].items()
+    choices = typing.get_args(config.Parameters.model_fields["split_name"].annotation)
+    assert f"one file per {', '.join(choices[:-1])} or {choices[-1]}" in block
+    backends = typing.get_args(config.Training.model_fields["backend"].annotation)
+    assert backends == ("auto", "jax", "tensorflow") and "auto = JAX if installed" in block
