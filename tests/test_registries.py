@@ -408,3 +408,16 @@ def test_readme_parameters_example_shows_the_defaults_of_training_and_slurm():
     assert f"one file per {', '.join(choices[:-1])} or {choices[-1]}" in block
     backends = typing.get_args(config.Training.model_fields["backend"].annotation)
     assert backends == ("auto", "jax", "tensorflow") and "auto = JAX if installed" in block
+
+
+def test_readme_says_the_one_command_that_gives_a_contributor_pytest_and_ruff():
+    import re
+
+    pyproject = (REPO / "pyproject.toml").read_text()
+    extra = re.search(r"^test = \[(.*)\]$", pyproject, flags=re.MULTILINE)
+    assert extra is not None
+    tools = {re.split(r"[<>=\[; ]", item.strip().strip('"'))[0] for item in extra.group(1).split(",")}
+    assert {"pytest", "ruff"} <= tools
+    commands = (REPO / "README.md").read_text().split("## The two commands", 1)[1].split("\n## ", 1)[0]
+    assert '.venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest tests/' in commands
+    assert "scripts/run-tests.sh" in commands and '-e ".[test]"' in (REPO / "scripts" / "run-tests.sh").read_text()
