@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hhscan.settings import hyperparameters as registry
+from hhscan.settings import hyperparameters as hp
 from hhscan.settings.config import Parameters
 
 
@@ -25,24 +25,25 @@ class Trial:
 
 
 def canonical(
-    hyperparameters: Mapping[str, Any], entries: Mapping[str, registry.Hyperparameter] = registry.REGISTRY
+    hyperparameters: dict[str, Any], registry: Mapping[str, hp.Hyperparameter] = hp.REGISTRY
 ) -> dict[str, Any]:
     """Hyperparameters with canonical types and defaults, so 1 and 1.0, 'Adam' and 'adam', or an omitted key and
     its default, give the same id."""
-    return registry.canonical(hyperparameters, entries)
+    return hp.canonical(hyperparameters, registry)
 
 
 def trial_id(
-    hyperparameters: Mapping[str, Any],
-    repetition: int,
-    entries: Mapping[str, registry.Hyperparameter] = registry.REGISTRY,
+    hyperparameters: dict[str, Any], repetition: int, registry: Mapping[str, hp.Hyperparameter] = hp.REGISTRY
 ) -> str:
     """A stable hash of the canonical hyperparameters and the repetition index.
 
-    Entries added to the registry later are left out while at their default (``registry.hashed``): an id given
-    before they existed stays the same (the golden ids of tests/test_registries.py).
+    An entry at its default is left out unless it is ``hashed_at_default`` (the built-in nine, whose ids predate
+    the rule), so an own model's new keyword argument with a default changes no existing trial's id.
     """
-    payload = json.dumps({"hp": registry.hashed(hyperparameters, entries), "rep": repetition}, sort_keys=True)
+    point = canonical(hyperparameters, registry)
+    hashed = {key: value for key, value in point.items() if key not in registry or registry[key].hashed_at_default
+              or value != registry[key].canonical(registry[key].default)}  # fmt: skip
+    payload = json.dumps({"hp": hashed, "rep": repetition}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -40,11 +40,7 @@ class InvalidHyperparameter(ValueError):
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """One entry: its type, default and valid values; ``step_structure`` if a pack's trials must share it.
-
-    ``network``: read by the built-in network (an own model's registry has its own); ``hashed_at_default``: part of
-    every trial id even at its default (only the entries that existed when ids were first given).
-    """
+    """One entry: its type, default and valid values; ``step_structure`` if a pack's trials must share it."""
 
     name: str
     kind: type
@@ -56,8 +52,8 @@ class Hyperparameter:
     choices: tuple[str, ...] | None = None
     case_insensitive: bool = False
     step_structure: bool = False
-    network: bool = False
-    hashed_at_default: bool = False
+    network: bool = False  # an entry of the built-in network (an own model's signature replaces them)
+    hashed_at_default: bool = False  # trial ids hash it even at its default (today's nine: their ids never change)
 
     @property
     def domain(self) -> str:
@@ -236,9 +232,7 @@ def check_dictionary(dictionary: Any, registry: Mapping[str, Hyperparameter] = R
         if not values:
             raise InvalidHyperparameter(key, "empty list")
     checked = {
-        key: check_range(key, values, registry)
-        if is_range(values)
-        else [registry[key].check(value) for value in values]
+        key: check_range(key, values, registry) if is_range(values) else [registry[key].check(v) for v in values]
         for key, values in dictionary.items()
     }
     checked.update({name: [entry.default] for name, entry in registry.items() if name not in checked})
@@ -261,11 +255,6 @@ def at_silent_default(name: str, values: Any, registry: Mapping[str, Hyperparame
     return bool(listed) and all(entry.canonical(v) == entry.canonical(entry.default) for v in listed)
 
 
-def hashed(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> dict[str, Any]:
-    """What a trial id hashes: the canonical point without the entries at a silent default."""
-    return {k: v for k, v in canonical(point, registry).items() if not at_silent_default(k, v, registry)}
-
-
 def with_defaults(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> dict[str, Any]:
     """A recorded point as it reads today: training entries added since it was written take their default (which
     is what it trained with), network entries only where the point is the built-in network's."""
@@ -280,5 +269,5 @@ def with_defaults(point: Mapping[str, Any], registry: Mapping[str, Hyperparamete
 
 def step_structure(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> tuple[int, ...]:
     """The values that shape a pack's training steps (batch size, epochs)."""
-    steps = tuple(name for name, entry in registry.items() if entry.step_structure)
-    return tuple(int(point.get(name, registry[name].default)) for name in steps)
+    names = [name for name, entry in registry.items() if entry.step_structure]
+    return tuple(int(point.get(name, registry[name].default)) for name in names)
