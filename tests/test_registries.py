@@ -96,10 +96,13 @@ def test_an_old_record_without_a_new_key_reads_as_its_default(tmp_path):
     path = records.write_record(tmp_path, record)
     read = records.read_record(path)
     assert read.hyperparameters == {**old_point, "weight_decay": 0.0}
-    own_model = records.TrialRecord("0" * 12, records.DONE, 0, {"width": 3}, "val_auc")
+    own_point = {"width": 3, "optimizer": "adam", "learning_rate": 0.01, "batch_size": 64, "epochs": 3}
+    own_model = records.TrialRecord("0" * 12, records.DONE, 0, own_point, "val_auc")
     # An own model's record gains the training entries only, never the built-in network's.
     read = records.read_record(records.write_record(tmp_path, own_model))
-    assert read.hyperparameters == {"width": 3, "weight_decay": 0.0}
+    assert read.hyperparameters == {**own_point, "weight_decay": 0.0}
+    partial = records.TrialRecord("1" * 12, records.DONE, 0, {"a": [1]}, "val_auc")  # no point of hhscan's
+    assert records.read_record(records.write_record(tmp_path, partial)).hyperparameters == {"a": [1]}
 
 
 def test_weight_decay_is_checked_like_every_number(analysis):

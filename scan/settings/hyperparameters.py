@@ -257,8 +257,12 @@ def at_silent_default(name: str, values: Any, registry: Mapping[str, Hyperparame
 
 def with_defaults(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> dict[str, Any]:
     """A recorded point as it reads today: training entries added since it was written take their default (which
-    is what it trained with), network entries only where the point is the built-in network's."""
-    builtin = all(name in point for name, entry in registry.items() if entry.network and entry.hashed_at_default)
+    is what it trained with), network entries only where the point is the built-in network's. Anything but a
+    complete point (every original training entry present) is returned as it is."""
+    original = {name: entry.network for name, entry in registry.items() if entry.hashed_at_default}
+    if not all(name in point for name, network in original.items() if not network):
+        return dict(point)
+    builtin = all(name in point for name in original)
     missing = {
         name: entry.default
         for name, entry in registry.items()
