@@ -13,13 +13,14 @@ import numpy as np
 
 
 def branches(base: dict) -> list[dict]:
-    """A mixed pack: depths, widths, activations, L2, dropout, optimizers, learning rates."""
+    """A mixed pack: depths, widths, activations, L2, dropout, optimizers, learning rates, weight decay."""
     return [
         {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01},
         {**base, "layers": 1, "neurons": 8, "optimizer": "sgd", "learning_rate": 0.05, "l2": 1e-3},
         {**base, "layers": 3, "neurons": 8, "activation": "tanh", "optimizer": "rmsprop", "learning_rate": 0.003},
         {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 1e-6},  # stops early
         {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01, "dropout": 0.2},
+        {**base, "layers": 1, "neurons": 8, "optimizer": "adamw", "learning_rate": 0.01, "weight_decay": 0.05},
     ]
 
 

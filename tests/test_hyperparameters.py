@@ -10,7 +10,7 @@ from hhscan.settings import config, hyperparameters
 from hhscan.settings.hyperparameters import REGISTRY
 
 FULL = {"layers": 2, "neurons": 64, "activation": "relu", "dropout": 0.0, "l2": 0.0, "optimizer": "adam",
-        "learning_rate": 0.001, "batch_size": 256, "epochs": 20}  # fmt: skip
+        "learning_rate": 0.001, "batch_size": 256, "epochs": 20, "weight_decay": 0.0}  # fmt: skip
 
 
 def _load(analysis, **hp):

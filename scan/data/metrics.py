@@ -38,6 +38,14 @@ def signal_scores(scores: np.ndarray, signal_columns: list[int]) -> np.ndarray:
 
 def weighted_roc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None):
     """False- and true-positive rates at every distinct score threshold (descending), ties grouped."""
+    thresholds, true_positive, false_positive = _cumulative_counts(labels, scores, weights)
+    tp = np.r_[0.0, true_positive]
+    fp = np.r_[0.0, false_positive]
+    return fp / fp[-1], tp / tp[-1], np.r_[np.inf, thresholds]
+
+
+def _cumulative_counts(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None):
+    """The distinct scores (descending) and the weighted signal and background counts at or above each."""
     labels = np.asarray(labels).astype(bool)
     scores = _finite(scores)
     weights = np.ones_like(scores) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -47,9 +55,7 @@ def weighted_roc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | N
     false_positive = np.cumsum(weights * ~labels)
     # Keep the last index of each run of equal scores so tied events move together.
     last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    tp = np.r_[0.0, true_positive[last]]
-    fp = np.r_[0.0, false_positive[last]]
-    return fp / fp[-1], tp / tp[-1], np.r_[np.inf, scores[last]]
+    return scores[last], true_positive[last], false_positive[last]
 
 
 def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -68,6 +74,30 @@ def multiclass_auc(labels: np.ndarray, probabilities: np.ndarray, weights: np.nd
         return weighted_auc(labels, probabilities.reshape(-1), weights)
     aucs = [weighted_auc(labels == k, probabilities[:, k], weights) for k in range(probabilities.shape[1])]
     return float(np.nanmean(aucs))
+
+
+def weighted_average_precision(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Weighted average precision: Σ (Rₙ − Rₙ₋₁) Pₙ over the distinct score thresholds (descending, ties grouped),
+    the step-wise area under the precision-recall curve (no interpolation, as scikit-learn)."""
+    labels = np.asarray(labels).astype(bool)
+    if not labels.any():
+        return float("nan")
+    _, true_positive, false_positive = _cumulative_counts(labels, scores, weights)
+    precision = true_positive / (true_positive + false_positive)
+    recall = true_positive / true_positive[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def multiclass_average_precision(
+    labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None
+) -> float:
+    """Mean one-vs-rest weighted average precision over classes (binary: that of the single score)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim == 1 or probabilities.shape[1] == 1:
+        return weighted_average_precision(labels, probabilities.reshape(-1), weights)
+    columns = range(probabilities.shape[1])
+    values = [weighted_average_precision(labels == k, probabilities[:, k], weights) for k in columns]
+    return float(np.nanmean(values))
 
 
 def predicted_class(probabilities: np.ndarray) -> np.ndarray:
@@ -227,6 +257,11 @@ def significance_scan(
         max_background_error=max_background_error,
         background_uncertainty=background_uncertainty,
     )
+
+
+def best_significance(scan: SignificanceScan) -> float:
+    """Asimov Z at the best cut of a :func:`significance_scan` that its MC-statistics guard allows."""
+    return scan.best_z
 
 
 def weighted_ks(

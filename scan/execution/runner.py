@@ -85,7 +85,7 @@ def run_scan_trials(
               f"{lease.host}, pid {lease.pid}) holds it", flush=True)  # fmt: skip
     # Packs come from the whole request, done and held trials removed after: a requeued job finds its packs again;
     # trials resuming from different epochs (a regrouped resubmit) train in separate packs.
-    checkpoints = scan.root / "checkpoints"
+    checkpoints = scan.checkpoint_dir
     packs = [
         [t for t in pack if t.id in keeper.held]
         for whole in packing.form_packs(wanted, pack_size)
@@ -176,7 +176,7 @@ def run_adaptive(
             if not pack:
                 break
             trained += len(pack)
-            for group in _by_structure_and_resume(pack, scan.root / "checkpoints", dataset.folds):
+            for group in _by_structure_and_resume(pack, scan.checkpoint_dir, dataset.folds):
                 for record in run_pack(scan, group, parameters, dataset, backend, context, progress, keeper, study):
                     results.append(record)
                     if on_trial_end is not None:
@@ -332,7 +332,7 @@ def run_pack(
     import keras
 
     started = time.perf_counter()
-    checkpoints = scan.root / "checkpoints"
+    checkpoints = scan.checkpoint_dir
     try:
         prune = study.should_prune if study is not None and study.prunes else None
         trained = training.train_pack(trials, dataset, parameters, checkpoints, on_epoch=on_epoch, prune=prune)

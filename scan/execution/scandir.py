@@ -85,8 +85,10 @@ class ScanDirectory:
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
-    def checkpoint_dir(self, trial_id: str) -> Path:
-        return self.root / "checkpoints" / trial_id
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where trials keep their epoch-end checkpoints (one per trial, ``training.checkpoint_path``)."""
+        return self.root / "checkpoints"
 
     def model_path(self, trial_id: str) -> Path:
         return self.output_dir / f"{trial_id}.zip"
@@ -273,7 +275,7 @@ class ScanDirectory:
         """What an unfinished write or a finished trial left behind: checkpoints of DONE trials, and temporary
         files (``.*.tmp``, staged ``.*.zip``, lease ``.*.claim``) untouched for ``min_age_s``."""
         records, _ = self.records()
-        found = [p for p in sorted((self.root / "checkpoints").glob("*/*")) if p.parent.name in records
+        found = [p for p in sorted(self.checkpoint_dir.glob("*/*")) if p.parent.name in records
                  and records[p.parent.name].finished]  # fmt: skip
         now = time.time()
         for pattern in (".*.tmp", "output/.*.zip", "leases/.*.claim", "asked/.*.slot"):

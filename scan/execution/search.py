@@ -24,7 +24,6 @@ import json
 import math
 import os
 import secrets
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from hhscan.learning import trial
 from hhscan.learning.records import DONE, FAIL, PRUNED, TrialRecord
-from hhscan.settings import criteria, hyperparameters
+from hhscan.settings import criteria, hyperparameters, searchers
 from hhscan.settings.config import Parameters
 
 if TYPE_CHECKING:
@@ -76,7 +75,11 @@ def read_asked(scan_root: Path) -> list[Asked]:
             found.append(
                 Asked(
                     int(stem),
-                    trial.Trial(data["trial_id"], data["hyperparameters"], data.get("repetition", 0)),
+                    trial.Trial(
+                        data["trial_id"],
+                        hyperparameters.with_defaults(data["hyperparameters"]),  # keys added since: their default
+                        data.get("repetition", 0),
+                    ),
                     data.get("system_attrs", {}),
                     data.get("study_system_attrs", {}),
                 )
@@ -187,36 +190,23 @@ def state_of(parameters: Parameters, record: TrialRecord | None) -> tuple[str, f
 
 def _sampler(parameters: Parameters, n_asked: int) -> optuna.samplers.BaseSampler:
     import numpy as np
-    import optuna
 
     search = parameters.search
+    entry = searchers.SAMPLERS[search.sampler]
+    if entry.build is None:  # a caller's bug: the grid's trials are expanded (trial.expand), never asked
+        raise ValueError(f"sampler {search.sampler} builds no study")
     seed = parameters.seed if search.seed is None else search.seed
-    if search.sampler == "qmc":  # its sequence is fixed by the seed; the position is the study's sample counter
-        with warnings.catch_warnings():  # "experimental" once per rebuild says nothing to a user who chose it
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if not entry.reseeded:  # QMC: its sequence is fixed by the seed; the position is the study's sample counter
+        return entry.build(seed)
     # A rebuilt study has a fresh sampler: its seed moves on with the number of points asked, so each rebuild
     # draws new points, and a rerun from the same records draws the same ones.
-    derived = int(np.random.SeedSequence([seed % 2**32, n_asked]).generate_state(1)[0] % 2**31)
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=derived)
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=derived, constant_liar=True)  # trials in training count as lies
-    return optuna.samplers.CmaEsSampler(seed=derived, warn_independent_sampling=False)
+    return entry.build(int(np.random.SeedSequence([seed % 2**32, n_asked]).generate_state(1)[0] % 2**31))
 
 
 def _pruner(parameters: Parameters) -> optuna.pruners.BasePruner:
-    import optuna
-
     search = parameters.search
-    settings = dict(search.pruner_settings)
-    if search.pruner == "median":
-        return optuna.pruners.MedianPruner(**settings)
-    if search.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(**settings)
-    if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(**settings)
-    return optuna.pruners.NopPruner()
+    pruner = searchers.PRUNERS[search.pruner]
+    return pruner.build(**searchers.given(pruner.settings.model_validate(search.pruner_settings)))
 
 
 @dataclass
@@ -227,11 +217,13 @@ class SearchStudy:
     study: optuna.Study
     space: dict[str, Any]
     fixed: dict[str, Any]
-    ids: dict[str, int] = field(default_factory=dict)  # hhscan trial id → Optuna's internal trial id
+    storage: optuna.storages.BaseStorage  # the study's own, kept here: Optuna's public API gives no way back to it
+    study_id: int
+    ids: dict[str, int] = field(default_factory=dict)  # hhscan trial id → the storage's trial id
 
-    @property
-    def storage(self) -> optuna.storages.BaseStorage:
-        return self.study._storage
+    def storage_id(self, number: int) -> int:
+        """The storage's id of the study's trial ``number`` (Optuna's public storage API)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     @property
     def prunes(self) -> bool:
@@ -241,9 +233,9 @@ class SearchStudy:
         """One point from the sampler, as an hhscan trial and the slot content that records how it was asked."""
         asked = self.study.ask(self.space)
         found = point_trial(asked.params, self.fixed)
-        self.ids[found.id] = asked._trial_id
-        frozen = self.storage.get_trial(asked._trial_id)
-        study_attrs = self.storage.get_study_system_attrs(self.study._study_id)
+        self.ids[found.id] = internal = self.storage_id(asked.number)
+        frozen = self.storage.get_trial(internal)
+        study_attrs = self.storage.get_study_system_attrs(self.study_id)
         return found, Asked(-1, found, dict(frozen.system_attrs), dict(study_attrs))
 
     def tell_duplicate(self, trial_id: str, value: float | None) -> None:
@@ -320,12 +312,13 @@ def build_study(
         direction=direction(parameters),
         study_name=f"hhscan-{name}",  # Hyperband's brackets hash the study name with the trial number
     )
-    result = SearchStudy(parameters, study, space, fixed)
-    for item in asked:
+    study_id = storage.get_study_id_from_name(study.study_name)
+    result = SearchStudy(parameters, study, space, fixed, storage, study_id)
+    for number, item in enumerate(asked):  # added in order: the slot's trial is the study's trial ``number``
         study.add_trial(frozen_trial(parameters, space, item, records.get(item.trial.id)))
-        result.ids[item.trial.id] = study._storage.get_all_trials(study._study_id, deepcopy=False)[-1]._trial_id
+        result.ids[item.trial.id] = result.storage_id(number)
         for key, attr in item.study_system_attrs.items():  # e.g. QMC's sample counter, as of this slot's ask
-            storage.set_study_system_attr(study._study_id, key, attr)
+            storage.set_study_system_attr(study_id, key, attr)
     return result
 
 

@@ -14,6 +14,7 @@ from hhscan.execution import runner
 from hhscan.execution.scandir import ScanDirectory, Workspace
 from hhscan.learning import model, training, trial
 from hhscan.learning.records import TrialRecord
+from hhscan.settings import criteria
 from hhscan.settings.config import Parameters, SampleList
 
 
@@ -59,8 +60,9 @@ def prepare(
         workspace.scan(name)  # raises, listing the existing scans
     backend = model.choose_backend(parameters.training.backend)
     dataset = runner.prepare_dataset(parameters, sample_list, workspace)
-    if parameters.eval_criterion == "val_significance" and (problem := dataset.yield_problem()):
-        raise ConfigError(f"{parameters.source}:eval_criterion: val_significance needs physical yields ({problem})")
+    criterion = parameters.eval_criterion
+    if criteria.metric(criterion).yields and (problem := dataset.yield_problem()):
+        raise ConfigError(f"{parameters.source}:eval_criterion: {criterion} needs physical yields ({problem})")
     leaks = probable_leaks(dataset, sample_list.leak_check.auc, sample_list.leak_check.allow)
     trials = trial.expand(parameters)
     created = False

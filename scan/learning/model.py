@@ -65,21 +65,23 @@ def expose_cpu_cores_as_devices() -> None:
 
 
 def keep_tensorflow_out() -> None:
-    """On JAX, tell Keras that TensorFlow is unavailable.
+    """On JAX, let Keras find TensorFlow unavailable, as if it were not installed.
 
-    Keras' serializer asks ``tf.available`` (to recognise ``tf.TensorShape``), which imports TensorFlow whenever it
-    is installed: 6–9 s in every worker process, for nothing. Keras treats an uninstalled TensorFlow the same way.
+    Keras asks whether TensorFlow is importable (its serializer, to recognise ``tf.TensorShape``; its
+    ``set_random_seed``) and remembers the answer; the question imports TensorFlow whenever it is installed: 6–9 s in
+    every worker process, for nothing. Asked once while ``sys.modules`` holds None for it (Python's documented way to
+    make an import fail), the answer is no; TensorFlow stays importable for everything else. A Keras that stops
+    remembering the answer pays the import and stays correct (tests/test_registries.py pins this).
     """
     import keras
 
     if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
         return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]
     try:
-        from keras.src.utils import module_utils
-    except ImportError:  # a future Keras layout: pay the import, stay correct
-        return
-    if getattr(module_utils.tensorflow, "_available", True) is None:
-        module_utils.tensorflow._available = False
+        keras.saving.serialize_keras_object(np.float32(0.0))  # a value that reaches the serializer's TensorFlow check
+    finally:
+        del sys.modules["tensorflow"]
 
 
 def enable_compilation_cache(directory: Path) -> None:
@@ -135,7 +137,12 @@ def build_model(
     return keras.Model(inputs, outputs, name=name)
 
 
-def make_optimizer(name: str, learning_rate: float):
+def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0):
+    """The Keras optimizer of a trial, with exactly its learning rate and decoupled weight decay.
+
+    ``weight_decay`` is hhscan's own hyperparameter (default 0): Keras' AdamW would otherwise decay by its own
+    0.004, recorded nowhere. Another optimizer at 0 gets Keras' ``None`` (no decay step at all), the same result.
+    """
     import keras
 
     classes = {
@@ -148,7 +155,9 @@ def make_optimizer(name: str, learning_rate: float):
         "adadelta": keras.optimizers.Adadelta,
         "adamax": keras.optimizers.Adamax,
     }
-    return classes[name.lower()](learning_rate=float(learning_rate))
+    kind = name.lower()
+    decay = float(weight_decay)
+    return classes[kind](learning_rate=float(learning_rate), weight_decay=decay if decay or kind == "adamw" else None)
 
 
 def loss_name(n_classes: int) -> str:
@@ -158,7 +167,9 @@ def loss_name(n_classes: int) -> str:
 def compile_model(model, hyperparameters: dict[str, Any], n_classes: int) -> None:
     """Attach the trial's optimizer and loss, so a saved model carries them (to fine-tune it later)."""
     model.compile(
-        optimizer=make_optimizer(hyperparameters["optimizer"], hyperparameters["learning_rate"]),
+        optimizer=make_optimizer(
+            hyperparameters["optimizer"], hyperparameters["learning_rate"], hyperparameters.get("weight_decay", 0.0)
+        ),
         loss=loss_name(n_classes),
     )
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hhscan.fileio import atomic_write_text
+from hhscan.settings import hyperparameters as registry
 
 DONE, FAIL, PRUNED = "DONE", "FAIL", "PRUNED"
 
@@ -155,6 +156,8 @@ def from_csv(text: str, directory: Path | None = None) -> TrialRecord:
             values[column] = float(cell)
         else:
             values[column] = cell
+    if isinstance(values.get("hyperparameters"), dict):  # a hyperparameter added since reads as its default
+        values["hyperparameters"] = registry.with_defaults(values["hyperparameters"])
     return TrialRecord(**values)
 
 

@@ -64,42 +64,32 @@ class TrainedTrial:
 
 
 def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> dict[str, float]:
-    """Weighted loss, AUC and accuracy (learning weights) and Asimov Z_max (physical yields) per partition.
-
-    ``*_significance`` is absent when the samples have no cross-sections (``Dataset.yield_problem`` says why).
-    """
+    """Every metric of the registry (``criteria.METRICS``) on the training and validation splits: learning weights,
+    or physical yields for those that need them (absent when the samples have no cross-sections,
+    ``Dataset.yield_problem`` says why). Keys: the metric's name, and its ``train_twin`` for the training split."""
     result: dict[str, float] = {}
-    for prefix, partition in (("train", TRAIN), ("val", VALIDATION)):
+    for training_split, partition in ((True, TRAIN), (False, VALIDATION)):
         selected = dataset.partition == partition
         y, w = dataset.labels[selected], dataset.learning_weight[selected]
         scores = scores_by_partition[partition]
-        result[f"{prefix}_loss"] = metrics.cross_entropy(y, scores, w)
-        result[f"{prefix}_auc"] = metrics.multiclass_auc(y, scores, w)
-        result[f"{prefix}_accuracy"] = metrics.weighted_accuracy(y, scores, w)
-        if dataset.yield_problem() is None:  # at the best cut passing the sample list's MC-statistics guard
-            result[f"{prefix}_significance"] = dataset.significance_scan(selected, scores).best_z
+        for entry in criteria.METRICS.values():
+            if entry.compute is None or (entry.yields and dataset.yield_problem() is not None):
+                continue
+            compute = getattr(metrics, entry.compute)
+            key = entry.train_twin if training_split else entry.name
+            if entry.yields:  # at the best cut passing the sample list's MC-statistics guard
+                result[key] = compute(dataset.significance_scan(selected, scores))
+            else:
+                result[key] = compute(y, scores, w)
     return result
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and Keras seeds; TensorFlow's only on the TensorFlow backend.
-
-    ``keras.utils.set_random_seed`` imports TensorFlow whenever it is installed (≈3 s per process on JAX).
-    """
-    import random
-
+    """Python, NumPy and Keras seeds (``keras.utils.set_random_seed``), without importing TensorFlow on JAX."""
     import keras
 
-    if keras.backend.backend() == "tensorflow":
-        keras.utils.set_random_seed(seed)
-        return
-    from keras.src.backend.common import global_state
-    from keras.src.random import seed_generator
-
-    random.seed(seed)
-    np.random.seed(seed)
-    global_state.set_global_attribute("global_random_seed", seed)
-    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    model.keep_tensorflow_out()
+    keras.utils.set_random_seed(seed)
 
 
 def _scores(outputs: np.ndarray) -> np.ndarray:
@@ -300,8 +290,8 @@ def train_pack(
                   flush=True)  # fmt: skip
     interval = parameters.training.checkpoint_interval_s
     last_saved = time.monotonic()
-    per_epoch = ("val_loss", "val_auc", "val_accuracy")
-    monitor = parameters.eval_criterion if parameters.eval_criterion in per_epoch else "val_loss"
+    criterion = criteria.metric(parameters.eval_criterion)  # what the live view shows: logged every epoch
+    monitor = criterion.name if criterion.per_epoch else "val_loss"
     branches = [b for part in parts for b in part.branches]
     for epoch in range(first_epoch, epochs):
         if not any(b.active for b in branches):
@@ -376,13 +366,10 @@ def _train_epoch(part: _Part, epoch: int, batch_size: int, seed: int, shuffle: b
         if branch.diverged:  # frozen as it is; it becomes a FAIL record, its weights are never used
             branch.active = False
             continue
-        logs = {
-            "loss": float(train_losses[k]),
-            "val_loss": float(val_losses[k]),
-            "val_auc": metrics.multiclass_auc(y_val, scores, w_val),
-            "val_accuracy": metrics.weighted_accuracy(y_val, scores, w_val),
-            "learning_rate": part.engine.learning_rate(k),
-        }
+        logs = {"loss": float(train_losses[k]), "val_loss": float(val_losses[k])}
+        for name in criteria.EPOCH_SCORED:  # the registry's other per-epoch metrics, on the validation scores
+            logs[name] = getattr(metrics, criteria.metric(name).compute)(y_val, scores, w_val)
+        logs["learning_rate"] = part.engine.learning_rate(k)
         for key, value in logs.items():
             branch.history.setdefault(key, []).append(value)
         _end_of_epoch(branch, k, epoch, logs, part.engine)

@@ -72,7 +72,8 @@ def kept_figures() -> Iterator[list]:
         _kept = previous
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """A figure written atomically as a PNG, then closed (unless ``kept_figures`` keeps it open)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
     if _kept is None:
@@ -181,7 +182,7 @@ def hyperparameter_effects(frame, parameters: Sequence[str], criterion: str, dir
             axis.minorticks_off()
         axis.set_xlabel(name)
         axis.set_ylabel(criterion)
-        paths.append(_save(figure, directory / f"hp_{name}.png"))
+        paths.append(save_figure(figure, directory / f"hp_{name}.png"))
     for first, second in itertools.combinations(parameters, 2):
         x, y = frame[f"hp_{second}"], frame[f"hp_{first}"]
         if is_continuous(x) or is_continuous(y):
@@ -200,7 +201,7 @@ def hyperparameter_effects(frame, parameters: Sequence[str], criterion: str, dir
             _heatmap_ticks(axis)
         axis.set_xlabel(second)
         axis.set_ylabel(first)
-        paths.append(_save(figure, directory / f"pair_{first}__{second}.png"))
+        paths.append(save_figure(figure, directory / f"pair_{first}__{second}.png"))
     return paths
 
 
@@ -225,7 +226,7 @@ def learning_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], path
     handles += [Line2D([], [], color="black", linestyle="--"), Line2D([], [], color="black")]
     labels += ["training", "validation"]
     axis.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: curves stay visible
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 @_hep
@@ -243,7 +244,7 @@ def roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: P
     axis.set_xlabel(r"background efficiency $\varepsilon_b$")
     axis.set_ylabel(r"signal efficiency $\varepsilon_s$")
     axis.legend(loc="lower right", title=title or None, title_fontsize="x-small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 @_hep
@@ -261,7 +262,7 @@ def rejection(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], p
     axis.set_xlabel(r"signal efficiency $\varepsilon_s$")
     axis.set_ylabel(r"background rejection $1/\varepsilon_b$")
     axis.legend(loc="upper right", title=title or None, title_fontsize="x-small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 @_hep
@@ -289,7 +290,7 @@ def overtraining(
     axis.set_ylabel("fraction of events / 0.033")
     axis.legend(loc="upper center")
     axis.set_ylim(top=axis.get_ylim()[1] * 1.35)  # room for the legend
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 @_hep
@@ -317,7 +318,7 @@ def significance(scan: metrics.SignificanceScan | None, path: Path, reason: str 
         axis.set_title(f"guard: {scan.guard()}", fontsize=10)
     axis.set_xlabel("score cut")
     axis.set_ylabel(r"Asimov significance $Z$ [$\sigma$]")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 @_hep
@@ -331,7 +332,7 @@ def confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Pat
     _heatmap_ticks(axis)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 @_hep
@@ -367,7 +368,7 @@ def input_distributions(frame, feature_names: Sequence[str], path: Path) -> Path
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside upper center", ncols=len(labels), fontsize="small",
                   title=f"weighted, unit area; {FOLDED_NOTE}", title_fontsize="x-small")  # fmt: skip
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 @_hep
@@ -389,4 +390,4 @@ def correlations(frame, feature_names: Sequence[str], path: Path, title: str, we
     axis.tick_params(axis="y", labelrotation=0)
     axis.collections[0].colorbar.ax.yaxis.label.set_size("small")
     axis.set_title(title, loc="left", fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)

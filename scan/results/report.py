@@ -246,11 +246,11 @@ def search_plots(rebuilt: search.SearchStudy, directory: Path, notes: list[str])
             axes = optuna_plots.plot_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target_name=target
             )
-            paths.append(figures._save(axes.figure, directory / "importance.png"))
+            paths.append(figures.save_figure(axes.figure, directory / "importance.png"))
         else:
             notes.append(f"no importance plot: only one searched parameter ({searched[0]})")
         axes = optuna_plots.plot_parallel_coordinate(study, target_name=target)
-        paths.append(figures._save(axes.figure, directory / "parallel_coordinate.png"))
+        paths.append(figures.save_figure(axes.figure, directory / "parallel_coordinate.png"))
     return paths
 
 

@@ -12,6 +12,7 @@ from hhscan.learning.records import PRUNED, TrialRecord
 from hhscan.learning.training import EpochProgress
 from hhscan.results.ranking import criterion_value, ranked, varying
 from hhscan.settings.config import Significance
+from hhscan.settings.criteria import metric
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -98,7 +99,7 @@ class _PackState:
         per_epoch = self.seconds_per_epoch()
         remaining = (progress.epochs - progress.epoch) * per_epoch
         known = [b for b in progress.best if b is not None]
-        pick = min if "loss" in progress.monitor else max
+        pick = metric(progress.monitor).best
         stopped = f", {len(self.stopped)} stopped early" if self.stopped else ""
         return (
             f"{per_epoch:.2f} s/epoch  ETA {_duration(remaining)}  "
@@ -253,7 +254,7 @@ def leaderboard_table(scan_name: str, criterion: str, records: dict[str, TrialRe
     criterion, its training counterpart, and the epochs each trial ran. Every column has its own name."""
     best = ranked(list(records.values()), criterion)
     columns = varying(list(records.values())) or sorted({k for r in records.values() for k in r.hyperparameters})
-    train_key = criterion.replace("val_", "train_")
+    train_key = metric(criterion).train_twin or criterion
     table = Table(
         title=f"scan {scan_name}: top {min(top, len(best))} of {len(best)} by {criterion}",
         title_justify="left",

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 from hhscan.errors import ConfigError, ExpressionError, did_you_mean
-from hhscan.settings import criteria, expr, hyperparameters
+from hhscan.settings import criteria, expr, hyperparameters, searchers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # --------------------------------------------------------------------------------------------- sample list
@@ -351,17 +351,6 @@ class SlurmSettings(_Strict):
     max_array_size: int | None = None
 
 
-SAMPLERS = ("grid", "random", "tpe", "cmaes", "qmc")
-PRUNERS = ("none", "median", "asha", "hyperband")
-# The settings each pruner takes (Optuna's own argument names): checked here, before any data is read.
-PRUNER_SETTINGS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
-    "asha": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
-    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
-}
-
-
 class KeyedError(ValueError):
     """A refusal about one key below the validated model (``search.trials``), so the message can name it."""
 
@@ -374,15 +363,29 @@ class Search(_Strict):
     """How trials are chosen: the whole grid (today's behaviour), or ``trials`` points asked of an Optuna sampler,
     optionally pruned per epoch (``search.py``)."""
 
-    sampler: Literal["grid", "random", "tpe", "cmaes", "qmc"] = "grid"
+    sampler: str = "grid"  # a name of searchers.SAMPLERS
     trials: int | None = Field(None, ge=1)  # the budget: required for an adaptive sampler
-    pruner: Literal["none", "median", "asha", "hyperband"] = "none"
-    pruner_settings: dict[str, int | float | str] = {}
+    pruner: str = "none"  # a name of searchers.PRUNERS
+    pruner_settings: dict[str, Any] = {}  # checked against the pruner's own settings model
     seed: int | None = None  # the sampler's seed; default the scan's seed
 
     @property
     def adaptive(self) -> bool:
-        return self.sampler != "grid"
+        return searchers.SAMPLERS[self.sampler].build is not None
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, value: str) -> str:
+        if value not in searchers.SAMPLERS:
+            raise ValueError(f"unknown sampler '{value}' ({did_you_mean(value, searchers.SAMPLERS, 'samplers')})")
+        return value
+
+    @field_validator("pruner")
+    @classmethod
+    def _pruner(cls, value: str) -> str:
+        if value not in searchers.PRUNERS:
+            raise ValueError(f"unknown pruner '{value}' ({did_you_mean(value, searchers.PRUNERS, 'pruners')})")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Search:
@@ -391,19 +394,25 @@ class Search(_Strict):
         if not self.adaptive and self.trials is not None:
             raise KeyedError("trials", "the budget of an adaptive sampler; sampler grid runs every point")
         if not self.adaptive and self.pruner != "none":
-            raise KeyedError("pruner", f"{self.pruner} needs an adaptive sampler (random, tpe, cmaes, qmc), not grid")
-        allowed = PRUNER_SETTINGS[self.pruner]
+            adaptive = ", ".join(searchers.ADAPTIVE_SAMPLERS)
+            raise KeyedError("pruner", f"{self.pruner} needs an adaptive sampler ({adaptive}), not grid")
+        pruner = searchers.PRUNERS[self.pruner]
+        allowed = pruner.setting_names
         for key in self.pruner_settings:
             if key not in allowed:
                 known = f"{did_you_mean(key, allowed, 'settings')}" if allowed else "it takes none"
                 raise KeyedError(f"pruner_settings.{key}", f"not a setting of pruner {self.pruner} ({known})")
-        if self.pruner_settings:  # their values, by Optuna itself (imported only for a configured pruner)
-            import optuna
-
-            kind = {"median": optuna.pruners.MedianPruner, "asha": optuna.pruners.SuccessiveHalvingPruner,
-                    "hyperband": optuna.pruners.HyperbandPruner}[self.pruner]  # fmt: skip
+        try:  # their types, strictly (true is no number, 2.5 no integer)
+            settings = pruner.settings.model_validate(self.pruner_settings)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first["loc"][:1])
+            given = f" ({first['input']!r} given)" if first["type"] != "missing" else ""
+            message = "required key is missing" if first["type"] == "missing" else first["msg"]
+            raise KeyedError(f"pruner_settings.{key}", f"{message}{given}") from None
+        if self.pruner_settings:  # their values, by Optuna itself (imported only for settings to check)
             try:
-                kind(**self.pruner_settings)
+                pruner.build(**searchers.given(settings))
             except (ValueError, TypeError) as error:
                 raise KeyedError("pruner_settings", " ".join(str(error).split())) from None
         return self
@@ -447,7 +456,8 @@ class Parameters(_Strict):
         if ranges and not self.search.adaptive:
             raise KeyedError(
                 f"hyperparameters.{ranges[0]}",
-                "a range needs an adaptive search.sampler (random, tpe, cmaes or qmc); the grid takes lists",
+                f"a range needs an adaptive search.sampler ({searchers.in_words(searchers.ADAPTIVE_SAMPLERS)}); "
+                "the grid takes lists",
             )
         if self.search.adaptive and self.repetitions != 1:
             raise KeyedError("repetitions", f"{self.repetitions}: an adaptive search asks each point once (use 1)")
@@ -456,7 +466,9 @@ class Parameters(_Strict):
     def dictionary_hash(self) -> str:
         """Hash of what defines the scan's trials: the dictionary and the repetitions (and, for an adaptive
         search, the sampler, its seed and the pruner: not the budget, which may be raised to go on)."""
-        content: dict[str, Any] = {"hp": self.hyperparameters, "rep": self.repetitions}
+        # An entry added to the registry since, at its default, is left out: the scan's hash stays what it was.
+        dictionary = {k: v for k, v in self.hyperparameters.items() if not hyperparameters.at_silent_default(k, v)}
+        content: dict[str, Any] = {"hp": dictionary, "rep": self.repetitions}
         if self.search.adaptive:  # a grid scan's hash is unchanged by the search section
             content["search"] = self.search.model_dump(mode="json", exclude={"trials"})
         payload = json.dumps(content, sort_keys=True)
