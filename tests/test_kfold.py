@@ -43,6 +43,8 @@ def test_fold_numbers_follow_the_rule_for_negative_and_float_event_numbers():
     by_hand = [((int(v) % 3) + 3) % 3 for v in values]  # the C++ form of the rule written into bundles
     assert split.fold_numbers(values, 3, "f").tolist() == by_hand
     assert split.fold_numbers(values.astype(np.float64), 3, "f").tolist() == by_hand
+    unsigned = np.array([2**64 - 1, 2**63, 2**63 + 1, 7], dtype=np.uint64)  # above int64: they must not wrap
+    assert split.fold_numbers(unsigned, 3, "f").tolist() == [int(v) % 3 for v in unsigned.tolist()]
     for bad, words in ((np.array([1.5]), "must be an integer"), (np.array([2.0**53 + 2]), "must be an integer"),
                        (np.array([True]), "boolean")):  # fmt: skip
         with pytest.raises(SplitError, match=words):
@@ -74,10 +76,6 @@ def test_a_fold_model_in_a_pack_equals_keras_fit_on_its_own_events_alone(analysi
             for mine, theirs in zip(net.get_weights(), folded.model.get_weights(), strict=True):
                 np.testing.assert_allclose(mine, theirs, atol=2e-5)
             np.testing.assert_allclose(fit.history["val_loss"], folded.history["val_loss"], atol=2e-5)
-
-
-def _fold_of_file(path, tree="Events") -> np.ndarray:
-    return np.mod(uproot.open(path)[tree]["event"].array(library="np").astype(np.int64), 3)
 
 
 def test_three_fold_scan_end_to_end_ranks_by_the_mean_and_scores_each_event_with_its_own_fold(
