@@ -86,6 +86,83 @@ def test_a_lease_from_another_host_lives_while_its_heartbeat_is_fresh(tmp_path, 
     assert keeper.superseded == {"t1"} and not keeper.owns("t1")
 
 
+def test_liveness_is_the_lease_files_age_by_the_file_servers_clock_not_the_holders(tmp_path, monkeypatch):
+    real_time = time.time
+    skew = 3 * leases.STALE_S
+    holder = leases.Attempt(job_id="7_1", host="node-elsewhere", pid=1)
+    monkeypatch.setattr(leases.time, "time", lambda: real_time() - skew)  # the holder's clock runs late
+    mine, _ = leases.Leases(tmp_path).claim("t1", holder)
+    assert mine is not None and mine.heartbeat < real_time() - leases.STALE_S
+    monkeypatch.setattr(leases.time, "time", real_time)
+    refused, live = leases.Leases(tmp_path).claim("t1", leases.Attempt(job_id="8_0"))
+    assert refused is None and live.attempt == holder.attempt
+    monkeypatch.setattr(leases.time, "time", lambda: real_time() + skew)  # this reader's clock runs early
+    ahead = leases.Leases(tmp_path)
+    assert ahead.current("t1").live() and ahead.claim("t1", leases.Attempt(job_id="8_0"))[0] is None
+    monkeypatch.setattr(leases.time, "time", real_time)
+    # The file itself not written for longer than STALE_S (by its mtime): stale, whatever its heartbeat says.
+    path = tmp_path / "leases" / "t1.000001.json"
+    stored = json.loads(path.read_text())
+    stored["heartbeat"] = real_time()
+    path.write_text(json.dumps(stored))
+    os.utime(path, (real_time() - 2 * leases.STALE_S,) * 2)
+    taken, other = leases.Leases(tmp_path).claim("t1", leases.Attempt(job_id="8_0"))
+    assert other is None and taken.generation == 2
+
+
+def test_a_claim_that_keeps_losing_backs_off_and_looks_names_up(tmp_path, monkeypatch):
+    store = leases.Leases(tmp_path)
+    first, _ = store.claim("t1", leases.Attempt(job_id="A", pid=os.getppid()))  # a live process, not us
+    monkeypatch.setattr(os, "scandir", None)  # a directory listing (cached by NFS) is never consulted
+    stale_views = iter([None, None, None])  # a cache that keeps saying "no lease" three times
+    real_current = leases.Leases.current
+    monkeypatch.setattr(leases.Leases, "current", lambda self, t: next(stale_views, "real") and real_current(self, t))
+    pauses = []
+    monkeypatch.setattr(leases.time, "sleep", pauses.append)
+    second, holder = store.claim("t1", leases.Attempt(job_id="B"))
+    assert second is None and holder.attempt == first.attempt
+    assert len(pauses) == 3 and all(0 <= p <= 1.0 for p in pauses)
+    assert max(pauses) > 0  # random in [0, 0.02], [0, 0.04], [0, 0.08]: all zero only by a 0-probability draw
+
+
+def test_the_heartbeat_survives_a_transient_write_error_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(leases, "HEARTBEAT_S", 0.05)
+    store = leases.Leases(tmp_path)
+    keeper = leases.LeaseKeeper(store, leases.Attempt(job_id="1_0"))
+    keeper.claim(["t1"])
+    failures = iter([OSError(5, "Input/output error")])
+    real_write = leases.Leases.write
+
+    def flaky(self, lease):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_write(self, lease)
+
+    monkeypatch.setattr(leases.Leases, "write", flaky)
+    before = store.current("t1").heartbeat
+    with keeper:
+        time.sleep(0.5)
+        assert keeper._thread.is_alive()
+        assert store.current("t1").heartbeat > before + 0.1  # renewed after the failed beat
+        assert keeper.holds("t1") and keeper.holds("t1", confirm=True)
+    assert "renewing its lease failed (OSError" in capsys.readouterr().err
+
+
+def test_the_discard_message_names_what_happened_to_the_lease(tmp_path):
+    store = leases.Leases(tmp_path)
+    mine = leases.LeaseKeeper(store, leases.Attempt(job_id="1_0", host="node-elsewhere", pid=1))
+    mine.claim(["t1"])
+    os.utime(store.directory / "t1.000001.json", (time.time() - 2 * leases.STALE_S,) * 2)
+    winner = leases.LeaseKeeper(store, leases.Attempt(job_id="2_0"))
+    winner.claim(["t1"])
+    assert runner._lost_lease(mine, "t1") == f"this attempt was superseded by attempt {winner.attempt.attempt} (job 2_0)"
+    winner.release(["t1"])
+    assert runner._lost_lease(mine, "t1").endswith("(job 2_0), which has finished it")
+    store.clear()
+    assert "no attempt" not in runner._lost_lease(mine, "t1") and "lease is gone" in runner._lost_lease(mine, "t1")
+
+
 def test_a_requeued_job_takes_its_own_lease_over_and_no_other_job_does(tmp_path):
     store = leases.Leases(tmp_path)
     sleeper = subprocess.Popen(["sleep", "30"])  # a live process holding the lease on this host

@@ -204,9 +204,9 @@ def _next_pack(
     """
     records, _ = scan.records()
     asked = search.read_asked(scan.root)
-    # Live leases of other attempts; this job's own earlier run (requeued) holds nothing it cannot take back.
-    live = {t: lease for t, lease in keeper.leases.live().items() if not keeper.attempt.may_take_over(lease)}
-    orphans = [a.trial for a in asked if a.trial.id not in records and a.trial.id not in live]
+    # Without a live lease of another attempt (looked up by name); this job's own earlier run (requeued) holds
+    # nothing it cannot take back.
+    orphans = [a.trial for a in asked if a.trial.id not in records and not _held_elsewhere(keeper, a.trial.id)]
     keeper.claim(t.id for t in orphans[:want])
     pack = [t for t in orphans[:want] if t.id in keeper.held]
     study = search.build_study(parameters, scan.name, asked, records)
@@ -240,6 +240,11 @@ def _next_pack(
         print(f"hhscan: scan '{scan.name}': the sampler proposed only points already asked "
               f"{search.MAX_DUPLICATES} times in a row: the search space seems exhausted", flush=True)  # fmt: skip
     return pack, study
+
+
+def _held_elsewhere(keeper: leases.LeaseKeeper, trial_id: str) -> bool:
+    lease = keeper.leases.current(trial_id)
+    return lease is not None and lease.live() and not keeper.attempt.may_take_over(lease)
 
 
 def _by_resume_epoch(trials: Sequence[Trial], checkpoints: Path, folds: int = 0) -> list[list[Trial]]:
@@ -404,10 +409,7 @@ def read_existing(scan: ScanDirectory, trial_id: str) -> TrialRecord | None:
 def _may_write(scan: ScanDirectory, trial_id: str, keeper: leases.LeaseKeeper | None) -> bool:
     """Results are written by the lease holder only, and never over a DONE record: say so in the job log."""
     if keeper is not None and not keeper.owns(trial_id):
-        current = keeper.leases.current(trial_id)
-        holder = f"attempt {current.attempt} (job {current.job_id or '–'})" if current else "no attempt"
-        print(f"hhscan: trial {trial_id}: this attempt was superseded by {holder}; its result is discarded",
-              flush=True)  # fmt: skip
+        print(f"hhscan: trial {trial_id}: {_lost_lease(keeper, trial_id)}; its result is discarded", flush=True)
         return False
     existing = read_existing(scan, trial_id)
     if existing is not None and existing.finished:
@@ -416,6 +418,17 @@ def _may_write(scan: ScanDirectory, trial_id: str, keeper: leases.LeaseKeeper | 
               flush=True)  # fmt: skip
         return False
     return True
+
+
+def _lost_lease(keeper: leases.LeaseKeeper, trial_id: str) -> str:
+    """Why this attempt no longer holds a trial, for the job log."""
+    current = keeper.leases.current(trial_id)
+    if current is None:  # the leases are removed once every trial of the scan is recorded
+        return "its lease is gone (another attempt finished the scan)"
+    holder = f"attempt {current.attempt} (job {current.job_id or '–'})"
+    if current.attempt == keeper.attempt.attempt:
+        return "this attempt already released its lease"
+    return f"this attempt was superseded by {holder}{', which has finished it' if current.released else ''}"
 
 
 def _commit(
