@@ -239,7 +239,11 @@ def _next_pack(
     if duplicates >= search.MAX_DUPLICATES and not pack:
         print(f"hhscan: scan '{scan.name}': the sampler proposed only points already asked "
               f"{search.MAX_DUPLICATES} times in a row: the search space seems exhausted", flush=True)  # fmt: skip
-    return pack, study
+    if not pack:
+        return pack, study
+    # The pack trains under the study every later rebuild makes: each trial numbered by its slot (Hyperband's
+    # bracket follows the number; at ask time it counted duplicates and other workers' slots).
+    return pack, search.build_study(parameters, scan.name, search.read_asked(scan.root), records)
 
 
 def _held_elsewhere(keeper: leases.LeaseKeeper, trial_id: str) -> bool:
