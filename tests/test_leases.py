@@ -303,7 +303,7 @@ def test_a_regrouped_pack_resumes_every_trial_from_its_own_checkpoint(analysis, 
     with pytest.raises(ValueError, match="different epochs"):
         training.train_pack([longer[0], fresh], data, parameters, checkpoints)
     state = json.loads(np.load(training.checkpoint_path(checkpoints, trials[0].id))["__state__"].tobytes())
-    assert state["epoch"] == 1 and state["branch"]["trial_id"] == trials[0].id
+    assert state["epoch"] == 1 and state["trial_id"] == state["branches"][0]["trial_id"] == trials[0].id
 
 
 def test_a_time_limit_the_checkpoint_signal_cannot_fit_in_is_refused(analysis, capsys, monkeypatch):

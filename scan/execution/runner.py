@@ -344,7 +344,9 @@ def run_pack(
     checkpoints = scan.root / "checkpoints"
     try:
         prune = study.should_prune if study is not None and study.prunes else None
-        trained = training.train_pack(trials, dataset, parameters, checkpoints, on_epoch=on_epoch, prune=prune)
+        holds = keeper.holds if keeper is not None else None
+        trained = training.train_pack(trials, dataset, parameters, checkpoints, on_epoch=on_epoch, prune=prune,
+                                      holds=holds)  # fmt: skip
     except Exception as error:
         if not is_trial_failure(error):
             raise
@@ -357,7 +359,11 @@ def run_pack(
         return [written] if (written := _commit(scan, record, keeper)) is not None else []
     records = []
     for trial, result in zip(trials, trained, strict=True):
+        if keeper is not None and (result.superseded or not keeper.owns(trial.id)):  # no model staged, no record
+            print(f"hhscan: trial {trial.id}: {_lost_lease(keeper, trial.id)}; its result is discarded", flush=True)
+            continue
         record = _record(trial, parameters, dataset, backend, context, len(trials))
+        record.training_settings.update(result.callback_settings)  # a resumed trial's own, as it trained
         record.history = result.history
         record.epochs_run = result.epochs_run
         record.resumed_from_epoch = result.resumed_from_epoch
