@@ -226,14 +226,64 @@ def test_a_trial_leased_by_a_live_attempt_is_skipped_shown_running_and_run_once_
     assert not list(scan.root.rglob("*.tmp")) and not list(scan.output_dir.glob(".*"))
 
 
-def test_a_superseded_attempt_writes_nothing_and_the_first_done_wins(analysis, capsys):
+SUPERSEDED_WORKER = """
+import sys
+sys.path.insert(0, {src!r})
+from pathlib import Path
+from hhscan.execution import runner
+from hhscan.execution.scandir import ScanDirectory
+records = runner.run_scan_trials(ScanDirectory(Path({root!r})), [{trial_id!r}], runner.JobContext(job_id="1_0"))
+print("records:", len(records), flush=True)
+"""
+
+
+def _create_scan(analysis, name):
     parameters, data = _dataset(analysis)
     trials = trial.expand(parameters)
-    root = analysis.root / "slurm" / "race"
-    scan = ScanDirectory(root)
+    scan = ScanDirectory(analysis.root / "slurm" / name)
     scan.create(parameters, config.load_sample_list(analysis.sample_list), trials, data.split_checksum,
                 data.data_fingerprint, Workspace(analysis.root), "jax", "local")  # fmt: skip
-    store = leases.Leases(root)
+    return parameters, data, trials, scan
+
+
+def test_an_attempt_superseded_while_it_trains_stops_and_writes_nothing_more(analysis):
+    """Two attempts at once: A trains the trial (checkpointing every epoch) when B takes its lease over (a requeued
+    run of its job). A stops training it at its next checkpoint and writes no checkpoint, record or model after."""
+    analysis.edit_parameters(hyperparameters={"epochs": [2000], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})  # fmt: skip
+    _, _, (only,), scan = _create_scan(analysis, "concurrent")
+    source = SUPERSEDED_WORKER.format(src=str(REPO), root=str(scan.root), trial_id=only.id)
+    a = subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "KERAS_BACKEND": "jax", "HHSCAN_LEASE_HEARTBEAT_S": "0.2"})  # fmt: skip
+    checkpoints = scan.root / "checkpoints"
+    try:
+        deadline = time.time() + 120
+        while (training.checkpoint_epoch(checkpoints, only.id) or 0) < 3:  # A is training
+            assert a.poll() is None and time.time() < deadline, a.stdout.read() if a.poll() is not None else "slow"
+            time.sleep(0.05)
+        b = leases.LeaseKeeper(leases.Leases(scan.root), leases.Attempt(job_id="1_0", restart_count=1))
+        assert b.claim([only.id]) == {} and b.owns(only.id)
+        time.sleep(1.0)  # a checkpoint A was writing as B claimed may land; none may follow
+        path = training.checkpoint_path(checkpoints, only.id)
+        snapshot = path.read_bytes()
+        output = a.communicate(timeout=120)[0]
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert a.returncode == 0, output[-3000:]
+    assert path.read_bytes() == snapshot and training.checkpoint_epoch(checkpoints, only.id) < 1000
+    assert "another attempt took its lease; this attempt stops training it" in output
+    assert f"superseded by attempt {b.attempt.attempt} (job 1_0); its result is discarded" in output
+    assert "records: 0" in output
+    assert runner.read_existing(scan, only.id) is None and not scan.model_path(only.id).exists()
+    assert not scan.output_dir.exists() or not list(scan.output_dir.iterdir())  # no staged model, no temporary record
+    assert b.owns(only.id)  # B's lease untouched: it trains the trial from A's last checkpoint before B's claim
+
+
+def test_the_first_done_wins_even_for_the_lease_holder(analysis, capsys):
+    parameters, data, trials, scan = _create_scan(analysis, "race")
+    store = leases.Leases(scan.root)
     slow = leases.LeaseKeeper(store, leases.Attempt(job_id="1_0"))
     slow.claim([trials[0].id])
     # The slow attempt's process is thought dead (same host and pid taken over, as a recycled worker does).
@@ -255,6 +305,26 @@ def test_a_superseded_attempt_writes_nothing_and_the_first_done_wins(analysis, c
     assert kept.attempt == fast.attempt.attempt and kept.finished_at == done.finished_at
     assert scan.model_path(trials[0].id).read_bytes() == zip_bytes
     assert not list(scan.output_dir.glob(".*"))  # no staged zip left behind
+
+
+def test_a_resumed_trial_keeps_the_callbacks_it_started_with_and_its_record_says_so(analysis):
+    analysis.edit_parameters(hyperparameters={"epochs": [2], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": {"monitor": "val_loss", "patience": 3},
+                                       "reduce_lr": {"patience": 1, "factor": 0.5}})  # fmt: skip
+    started, data, (first,), scan = _create_scan(analysis, "resume")
+    training.train(first, data, started, scan.root / "checkpoints")  # the first submission: 2 epochs
+    longer = trial.Trial(first.id, {**first.hyperparameters, "epochs": 5}, 0)
+    uninterrupted = training.train(longer, data, started)
+    # Changed before the resubmission: under these, the trial would stop at epoch 3 with its learning rate intact.
+    analysis.edit_parameters(training={"early_stopping": {"patience": 1, "min_delta": 0.5}, "reduce_lr": {"enabled": False}})
+    changed = config.load_parameters(analysis.parameters)
+    (record,) = runner.run_pack(scan, [longer], changed, data, "jax", runner.JobContext())
+    assert record.resumed_from_epoch == 2
+    assert record.training_settings["early_stopping"] == started.training.early_stopping.model_dump(mode="json")
+    assert record.training_settings["reduce_lr"] == started.training.reduce_lr.model_dump(mode="json")
+    assert record.epochs_run == uninterrupted.epochs_run and record.best_epoch == uninterrupted.best_epoch
+    np.testing.assert_allclose(record.history["val_loss"], uninterrupted.history["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(record.history["learning_rate"], uninterrupted.history["learning_rate"], rtol=1e-6)
 
 
 def test_control_flow_exceptions_pass_through_a_pack(analysis):
