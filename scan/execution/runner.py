@@ -359,54 +359,61 @@ def run_pack(
         return [written] if (written := _commit(scan, record, keeper)) is not None else []
     records = []
     for trial, result in zip(trials, trained, strict=True):
-        if keeper is not None and (result.superseded or not keeper.owns(trial.id)):  # no model staged, no record
-            print(f"hhscan: trial {trial.id}: {_lost_lease(keeper, trial.id)}; its result is discarded", flush=True)
-            continue
         record = _record(trial, parameters, dataset, backend, context, len(trials))
-        record.training_settings.update(result.callback_settings)  # a resumed trial's own, as it trained
-        record.history = result.history
-        record.epochs_run = result.epochs_run
-        record.resumed_from_epoch = result.resumed_from_epoch
-        record.seconds = result.seconds
-        if study is not None:
-            record.search_state = study.trial_state(trial.id)
-        if result.diverged:  # a failure with its history, never a model to rank
-            record.error = result.diverged
-            if (written := _commit(scan, record, keeper)) is not None:
-                records.append(written)
-            continue
-        if result.pruned_epoch is not None:  # finished, not ranked: its metrics are kept, its model is not
-            record.status, record.pruned_epoch = PRUNED, result.pruned_epoch
-            record.metrics, record.best_epoch = result.metrics, result.best_epoch
-            record.value = result.metrics.get(parameters.eval_criterion)
-            if (written := _commit(scan, record, keeper)) is not None:
-                records.append(written)
-            continue
-        model_path = scan.model_path(trial.id)
-        # The zip is staged under this attempt's name and moved into place only by the commit, so a superseded
-        # attempt never replaces the model of the attempt that recorded the trial.
-        staged = model_path.with_name(f".{trial.id}.{record.host}.{os.getpid()}.zip")
-        try:
-            record.status = DONE
-            record.value = result.metrics.get(parameters.eval_criterion)
-            record.metrics = result.metrics
-            record.best_epoch = result.best_epoch
-            record.model_file = model_path.name
-            metadata = model_metadata(record, dataset, scan.name, parameters)
-            extra = scan.config_files(context.config_path or None)
-            artifacts.write_model_zip(staged, result.model, metadata, extra=extra)
-        except Exception as error:  # e.g. a full disk: this trial fails, the others are still written
-            if not is_trial_failure(error):
-                raise
-            record = _failed(record, error, result.seconds)
-        if (written := _commit(scan, record, keeper, staged if record.done else None)) is not None:
+        if (written := _record_result(scan, record, result, parameters, dataset, context, keeper, study)) is not None:
             records.append(written)
-        staged.unlink(missing_ok=True)
     for trial in trials:
         if (existing := read_existing(scan, trial.id)) is not None and existing.finished:
             shutil.rmtree(checkpoints / trial.id, ignore_errors=True)
     keras.backend.clear_session()
     return records
+
+
+def _record_result(scan: ScanDirectory, record: TrialRecord, result: training.TrainedTrial, parameters: Parameters,
+                   dataset: Dataset, context: JobContext, keeper: leases.LeaseKeeper | None,
+                   study: search.SearchStudy | None) -> TrialRecord | None:  # fmt: skip
+    """A trained trial's record — FAIL when it diverged, PRUNED, else DONE with its model zip — written if this
+    attempt may still write it; None when it may not (a superseded attempt stages no model either)."""
+    trial_id = record.trial_id
+    if keeper is not None and (result.superseded or not keeper.owns(trial_id)):
+        print(f"hhscan: trial {trial_id}: {_lost_lease(keeper, trial_id)}; its result is discarded", flush=True)
+        return None
+    record.training_settings.update(result.callback_settings)  # a resumed trial's own, as it trained
+    record.history = result.history
+    record.epochs_run = result.epochs_run
+    record.resumed_from_epoch = result.resumed_from_epoch
+    record.seconds = result.seconds
+    if study is not None:
+        record.search_state = study.trial_state(trial_id)
+    if result.diverged:  # a failure with its history, never a model to rank
+        record.error = result.diverged
+        return _commit(scan, record, keeper)
+    if result.pruned_epoch is not None:  # finished, not ranked: its metrics are kept, its model is not
+        record.status, record.pruned_epoch = PRUNED, result.pruned_epoch
+        record.metrics, record.best_epoch = result.metrics, result.best_epoch
+        record.value = result.metrics.get(parameters.eval_criterion)
+        return _commit(scan, record, keeper)
+    model_path = scan.model_path(trial_id)
+    # The zip is staged under this attempt's name and moved into place only by the commit, so a superseded
+    # attempt never replaces the model of the attempt that recorded the trial.
+    staged = model_path.with_name(f".{trial_id}.{record.host}.{os.getpid()}.zip")
+    try:
+        record.status = DONE
+        record.value = result.metrics.get(parameters.eval_criterion)
+        record.metrics = result.metrics
+        record.best_epoch = result.best_epoch
+        record.model_file = model_path.name
+        metadata = model_metadata(record, dataset, scan.name, parameters)
+        extra = scan.config_files(context.config_path or None)
+        artifacts.write_model_zip(staged, result.model, metadata, extra=extra)
+    except Exception as error:  # e.g. a full disk: this trial fails, the others are still written
+        if not is_trial_failure(error):
+            raise
+        record = _failed(record, error, result.seconds)
+    try:
+        return _commit(scan, record, keeper, staged if record.done else None)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def read_existing(scan: ScanDirectory, trial_id: str) -> TrialRecord | None:
