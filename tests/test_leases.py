@@ -108,6 +108,12 @@ def test_liveness_is_the_lease_files_age_by_the_file_servers_clock_not_the_holde
     os.utime(path, (real_time() - 2 * leases.STALE_S,) * 2)
     taken, other = leases.Leases(tmp_path).claim("t1", leases.Attempt(job_id="8_0"))
     assert other is None and taken.generation == 2
+    # A reader who may not write the directory (a colleague's `status`) reads with its own clock, without error.
+    def refused(self, data):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(leases.Path, "write_bytes", refused)
+    assert leases.Leases(tmp_path).current("t1").live()
 
 
 def test_a_claim_that_keeps_losing_backs_off_and_looks_names_up(tmp_path, monkeypatch):
