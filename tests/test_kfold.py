@@ -260,3 +260,15 @@ def test_a_kfold_trial_whose_fold_stopped_early_is_still_judged_by_the_pruner(an
     by_hand = np.mean([curves[0] + [curves[0][-1]] * 2, curves[1], curves[2]], axis=0)
     for epoch, history in seen:
         np.testing.assert_allclose(history["val_auc"], by_hand[:epoch], rtol=1e-12)
+
+
+def test_a_checkpoint_of_an_earlier_layout_is_said_and_not_resumed(tmp_path, capsys):
+    """Before one file per trial, a trial's checkpoint held one model (k-fold: one file per fold model)."""
+    import json
+
+    path = training.checkpoint_path(tmp_path, "abc")
+    path.parent.mkdir(parents=True)
+    state = {"epoch": 4, "branch": {"trial_id": "abc", "fold": None}}
+    np.savez(path, __state__=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8))
+    assert training.checkpoint_epoch(tmp_path, "abc") is None
+    assert f"checkpoint {path} is from an earlier hhscan; training it from epoch 1" in capsys.readouterr().out

@@ -229,6 +229,10 @@ def _load_checkpoint(
         print(f"hhscan: trial {trial_id}: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
               f"training it from epoch 1", flush=True)  # fmt: skip
         return None
+    if "branch" in state:  # hhscan before one file per trial: no result is built on a layout it cannot check
+        print(f"hhscan: trial {trial_id}: checkpoint {path} is from an earlier hhscan; training it from epoch 1",
+              flush=True)  # fmt: skip
+        return None
     expected = list(range(folds)) if folds else [None]
     if state.get("trial_id") != trial_id or [b.get("fold") for b in state.get("branches", [])] != expected:
         return None
