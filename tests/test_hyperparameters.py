@@ -82,10 +82,30 @@ def test_out_of_range_values_are_one_line_naming_the_key(analysis, key, value, m
     assert "\n" not in str(caught.value)
 
 
-def test_boundary_values_are_accepted(analysis):
-    parameters = _load(analysis, layers=[0], dropout=[0.0, 0.99], l2=[0.0], epochs=[1], batch_size=[1], neurons=[1],
-                       learning_rate=[1e-12])  # fmt: skip
-    assert parameters.hyperparameters["layers"] == [0]
+def test_boundary_values_are_accepted_and_built_as_given(analysis):
+    import keras
+    from hhscan.learning import model
+
+    parameters = _load(analysis, layers=[0, 1], dropout=[0.0, 0.99], l2=[0.0], epochs=[1], batch_size=[1],
+                       neurons=[1], learning_rate=[1e-12])  # fmt: skip
+    trials = trial.expand(parameters)
+    assert sorted((t.hyperparameters["layers"], t.hyperparameters["dropout"]) for t in trials) == [
+        (0, 0.0), (0, 0.99), (1, 0.0), (1, 0.99)]  # fmt: skip
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    y = model.targets(np.array([0, 1, 0, 1]), 2)
+    for item in trials:
+        hp = item.hyperparameters
+        net = model.build_model(hp, 3, 2, x.mean(axis=0), x.var(axis=0))
+        hidden = [layer for layer in net.layers if layer.name.startswith("dense_")]
+        dropout = [layer.rate for layer in net.layers if isinstance(layer, keras.layers.Dropout)]
+        assert [layer.units for layer in hidden] == [1] * hp["layers"]  # layers 0: the score layer alone
+        assert dropout == ([0.99] if hp["layers"] and hp["dropout"] else [])
+        model.compile_model(net, hp, 2)
+        before = [w.copy() for w in net.get_weights()]
+        net.fit(x, y, batch_size=hp["batch_size"], epochs=hp["epochs"], verbose=0)  # 4 steps of one event
+        assert int(net.optimizer.iterations) == 4
+        change = max(float(np.abs(a - b).max()) for a, b in zip(net.get_weights(), before, strict=True))
+        assert change < 1e-9  # a learning rate of 1e-12 is used as given (Adam's steps are ≈ the rate)
 
 
 def test_activations_are_exactly_the_usable_keras_ones():

@@ -44,6 +44,8 @@ def test_fold_numbers_follow_the_rule_for_negative_and_float_event_numbers():
     by_hand = [((int(v) % 3) + 3) % 3 for v in values]  # the C++ form of the rule written into bundles
     assert split.fold_numbers(values, 3, "f").tolist() == by_hand
     assert split.fold_numbers(values.astype(np.float64), 3, "f").tolist() == by_hand
+    unsigned = np.array([2**64 - 1, 2**63, 2**63 + 1, 7], dtype=np.uint64)  # above int64: they must not wrap
+    assert split.fold_numbers(unsigned, 3, "f").tolist() == [int(v) % 3 for v in unsigned.tolist()]
     for bad, words in ((np.array([1.5]), "must be an integer"), (np.array([2.0**53 + 2]), "must be an integer"),
                        (np.array([True]), "boolean")):  # fmt: skip
         with pytest.raises(SplitError, match=words):
@@ -75,10 +77,6 @@ def test_a_fold_model_in_a_pack_equals_keras_fit_on_its_own_events_alone(analysi
             for mine, theirs in zip(net.get_weights(), folded.model.get_weights(), strict=True):
                 np.testing.assert_allclose(mine, theirs, atol=2e-5)
             np.testing.assert_allclose(fit.history["val_loss"], folded.history["val_loss"], atol=2e-5)
-
-
-def _fold_of_file(path, tree="Events") -> np.ndarray:
-    return np.mod(uproot.open(path)[tree]["event"].array(library="np").astype(np.int64), 3)
 
 
 def test_three_fold_scan_end_to_end_ranks_by_the_mean_and_scores_each_event_with_its_own_fold(
@@ -189,7 +187,7 @@ def test_a_kfold_trial_resumes_every_fold_model_from_its_own_checkpoint(analysis
     (first,) = trial.expand(parameters)
     checkpoint = tmp_path / "checkpoints"
     partial = training.train(first, data, parameters, checkpoint)
-    assert sorted(p.name for p in (checkpoint / first.id).iterdir()) == [f"checkpoint-fold{f}.npz" for f in range(3)]
+    assert sorted(p.name for p in (checkpoint / first.id).iterdir()) == ["checkpoint.npz"]  # all 3 fold models
     assert training.checkpoint_epoch(checkpoint, first.id, folds=3) == 1
     longer = trial.Trial(first.id, {**first.hyperparameters, "epochs": 4}, 0)
     resumed = training.train(longer, data, parameters, checkpoint)
@@ -224,3 +222,74 @@ def test_a_kfold_trial_is_pruned_on_the_mean_of_its_fold_curves_and_all_its_fold
         np.testing.assert_allclose(curve, by_hand, rtol=1e-12)
     assert pruned.pruned_epoch == 2 and [len(f.history["loss"]) for f in pruned.folds] == [2, 2, 2]
     assert kept.pruned_epoch is None and kept.epochs_run == 4
+
+
+def test_a_kfold_trial_killed_between_checkpoint_writes_resumes_all_its_folds_together(analysis, tmp_path,
+                                                                                       monkeypatch):  # fmt: skip
+    """The requeue signal arrives between two checkpoint writes: whatever was written, the trial's fold models
+    resume from one epoch, and the result is that of an uninterrupted run."""
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [3], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    (first,) = trial.expand(parameters)
+    checkpoint = tmp_path / "checkpoints"
+    real_write = training.atomic_write_bytes
+    written = []
+
+    def killed_after_the_second_write(path, data):
+        real_write(path, data)
+        written.append(path)
+        if len(written) == 2:
+            raise KeyboardInterrupt("the requeue signal")
+
+    monkeypatch.setattr(training, "atomic_write_bytes", killed_after_the_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(first, data, parameters, checkpoint)
+    monkeypatch.setattr(training, "atomic_write_bytes", real_write)
+    saved = training.checkpoint_epoch(checkpoint, first.id, folds=3)
+    assert saved is not None
+    resumed = training.train(first, data, parameters, checkpoint)
+    uninterrupted = training.train(first, data, parameters)
+    assert resumed.resumed_from_epoch == saved + 1 and resumed.epochs_run == 3
+    for f in range(3):
+        np.testing.assert_allclose(resumed.history[f"fold{f}/val_loss"], uninterrupted.history[f"fold{f}/val_loss"],
+                                   rtol=1e-5)  # fmt: skip
+
+
+def test_a_kfold_trial_whose_fold_stopped_early_is_still_judged_by_the_pruner(analysis, monkeypatch):
+    """Fold 0 stops after epoch 2 (as early stopping stops it); the trial's other folds train on, and the pruner
+    goes on hearing the trial every epoch, fold 0 counted with the value of the weights it keeps (its last)."""
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [4], "learning_rate": [0.01]},
+                             training={"early_stopping": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    (first,) = trial.expand(parameters)
+    real_end = training._end_of_epoch
+
+    def fold_0_stops_after_epoch_2(branch, k, epoch, logs, engine):
+        real_end(branch, k, epoch, logs, engine)
+        if branch.fold == 0 and epoch == 1:
+            branch.active = False
+
+    monkeypatch.setattr(training, "_end_of_epoch", fold_0_stops_after_epoch_2)
+    seen = []
+    (result,) = training.train_pack([first], data, parameters,
+                                    prune=lambda trial_id, epoch, history: seen.append((epoch, history)) and False)  # fmt: skip
+    curves = [fold.history["val_auc"] for fold in result.folds]
+    assert [len(c) for c in curves] == [2, 4, 4] and [epoch for epoch, _ in seen] == [1, 2, 3]
+    by_hand = np.mean([curves[0] + [curves[0][-1]] * 2, curves[1], curves[2]], axis=0)
+    for epoch, history in seen:
+        np.testing.assert_allclose(history["val_auc"], by_hand[:epoch], rtol=1e-12)
+
+
+def test_a_checkpoint_of_an_earlier_layout_is_said_and_not_resumed(tmp_path, capsys):
+    """Before one file per trial, a trial's checkpoint held one model (k-fold: one file per fold model)."""
+    import json
+
+    path = training.checkpoint_path(tmp_path, "abc")
+    path.parent.mkdir(parents=True)
+    state = {"epoch": 4, "branch": {"trial_id": "abc", "fold": None}}
+    np.savez(path, __state__=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8))
+    assert training.checkpoint_epoch(tmp_path, "abc") is None
+    assert f"checkpoint {path} is from an earlier hhscan; training it from epoch 1" in capsys.readouterr().out

@@ -86,6 +86,89 @@ def test_a_lease_from_another_host_lives_while_its_heartbeat_is_fresh(tmp_path, 
     assert keeper.superseded == {"t1"} and not keeper.owns("t1")
 
 
+def test_liveness_is_the_lease_files_age_by_the_file_servers_clock_not_the_holders(tmp_path, monkeypatch):
+    real_time = time.time
+    skew = 3 * leases.STALE_S
+    holder = leases.Attempt(job_id="7_1", host="node-elsewhere", pid=1)
+    monkeypatch.setattr(leases.time, "time", lambda: real_time() - skew)  # the holder's clock runs late
+    mine, _ = leases.Leases(tmp_path).claim("t1", holder)
+    assert mine is not None and mine.heartbeat < real_time() - leases.STALE_S
+    monkeypatch.setattr(leases.time, "time", real_time)
+    refused, live = leases.Leases(tmp_path).claim("t1", leases.Attempt(job_id="8_0"))
+    assert refused is None and live.attempt == holder.attempt
+    monkeypatch.setattr(leases.time, "time", lambda: real_time() + skew)  # this reader's clock runs early
+    ahead = leases.Leases(tmp_path)
+    assert ahead.current("t1").live() and ahead.claim("t1", leases.Attempt(job_id="8_0"))[0] is None
+    monkeypatch.setattr(leases.time, "time", real_time)
+    # The file itself not written for longer than STALE_S (by its mtime): stale, whatever its heartbeat says.
+    path = tmp_path / "leases" / "t1.000001.json"
+    stored = json.loads(path.read_text())
+    stored["heartbeat"] = real_time()
+    path.write_text(json.dumps(stored))
+    os.utime(path, (real_time() - 2 * leases.STALE_S,) * 2)
+    taken, other = leases.Leases(tmp_path).claim("t1", leases.Attempt(job_id="8_0"))
+    assert other is None and taken.generation == 2
+    # A reader who may not write the directory (a colleague's `status`) reads with its own clock, without error.
+    def refused(self, data):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(leases.Path, "write_bytes", refused)
+    assert leases.Leases(tmp_path).current("t1").live()
+
+
+def test_a_claim_that_keeps_losing_backs_off_and_looks_names_up(tmp_path, monkeypatch):
+    store = leases.Leases(tmp_path)
+    first, _ = store.claim("t1", leases.Attempt(job_id="A", pid=os.getppid()))  # a live process, not us
+    monkeypatch.setattr(os, "scandir", None)  # a directory listing (cached by NFS) is never consulted
+    stale_views = iter([None, None, None])  # a cache that keeps saying "no lease" three times
+    real_current = leases.Leases.current
+    monkeypatch.setattr(leases.Leases, "current", lambda self, t: next(stale_views, "real") and real_current(self, t))
+    pauses = []
+    monkeypatch.setattr(leases.time, "sleep", pauses.append)
+    second, holder = store.claim("t1", leases.Attempt(job_id="B"))
+    assert second is None and holder.attempt == first.attempt
+    assert len(pauses) == 3 and all(0 <= p <= 1.0 for p in pauses)
+    assert max(pauses) > 0  # random in [0, 0.02], [0, 0.04], [0, 0.08]: all zero only by a 0-probability draw
+
+
+def test_the_heartbeat_survives_a_transient_write_error_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(leases, "HEARTBEAT_S", 0.05)
+    store = leases.Leases(tmp_path)
+    keeper = leases.LeaseKeeper(store, leases.Attempt(job_id="1_0"))
+    keeper.claim(["t1"])
+    failures = iter([OSError(5, "Input/output error")])
+    real_write = leases.Leases.write
+
+    def flaky(self, lease):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_write(self, lease)
+
+    monkeypatch.setattr(leases.Leases, "write", flaky)
+    before = store.current("t1").heartbeat
+    with keeper:
+        time.sleep(0.5)
+        assert keeper._thread.is_alive()
+        assert store.current("t1").heartbeat > before + 0.1  # renewed after the failed beat
+        assert keeper.holds("t1") and keeper.holds("t1", confirm=True)
+    assert "renewing its lease failed (OSError" in capsys.readouterr().err
+
+
+def test_the_discard_message_names_what_happened_to_the_lease(tmp_path):
+    store = leases.Leases(tmp_path)
+    mine = leases.LeaseKeeper(store, leases.Attempt(job_id="1_0", host="node-elsewhere", pid=1))
+    mine.claim(["t1"])
+    os.utime(store.directory / "t1.000001.json", (time.time() - 2 * leases.STALE_S,) * 2)
+    winner = leases.LeaseKeeper(store, leases.Attempt(job_id="2_0"))
+    winner.claim(["t1"])
+    assert runner._lost_lease(mine, "t1") == f"this attempt was superseded by attempt {winner.attempt.attempt} (job 2_0)"
+    winner.release(["t1"])
+    assert runner._lost_lease(mine, "t1").endswith("(job 2_0), which has finished it")
+    store.clear()
+    assert "no attempt" not in runner._lost_lease(mine, "t1") and "lease is gone" in runner._lost_lease(mine, "t1")
+
+
 def test_a_requeued_job_takes_its_own_lease_over_and_no_other_job_does(tmp_path):
     store = leases.Leases(tmp_path)
     sleeper = subprocess.Popen(["sleep", "30"])  # a live process holding the lease on this host
@@ -149,14 +232,64 @@ def test_a_trial_leased_by_a_live_attempt_is_skipped_shown_running_and_run_once_
     assert not list(scan.root.rglob("*.tmp")) and not list(scan.output_dir.glob(".*"))
 
 
-def test_a_superseded_attempt_writes_nothing_and_the_first_done_wins(analysis, capsys):
+SUPERSEDED_WORKER = """
+import sys
+sys.path.insert(0, {src!r})
+from pathlib import Path
+from hhscan.execution import runner
+from hhscan.execution.scandir import ScanDirectory
+records = runner.run_scan_trials(ScanDirectory(Path({root!r})), [{trial_id!r}], runner.JobContext(job_id="1_0"))
+print("records:", len(records), flush=True)
+"""
+
+
+def _create_scan(analysis, name):
     parameters, data = _dataset(analysis)
     trials = trial.expand(parameters)
-    root = analysis.root / "slurm" / "race"
-    scan = ScanDirectory(root)
+    scan = ScanDirectory(analysis.root / "slurm" / name)
     scan.create(parameters, config.load_sample_list(analysis.sample_list), trials, data.split_checksum,
                 data.data_fingerprint, Workspace(analysis.root), "jax", "local")  # fmt: skip
-    store = leases.Leases(root)
+    return parameters, data, trials, scan
+
+
+def test_an_attempt_superseded_while_it_trains_stops_and_writes_nothing_more(analysis):
+    """Two attempts at once: A trains the trial (checkpointing every epoch) when B takes its lease over (a requeued
+    run of its job). A stops training it at its next checkpoint and writes no checkpoint, record or model after."""
+    analysis.edit_parameters(hyperparameters={"epochs": [2000], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})  # fmt: skip
+    _, _, (only,), scan = _create_scan(analysis, "concurrent")
+    source = SUPERSEDED_WORKER.format(src=str(REPO), root=str(scan.root), trial_id=only.id)
+    a = subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "KERAS_BACKEND": "jax", "HHSCAN_LEASE_HEARTBEAT_S": "0.2"})  # fmt: skip
+    checkpoints = scan.root / "checkpoints"
+    try:
+        deadline = time.time() + 120
+        while (training.checkpoint_epoch(checkpoints, only.id) or 0) < 3:  # A is training
+            assert a.poll() is None and time.time() < deadline, a.stdout.read() if a.poll() is not None else "slow"
+            time.sleep(0.05)
+        b = leases.LeaseKeeper(leases.Leases(scan.root), leases.Attempt(job_id="1_0", restart_count=1))
+        assert b.claim([only.id]) == {} and b.owns(only.id)
+        time.sleep(1.0)  # a checkpoint A was writing as B claimed may land; none may follow
+        path = training.checkpoint_path(checkpoints, only.id)
+        snapshot = path.read_bytes()
+        output = a.communicate(timeout=120)[0]
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert a.returncode == 0, output[-3000:]
+    assert path.read_bytes() == snapshot and training.checkpoint_epoch(checkpoints, only.id) < 1000
+    assert "another attempt took its lease; this attempt stops training it" in output
+    assert f"superseded by attempt {b.attempt.attempt} (job 1_0); its result is discarded" in output
+    assert "records: 0" in output
+    assert runner.read_existing(scan, only.id) is None and not scan.model_path(only.id).exists()
+    assert not scan.output_dir.exists() or not list(scan.output_dir.iterdir())  # no staged model, no temporary record
+    assert b.owns(only.id)  # B's lease untouched: it trains the trial from A's last checkpoint before B's claim
+
+
+def test_the_first_done_wins_even_for_the_lease_holder(analysis, capsys):
+    parameters, data, trials, scan = _create_scan(analysis, "race")
+    store = leases.Leases(scan.root)
     slow = leases.LeaseKeeper(store, leases.Attempt(job_id="1_0"))
     slow.claim([trials[0].id])
     # The slow attempt's process is thought dead (same host and pid taken over, as a recycled worker does).
@@ -178,6 +311,26 @@ def test_a_superseded_attempt_writes_nothing_and_the_first_done_wins(analysis, c
     assert kept.attempt == fast.attempt.attempt and kept.finished_at == done.finished_at
     assert scan.model_path(trials[0].id).read_bytes() == zip_bytes
     assert not list(scan.output_dir.glob(".*"))  # no staged zip left behind
+
+
+def test_a_resumed_trial_keeps_the_callbacks_it_started_with_and_its_record_says_so(analysis):
+    analysis.edit_parameters(hyperparameters={"epochs": [2], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": {"monitor": "val_loss", "patience": 3},
+                                       "reduce_lr": {"patience": 1, "factor": 0.5}})  # fmt: skip
+    started, data, (first,), scan = _create_scan(analysis, "resume")
+    training.train(first, data, started, scan.root / "checkpoints")  # the first submission: 2 epochs
+    longer = trial.Trial(first.id, {**first.hyperparameters, "epochs": 5}, 0)
+    uninterrupted = training.train(longer, data, started)
+    # Changed before the resubmission: under these, the trial would stop at epoch 3 with its learning rate intact.
+    analysis.edit_parameters(training={"early_stopping": {"patience": 1, "min_delta": 0.5}, "reduce_lr": {"enabled": False}})
+    changed = config.load_parameters(analysis.parameters)
+    (record,) = runner.run_pack(scan, [longer], changed, data, "jax", runner.JobContext())
+    assert record.resumed_from_epoch == 2
+    assert record.training_settings["early_stopping"] == started.training.early_stopping.model_dump(mode="json")
+    assert record.training_settings["reduce_lr"] == started.training.reduce_lr.model_dump(mode="json")
+    assert record.epochs_run == uninterrupted.epochs_run and record.best_epoch == uninterrupted.best_epoch
+    np.testing.assert_allclose(record.history["val_loss"], uninterrupted.history["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(record.history["learning_rate"], uninterrupted.history["learning_rate"], rtol=1e-6)
 
 
 def test_control_flow_exceptions_pass_through_a_pack(analysis):
@@ -226,7 +379,7 @@ def test_a_regrouped_pack_resumes_every_trial_from_its_own_checkpoint(analysis, 
     with pytest.raises(ValueError, match="different epochs"):
         training.train_pack([longer[0], fresh], data, parameters, checkpoints)
     state = json.loads(np.load(training.checkpoint_path(checkpoints, trials[0].id))["__state__"].tobytes())
-    assert state["epoch"] == 1 and state["branch"]["trial_id"] == trials[0].id
+    assert state["epoch"] == 1 and state["trial_id"] == state["branches"][0]["trial_id"] == trials[0].id
 
 
 def test_a_time_limit_the_checkpoint_signal_cannot_fit_in_is_refused(analysis, capsys, monkeypatch):

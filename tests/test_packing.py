@@ -151,6 +151,35 @@ def test_callbacks_follow_keras_decisions():
         config.Training.model_validate({"early_stopping": {"monitor": "val_acc"}})
 
 
+def test_best_epoch_with_min_delta_is_the_epoch_early_stopping_restored(analysis):
+    """With min_delta > 0 the weights kept are those of the last improvement by more than min_delta, which need not
+    be the curve's minimum: best_epoch names that epoch, as Keras' own EarlyStopping decides on the same curve."""
+    import keras
+
+    settings = {"monitor": "val_loss", "patience": 10, "restore_best_weights": True}
+    analysis.edit_parameters(hyperparameters={"epochs": [6], "learning_rate": [0.01]},
+                             training={"early_stopping": settings, "reduce_lr": {"enabled": False}})  # fmt: skip
+    parameters, data = _dataset(analysis)
+    (only,) = trial.expand(parameters)
+    curve = training.train(only, data, parameters).history["val_loss"]
+    minimum = int(np.argmin(curve))
+    assert minimum > 0
+    min_delta = 1.5 * (min(curve[:minimum]) - curve[minimum])  # the minimum's own improvement falls short
+    analysis.edit_parameters(training={"early_stopping": {**settings, "min_delta": float(min_delta)}})
+    parameters, data = _dataset(analysis)
+    result = training.train(only, data, parameters)
+    assert result.history["val_loss"] == pytest.approx(curve, rel=1e-6)  # min_delta changes what is kept only
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=min_delta, patience=10,
+                                            restore_best_weights=False)  # fmt: skip
+    stopper.on_train_begin()
+    for epoch, value in enumerate(result.history["val_loss"]):
+        stopper.on_epoch_end(epoch, {"val_loss": value})
+    assert result.best_epoch == stopper.best_epoch + 1 != minimum + 1
+    # The kept weights are that epoch's: the model scores the validation events to that epoch's AUC.
+    aucs = result.history["val_auc"]
+    assert result.metrics["val_auc"] == pytest.approx(aucs[stopper.best_epoch], abs=1e-6) != aucs[minimum]
+
+
 def test_worker_past_its_memory_bound_restarts_and_the_scan_completes(analysis):
     analysis.edit_parameters(hyperparameters={"neurons": [4, 8, 16]},
                              training={"pack_size": 1, "worker_memory_gb": 0.01})  # fmt: skip

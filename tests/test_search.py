@@ -601,3 +601,29 @@ def test_a_point_another_worker_holds_is_asked_again_not_given_a_slot(analysis, 
     pack, _ = runner._next_pack(ScanDirectory(tmp_path), parameters, mine, 3, 1)
     assert len(pack) == 1 and pack[0].id != first.id
     assert _slots(tmp_path) == [pack[0].id] and list(mine.held) == [pack[0].id]
+
+
+def test_a_point_proposed_again_while_a_pack_fills_keeps_its_trial_mapped_and_numbered_by_its_slot(analysis,
+                                                                                                   tmp_path):  # fmt: skip
+    """A small categorical space: the sampler proposes the packed points again and again while the pack fills.
+    Each packed trial stays the study's trial of its slot (the pruner hears it, its record gets its attributes),
+    numbered by its slot as every later rebuild numbers it: Hyperband judges it in the bracket it trained in."""
+    from hhscan.execution import leases
+    from hhscan.execution.scandir import ScanDirectory
+
+    analysis.edit_parameters(hyperparameters={"layers": [1, 2], "learning_rate": [0.01]}, training={"pack_size": 6},
+                             search={"sampler": "random", "trials": 6, "pruner": "hyperband", "seed": 1})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    keeper = leases.LeaseKeeper(leases.Leases(tmp_path), leases.Attempt())
+    # Seed 1: the first point is proposed twice more before the second one (asked as trial number 3, slot 1).
+    pack, study = runner._next_pack(ScanDirectory(tmp_path), parameters, keeper, 6, 6)
+    assert sorted(t.hyperparameters["layers"] for t in pack) == [1, 2]
+    assert _slots(tmp_path) == [t.id for t in pack]
+    rebuilt = search.build_study(parameters, ScanDirectory(tmp_path).name, search.read_asked(tmp_path), {})
+    for slot, packed in enumerate(pack):
+        frozen = study.storage.get_trial(study.ids[packed.id])
+        assert frozen.number == slot == rebuilt.storage.get_trial(rebuilt.ids[packed.id]).number
+        assert frozen.params["layers"] == packed.hyperparameters["layers"] and frozen.state.name == "RUNNING"
+        assert study.trial_state(packed.id) == {"system_attrs": dict(frozen.system_attrs)}
+        study.should_prune(packed.id, 1, {"val_auc": [0.5 + slot / 10]})
+        assert study.storage.get_trial(study.ids[packed.id]).intermediate_values == {0: 0.5 + slot / 10}

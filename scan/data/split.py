@@ -81,7 +81,9 @@ def fold_numbers(values: np.ndarray, folds: int, where: str) -> np.ndarray:
         values = values.astype(np.int64)
     elif values.dtype.kind not in "iu":
         raise SplitError(f"{where}: the k-fold variable has type {values.dtype}, not an integer")
-    return np.mod(values.astype(np.int64), folds).astype(np.int8)
+    # Unsigned values stay unsigned: uint64 numbers from 2**63 up would wrap to negatives in int64 (another fold).
+    wide = values.astype(np.uint64 if values.dtype.kind == "u" else np.int64)
+    return np.mod(wide, folds).astype(np.int8)
 
 
 def fold_partition(fold: np.ndarray, model_fold: int, folds: int) -> np.ndarray:

@@ -4,10 +4,22 @@ A lease is ``leases/<trial>.<generation>.json``. An attempt claims a trial by cr
 ``os.link`` from a complete temporary file: ``link`` is atomic and fails if the name exists, on local disks and
 on NFS (v2/v3/v4, where ``O_EXCL`` was historically unreliable and ``flock`` depends on a lock daemon), so of
 two attempts claiming one generation exactly one wins, and a lease is never seen half-written. The holder
-renews its lease (heartbeat time and progress) by renaming a new complete file over it. A lease is live while
-it is not released, its heartbeat is younger than ``STALE_S``, and — on the host that wrote it — its process
+renews its lease (heartbeat and progress) by renaming a new complete file over it. A lease is live while it is
+not released, its file was modified less than ``STALE_S`` ago, and — on the host that wrote it — its process
 exists. A trial with a live lease is never started by another attempt and never resubmitted; a dead or stale
 lease is superseded by claiming the next generation, so the highest generation is the one current holder.
+
+What the design needs of the file system, and nothing more:
+
+- atomic: ``link`` (create a name only if it does not exist: the claim) and ``rename`` over an existing name
+  (a renewal, a checkpoint, a record); both are atomic on POSIX disks and on NFS servers;
+- by name, never by listing: the current generation is found by looking names up one by one (generations are
+  1, 2, 3, … without gaps: each claim creates the one after the highest), because NFS clients cache directory
+  listings for seconds while a lookup by name revalidates against the server (close-to-open consistency). Only
+  ``all_current`` (``hhscan status``) lists the directory, to learn which trials have leases at all;
+- one clock: liveness is the age of a lease file by the file server's clock — its mtime, set by the server on
+  every write, compared with the mtime of a probe file this reader creates — never the holder's clock against the
+  reader's, which on a cluster may differ by minutes.
 
 A requeued Slurm job (same job id, higher ``SLURM_RESTART_COUNT``) and a worker that replaced itself (same host
 and pid) take their own lease over at once: Slurm runs one instance of a job at a time.
@@ -15,10 +27,13 @@ and pid) take their own lease over at once: Slurm runs one instance of a job at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -30,6 +45,7 @@ from hhscan.fileio import atomic_write_text
 HEARTBEAT_S = float(os.environ.get("HHSCAN_LEASE_HEARTBEAT_S", "30"))
 STALE_S = float(os.environ.get("HHSCAN_LEASE_STALE_S", "300"))
 PROGRESS_WRITE_S = 1.0  # at most one progress write per second per attempt: epochs can take milliseconds
+CLOCK_PROBE_S = 60.0  # how long a measured offset between this host's clock and the file server's is reused
 
 
 @dataclass
@@ -48,13 +64,28 @@ class Lease:
     monitor: str = ""
     best: float | None = None
     released: bool = False
+    # Not stored in the file: its mtime (the file server's clock) and that clock minus the reader's when it was read.
+    modified: float = field(default=0.0, compare=False, repr=False)
+    clock_offset: float = field(default=0.0, compare=False, repr=False)
+
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the lease file was last written, by the file server's clock (``now``: the reader's)."""
+        now = time.time() if now is None else now
+        if not self.modified:  # a lease built in memory, never read back: only its own heartbeat is known
+            return now - self.heartbeat
+        return now + self.clock_offset - self.modified
 
     def live(self, now: float | None = None) -> bool:
         if self.released:
             return False
         if self.host == socket.gethostname() and not _pid_alive(self.pid):
             return False
-        return (time.time() if now is None else now) - self.heartbeat < STALE_S
+        return self.age(now) < STALE_S
+
+    def to_json(self) -> str:
+        stored = asdict(self)
+        del stored["modified"], stored["clock_offset"]
+        return json.dumps(stored)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -93,51 +124,87 @@ class Leases:
 
     def __init__(self, scan_root: Path):
         self.directory = Path(scan_root) / "leases"
+        self._clock: tuple[float, float] | None = None  # (when measured, by this host's monotonic clock; offset)
 
-    def _generations(self) -> dict[str, list[int]]:
-        found: dict[str, list[int]] = {}
+    def _path(self, trial_id: str, generation: int) -> Path:
+        return self.directory / _file_name(trial_id, generation)
+
+    def clock_offset(self) -> float:
+        """The file server's clock minus this host's: the mtime of a probe file just created, minus the time now."""
+        if self._clock is not None and time.monotonic() - self._clock[0] < CLOCK_PROBE_S:
+            return self._clock[1]
+        if not self.directory.is_dir():
+            return 0.0
+        probe = self.directory / f".clock.{secrets.token_hex(6)}"
+        try:
+            before = time.time()
+            probe.write_bytes(b"")
+            offset = probe.stat().st_mtime - (before + time.time()) / 2
+        except OSError:  # a reader who may not write here (a colleague's `hhscan status`): its own clock
+            offset = 0.0
+        finally:
+            probe.unlink(missing_ok=True)
+        self._clock = (time.monotonic(), offset)
+        return offset
+
+    def _latest_generation(self, trial_id: str) -> int:
+        """The highest generation of a trial (0: none), looked up by name: 1, 2, … until one does not exist."""
+        generation = 0
+        while self._path(trial_id, generation + 1).exists():
+            generation += 1
+        return generation
+
+    def _trial_ids(self) -> set[str]:
+        """The trials with a lease file: a directory listing, so possibly seconds old on NFS (``status`` only)."""
+        found = set()
         if not self.directory.is_dir():
             return found
-        for entry in os.scandir(self.directory):
-            parts = entry.name.split(".")
-            if len(parts) == 3 and parts[2] == "json" and parts[1].isdigit() and not entry.name.startswith("."):
-                found.setdefault(parts[0], []).append(int(parts[1]))
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                parts = entry.name.split(".")
+                if len(parts) == 3 and parts[2] == "json" and parts[1].isdigit() and not entry.name.startswith("."):
+                    found.add(parts[0])
         return found
 
-    def _read(self, trial_id: str, generation: int) -> Lease | None:
-        path = self.directory / _file_name(trial_id, generation)
+    def _read(self, trial_id: str, generation: int, offset: float = 0.0) -> Lease | None:
+        path = self._path(trial_id, generation)
         try:
-            return Lease(**json.loads(path.read_text()))
+            with open(path) as handle:
+                text = handle.read()
+                modified = os.fstat(handle.fileno()).st_mtime
         except FileNotFoundError:
             return None
+        try:
+            lease = Lease(**json.loads(text))
         except (ValueError, TypeError):  # not ours or edited: live while its file is fresh
-            mtime = path.stat().st_mtime
-            return Lease(trial_id, generation, attempt="?", heartbeat=mtime, started=mtime)
+            lease = Lease(trial_id, generation, attempt="?", heartbeat=modified, started=modified)
+        lease.modified, lease.clock_offset = modified, offset
+        return lease
 
     def current(self, trial_id: str) -> Lease | None:
-        generations = self._generations().get(trial_id)
-        return self._read(trial_id, max(generations)) if generations else None
+        generation = self._latest_generation(trial_id)
+        return self._read(trial_id, generation, self.clock_offset()) if generation else None
 
     def all_current(self) -> dict[str, Lease]:
         result = {}
-        for trial_id, generations in self._generations().items():
-            lease = self._read(trial_id, max(generations))
+        for trial_id in sorted(self._trial_ids()):
+            lease = self.current(trial_id)
             if lease is not None:
                 result[trial_id] = lease
         return result
 
     def history(self, trial_id: str) -> list[Lease]:
-        """Every generation still on disk, oldest first."""
-        leases = (self._read(trial_id, g) for g in sorted(self._generations().get(trial_id, [])))
+        """Every generation on disk, oldest first."""
+        leases = (self._read(trial_id, g) for g in range(1, self._latest_generation(trial_id) + 1))
         return [lease for lease in leases if lease is not None]
 
     def live(self) -> dict[str, Lease]:
-        now = time.time()
-        return {t: lease for t, lease in self.all_current().items() if lease.live(now)}
+        return {t: lease for t, lease in self.all_current().items() if lease.live()}
 
     def claim(self, trial_id: str, attempt: Attempt) -> tuple[Lease | None, Lease | None]:
         """Claim ``trial_id``: (our lease, None), or (None, the live lease of the attempt that holds it)."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        lost = 0
         while True:
             current = self.current(trial_id)
             if current is not None and current.attempt == attempt.attempt:
@@ -148,21 +215,26 @@ class Leases:
             lease = Lease(trial_id, (current.generation + 1) if current else 1, attempt.attempt, attempt.job_id,
                           attempt.host, attempt.pid, attempt.restart_count, now, now)  # fmt: skip
             temporary = self.directory / f".{trial_id}.{attempt.attempt}.claim"
-            temporary.write_text(json.dumps(asdict(lease)))
+            temporary.write_text(lease.to_json())
             try:
-                os.link(temporary, self.directory / _file_name(trial_id, lease.generation))
+                os.link(temporary, self._path(trial_id, lease.generation))
             except FileExistsError:
-                continue  # another attempt took this generation first: look again
+                # Another attempt took this generation first: look again, after a random pause that grows with
+                # each loss, so that many workers (or a stale cache) do not spin on one name.
+                lost += 1
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**lost)))
+                continue
             finally:
                 temporary.unlink(missing_ok=True)
             return lease, None
 
     def write(self, lease: Lease) -> bool:
         """Rewrite our lease (heartbeat, progress, release); False when a newer generation superseded it."""
-        generations = self._generations().get(lease.trial_id, [])
-        if not generations or max(generations) != lease.generation:
+        if self._path(lease.trial_id, lease.generation + 1).exists():
             return False
-        atomic_write_text(self.directory / _file_name(lease.trial_id, lease.generation), json.dumps(asdict(lease)))
+        if not self._path(lease.trial_id, lease.generation).exists():  # the scan's leases were cleared
+            return False
+        atomic_write_text(self._path(lease.trial_id, lease.generation), lease.to_json())
         return True
 
     def clear(self) -> None:
@@ -170,7 +242,8 @@ class Leases:
         if self.directory.is_dir():
             for entry in os.scandir(self.directory):
                 Path(entry.path).unlink(missing_ok=True)
-            self.directory.rmdir()
+            with contextlib.suppress(OSError):  # a reader's clock probe appeared meanwhile: the next clean takes it
+                self.directory.rmdir()
 
 
 class LeaseKeeper:
@@ -193,6 +266,7 @@ class LeaseKeeper:
             if mine is not None:
                 with self._lock:
                     self.held[trial_id] = mine
+                    self.superseded.discard(trial_id)
             elif other is not None:
                 others[trial_id] = other
         return others
@@ -202,6 +276,14 @@ class LeaseKeeper:
         current = self.leases.current(trial_id)
         return current is not None and current.attempt == self.attempt.attempt and not current.released
 
+    def holds(self, trial_id: str, confirm: bool = False) -> bool:
+        """Whether this attempt still holds ``trial_id``: as the last renewal found it, or (``confirm``) renewed on
+        disk now — what a checkpoint write checks first, so a superseded attempt never writes one."""
+        if confirm:
+            self._renew([trial_id])
+        with self._lock:
+            return trial_id in self.held and trial_id not in self.superseded
+
     def _renew(self, trial_ids: Sequence[str] | None = None) -> None:
         now = time.time()
         with self._lock:
@@ -210,7 +292,15 @@ class LeaseKeeper:
                 if lease is None:
                     continue
                 lease.heartbeat = now
-                if not self.leases.write(lease):
+                try:
+                    renewed = self.leases.write(lease)
+                except OSError as error:  # a file server's hiccup: the lease is still ours; the next beat retries
+                    print(f"hhscan: trial {trial_id}: renewing its lease failed ({type(error).__name__}: {error}); "
+                          f"retrying", file=sys.stderr, flush=True)  # fmt: skip
+                    continue
+                if not renewed:
+                    print(f"hhscan: trial {trial_id}: another attempt took its lease; this attempt stops training "
+                          f"it and writes nothing for it", flush=True)  # fmt: skip
                     self.superseded.add(trial_id)
                     del self.held[trial_id]
 
@@ -232,7 +322,11 @@ class LeaseKeeper:
                 lease = self.held.pop(trial_id, None)
                 if lease is not None:
                     lease.released, lease.heartbeat = True, time.time()
-                    self.leases.write(lease)
+                    try:
+                        self.leases.write(lease)
+                    except OSError as error:  # unreleased, it goes stale: the trial's record says it is done
+                        print(f"hhscan: trial {trial_id}: releasing its lease failed ({error})", file=sys.stderr,
+                              flush=True)  # fmt: skip
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

@@ -204,9 +204,9 @@ def _next_pack(
     """
     records, _ = scan.records()
     asked = search.read_asked(scan.root)
-    # Live leases of other attempts; this job's own earlier run (requeued) holds nothing it cannot take back.
-    live = {t: lease for t, lease in keeper.leases.live().items() if not keeper.attempt.may_take_over(lease)}
-    orphans = [a.trial for a in asked if a.trial.id not in records and a.trial.id not in live]
+    # Without a live lease of another attempt (looked up by name); this job's own earlier run (requeued) holds
+    # nothing it cannot take back.
+    orphans = [a.trial for a in asked if a.trial.id not in records and not _held_elsewhere(keeper, a.trial.id)]
     keeper.claim(t.id for t in orphans[:want])
     pack = [t for t in orphans[:want] if t.id in keeper.held]
     study = search.build_study(parameters, scan.name, asked, records)
@@ -239,7 +239,16 @@ def _next_pack(
     if duplicates >= search.MAX_DUPLICATES and not pack:
         print(f"hhscan: scan '{scan.name}': the sampler proposed only points already asked "
               f"{search.MAX_DUPLICATES} times in a row: the search space seems exhausted", flush=True)  # fmt: skip
-    return pack, study
+    if not pack:
+        return pack, study
+    # The pack trains under the study every later rebuild makes: each trial numbered by its slot (Hyperband's
+    # bracket follows the number; at ask time it counted duplicates and other workers' slots).
+    return pack, search.build_study(parameters, scan.name, search.read_asked(scan.root), records)
+
+
+def _held_elsewhere(keeper: leases.LeaseKeeper, trial_id: str) -> bool:
+    lease = keeper.leases.current(trial_id)
+    return lease is not None and lease.live() and not keeper.attempt.may_take_over(lease)
 
 
 def _by_resume_epoch(trials: Sequence[Trial], checkpoints: Path, folds: int = 0) -> list[list[Trial]]:
@@ -335,7 +344,9 @@ def run_pack(
     checkpoints = scan.checkpoint_dir
     try:
         prune = study.should_prune if study is not None and study.prunes else None
-        trained = training.train_pack(trials, dataset, parameters, checkpoints, on_epoch=on_epoch, prune=prune)
+        holds = keeper.holds if keeper is not None else None
+        trained = training.train_pack(trials, dataset, parameters, checkpoints, on_epoch=on_epoch, prune=prune,
+                                      holds=holds)  # fmt: skip
     except Exception as error:
         if not is_trial_failure(error):
             raise
@@ -349,49 +360,60 @@ def run_pack(
     records = []
     for trial, result in zip(trials, trained, strict=True):
         record = _record(trial, parameters, dataset, backend, context, len(trials))
-        record.history = result.history
-        record.epochs_run = result.epochs_run
-        record.resumed_from_epoch = result.resumed_from_epoch
-        record.seconds = result.seconds
-        if study is not None:
-            record.search_state = study.trial_state(trial.id)
-        if result.diverged:  # a failure with its history, never a model to rank
-            record.error = result.diverged
-            if (written := _commit(scan, record, keeper)) is not None:
-                records.append(written)
-            continue
-        if result.pruned_epoch is not None:  # finished, not ranked: its metrics are kept, its model is not
-            record.status, record.pruned_epoch = PRUNED, result.pruned_epoch
-            record.metrics, record.best_epoch = result.metrics, result.best_epoch
-            record.value = result.metrics.get(parameters.eval_criterion)
-            if (written := _commit(scan, record, keeper)) is not None:
-                records.append(written)
-            continue
-        model_path = scan.model_path(trial.id)
-        # The zip is staged under this attempt's name and moved into place only by the commit, so a superseded
-        # attempt never replaces the model of the attempt that recorded the trial.
-        staged = model_path.with_name(f".{trial.id}.{record.host}.{os.getpid()}.zip")
-        try:
-            record.status = DONE
-            record.value = result.metrics.get(parameters.eval_criterion)
-            record.metrics = result.metrics
-            record.best_epoch = result.best_epoch
-            record.model_file = model_path.name
-            metadata = model_metadata(record, dataset, scan.name, parameters)
-            extra = scan.config_files(context.config_path or None)
-            artifacts.write_model_zip(staged, result.model, metadata, extra=extra)
-        except Exception as error:  # e.g. a full disk: this trial fails, the others are still written
-            if not is_trial_failure(error):
-                raise
-            record = _failed(record, error, result.seconds)
-        if (written := _commit(scan, record, keeper, staged if record.done else None)) is not None:
+        if (written := _record_result(scan, record, result, parameters, dataset, context, keeper, study)) is not None:
             records.append(written)
-        staged.unlink(missing_ok=True)
     for trial in trials:
         if (existing := read_existing(scan, trial.id)) is not None and existing.finished:
             shutil.rmtree(checkpoints / trial.id, ignore_errors=True)
     keras.backend.clear_session()
     return records
+
+
+def _record_result(scan: ScanDirectory, record: TrialRecord, result: training.TrainedTrial, parameters: Parameters,
+                   dataset: Dataset, context: JobContext, keeper: leases.LeaseKeeper | None,
+                   study: search.SearchStudy | None) -> TrialRecord | None:  # fmt: skip
+    """A trained trial's record — FAIL when it diverged, PRUNED, else DONE with its model zip — written if this
+    attempt may still write it; None when it may not (a superseded attempt stages no model either)."""
+    trial_id = record.trial_id
+    if keeper is not None and (result.superseded or not keeper.owns(trial_id)):
+        print(f"hhscan: trial {trial_id}: {_lost_lease(keeper, trial_id)}; its result is discarded", flush=True)
+        return None
+    record.training_settings.update(result.callback_settings)  # a resumed trial's own, as it trained
+    record.history = result.history
+    record.epochs_run = result.epochs_run
+    record.resumed_from_epoch = result.resumed_from_epoch
+    record.seconds = result.seconds
+    if study is not None:
+        record.search_state = study.trial_state(trial_id)
+    if result.diverged:  # a failure with its history, never a model to rank
+        record.error = result.diverged
+        return _commit(scan, record, keeper)
+    if result.pruned_epoch is not None:  # finished, not ranked: its metrics are kept, its model is not
+        record.status, record.pruned_epoch = PRUNED, result.pruned_epoch
+        record.metrics, record.best_epoch = result.metrics, result.best_epoch
+        record.value = result.metrics.get(parameters.eval_criterion)
+        return _commit(scan, record, keeper)
+    model_path = scan.model_path(trial_id)
+    # The zip is staged under this attempt's name and moved into place only by the commit, so a superseded
+    # attempt never replaces the model of the attempt that recorded the trial.
+    staged = model_path.with_name(f".{trial_id}.{record.host}.{os.getpid()}.zip")
+    try:
+        record.status = DONE
+        record.value = result.metrics.get(parameters.eval_criterion)
+        record.metrics = result.metrics
+        record.best_epoch = result.best_epoch
+        record.model_file = model_path.name
+        metadata = model_metadata(record, dataset, scan.name, parameters)
+        extra = scan.config_files(context.config_path or None)
+        artifacts.write_model_zip(staged, result.model, metadata, extra=extra)
+    except Exception as error:  # e.g. a full disk: this trial fails, the others are still written
+        if not is_trial_failure(error):
+            raise
+        record = _failed(record, error, result.seconds)
+    try:
+        return _commit(scan, record, keeper, staged if record.done else None)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def read_existing(scan: ScanDirectory, trial_id: str) -> TrialRecord | None:
@@ -404,10 +426,7 @@ def read_existing(scan: ScanDirectory, trial_id: str) -> TrialRecord | None:
 def _may_write(scan: ScanDirectory, trial_id: str, keeper: leases.LeaseKeeper | None) -> bool:
     """Results are written by the lease holder only, and never over a DONE record: say so in the job log."""
     if keeper is not None and not keeper.owns(trial_id):
-        current = keeper.leases.current(trial_id)
-        holder = f"attempt {current.attempt} (job {current.job_id or '–'})" if current else "no attempt"
-        print(f"hhscan: trial {trial_id}: this attempt was superseded by {holder}; its result is discarded",
-              flush=True)  # fmt: skip
+        print(f"hhscan: trial {trial_id}: {_lost_lease(keeper, trial_id)}; its result is discarded", flush=True)
         return False
     existing = read_existing(scan, trial_id)
     if existing is not None and existing.finished:
@@ -416,6 +435,17 @@ def _may_write(scan: ScanDirectory, trial_id: str, keeper: leases.LeaseKeeper | 
               flush=True)  # fmt: skip
         return False
     return True
+
+
+def _lost_lease(keeper: leases.LeaseKeeper, trial_id: str) -> str:
+    """Why this attempt no longer holds a trial, for the job log."""
+    current = keeper.leases.current(trial_id)
+    if current is None:  # the leases are removed once every trial of the scan is recorded
+        return "its lease is gone (another attempt finished the scan)"
+    holder = f"attempt {current.attempt} (job {current.job_id or '–'})"
+    if current.attempt == keeper.attempt.attempt:
+        return "this attempt already released its lease"
+    return f"this attempt was superseded by {holder}{', which has finished it' if current.released else ''}"
 
 
 def _commit(

@@ -4,7 +4,8 @@ hhscan's files are the single source of truth; Optuna only ever sees an in-memor
 
 - ``asked/<slot>.json`` — one file per trial of the budget, slot 0…N−1, created with ``os.link`` (atomic, fails if
   the name exists, on local disks and NFS, as leases are claimed): of two workers taking one slot exactly one
-  wins, so at most N trials are ever asked, whatever the number of workers. A slot holds the trial (id = hash of
+  wins, so at most N trials are ever asked, whatever the number of workers. Slots are filled without gaps and
+  read by name, never from a directory listing (which NFS caches). A slot holds the trial (id = hash of
   the canonical point, as a grid trial's) and what the sampler attached to it when it was asked (Optuna's trial
   system attributes, e.g. CMA-ES's generation and state, and the study's, e.g. QMC's sample counter).
 - ``output/<trial>.csv`` — the trial's record (DONE, FAIL or PRUNED), written as for a grid trial; its history is
@@ -60,31 +61,32 @@ def _slot_name(slot: int) -> str:
 
 
 def read_asked(scan_root: Path) -> list[Asked]:
-    """Every slot taken so far, in slot order (each file is complete: it was linked into place whole)."""
+    """Every slot taken so far, in slot order (each file is complete: it was linked into place whole).
+
+    Slots are looked up by name, 0, 1, … until one does not exist (``take_slot`` fills them without gaps): NFS
+    clients cache directory listings, while a lookup by name is checked with the server.
+    """
     directory = asked_dir(scan_root)
-    if not directory.is_dir():
-        return []
     found = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            stem = entry.name.removesuffix(".json")
-            if entry.name.startswith(".") or not entry.name.endswith(".json") or not stem.isdigit():
-                continue
-            with open(entry.path) as handle:
+    while True:
+        slot = len(found)
+        try:
+            with open(directory / _slot_name(slot)) as handle:
                 data = json.load(handle)
-            found.append(
-                Asked(
-                    int(stem),
-                    trial.Trial(
-                        data["trial_id"],
-                        hyperparameters.with_defaults(data["hyperparameters"]),  # keys added since: their default
-                        data.get("repetition", 0),
-                    ),
-                    data.get("system_attrs", {}),
-                    data.get("study_system_attrs", {}),
-                )
+        except FileNotFoundError:
+            return found
+        found.append(
+            Asked(
+                slot,
+                trial.Trial(
+                    data["trial_id"],
+                    hyperparameters.with_defaults(data["hyperparameters"]),  # keys added since: their default
+                    data.get("repetition", 0),
+                ),
+                data.get("system_attrs", {}),
+                data.get("study_system_attrs", {}),
             )
-    return sorted(found, key=lambda a: a.slot)
+        )
 
 
 def take_slot(scan_root: Path, asked: Asked, budget: int) -> int | None:
@@ -211,19 +213,25 @@ def _pruner(parameters: Parameters) -> optuna.pruners.BasePruner:
 
 @dataclass
 class SearchStudy:
-    """An Optuna study rebuilt in memory from a scan's slots and records, and what hhscan needs of it."""
+    """An Optuna study rebuilt in memory from a scan's slots and records, and what hhscan needs of it.
+
+    A trial's number in the study is its slot: Hyperband picks a trial's bracket from its number, so the number a
+    trial trains under must be the one every later rebuild gives it (``runner._next_pack`` rebuilds the study once
+    a pack's new points have their slots).
+    """
 
     parameters: Parameters
     study: optuna.Study
+    storage: optuna.storages.BaseStorage  # the study's own in-memory storage, created by ``build_study``
     space: dict[str, Any]
     fixed: dict[str, Any]
-    storage: optuna.storages.BaseStorage  # the study's own, kept here: Optuna's public API gives no way back to it
-    study_id: int
-    ids: dict[str, int] = field(default_factory=dict)  # hhscan trial id → the storage's trial id
+    ids: dict[str, int] = field(default_factory=dict)  # hhscan trial id of a slot → the storage's trial id
+    # Points asked and not yet told, by hhscan trial id: a sampler may propose one point several times.
+    pending: dict[str, list[int]] = field(default_factory=dict)
 
-    def storage_id(self, number: int) -> int:
-        """The storage's id of the study's trial ``number`` (Optuna's public storage API)."""
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+    @property
+    def study_id(self) -> int:
+        return self.storage.get_study_id_from_name(self.study.study_name)
 
     @property
     def prunes(self) -> bool:
@@ -233,18 +241,18 @@ class SearchStudy:
         """One point from the sampler, as an hhscan trial and the slot content that records how it was asked."""
         asked = self.study.ask(self.space)
         found = point_trial(asked.params, self.fixed)
-        self.ids[found.id] = internal = self.storage_id(asked.number)
+        internal = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, asked.number)
+        self.pending.setdefault(found.id, []).append(internal)
         frozen = self.storage.get_trial(internal)
         study_attrs = self.storage.get_study_system_attrs(self.study_id)
         return found, Asked(-1, found, dict(frozen.system_attrs), dict(study_attrs))
 
     def tell_duplicate(self, trial_id: str, value: float | None) -> None:
-        """An asked point that is already a trial of the scan: the sampler hears its known value (else a failure)
-        and is asked again; it is never trained twice."""
+        """The last ask of ``trial_id`` proposed a point that is already a trial of the scan: the sampler hears its
+        known value (else a failure) and is asked again; it is never trained twice. The slots' trials keep theirs."""
         import optuna
 
-        internal = self.ids.pop(trial_id)
-        number = self.storage.get_trial(internal).number
+        number = self.storage.get_trial(self.pending[trial_id].pop()).number
         if value is None:
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
         else:
@@ -312,11 +320,11 @@ def build_study(
         direction=direction(parameters),
         study_name=f"hhscan-{name}",  # Hyperband's brackets hash the study name with the trial number
     )
-    study_id = storage.get_study_id_from_name(study.study_name)
-    result = SearchStudy(parameters, study, space, fixed, storage, study_id)
-    for number, item in enumerate(asked):  # added in order: the slot's trial is the study's trial ``number``
+    result = SearchStudy(parameters, study, storage, space, fixed)
+    study_id = result.study_id
+    for number, item in enumerate(asked):  # a trial's number is its slot (slots are 0, 1, … without gaps)
         study.add_trial(frozen_trial(parameters, space, item, records.get(item.trial.id)))
-        result.ids[item.trial.id] = result.storage_id(number)
+        result.ids[item.trial.id] = storage.get_trial_id_from_study_id_trial_number(study_id, number)
         for key, attr in item.study_system_attrs.items():  # e.g. QMC's sample counter, as of this slot's ask
             storage.set_study_system_attr(study_id, key, attr)
     return result

@@ -8,6 +8,7 @@ their state is a small dict that goes into checkpoints.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,6 +27,16 @@ def _improves(monitor: str, value: float, reference: float | None, min_delta: fl
     return value - abs(min_delta) > reference if min_delta else value > reference
 
 
+def best_epoch(monitor: str, values: Sequence[float], min_delta: float = 0.0) -> int | None:
+    """The epoch (from 0) early stopping would keep for ``values``: its last improvement by more than
+    ``min_delta`` (the first best value when ``min_delta`` is 0); None without a finite value."""
+    best, found = None, None
+    for epoch, value in enumerate(values):
+        if _improves(monitor, value, best, min_delta):
+            best, found = value, epoch
+    return found
+
+
 @dataclass
 class EarlyStopping:
     monitor: str = "val_loss"
@@ -34,8 +45,7 @@ class EarlyStopping:
     restore_best_weights: bool = True
     wait: int = 0
     best: float | None = None
-    best_epoch: int = 0
-    stopped_epoch: int = 0
+    best_epoch: int = 0  # the epoch (from 0) of ``best``: the one whose weights are restored
 
     def update(self, epoch: int, value: float) -> tuple[bool, bool]:
         """Record one epoch's monitored value; returns (improved: keep these weights, stop now)."""
@@ -44,7 +54,6 @@ class EarlyStopping:
             self.best, self.best_epoch, self.wait = float(value), epoch, 0
             return True, False
         if self.wait >= self.patience and epoch > 0:
-            self.stopped_epoch = epoch
             return False, True
         return False, False
 

@@ -4,9 +4,11 @@ Every trial of a pack keeps its own initial weights (its own seed), optimizer, l
 learning-rate schedule; all see the same batches, whose order depends only on the scan seed and the epoch — so a
 trial's result does not depend on which pack it ran in, or on the pack size.
 
-A checkpoint (a trial's weights and optimizer state, history, callback states) is one file per trial written
-atomically at an epoch end, so a job that is killed, times out or is preempted resumes from that epoch, whatever
-pack the trial is put in next.
+A checkpoint (a trial's weights and optimizer state, history, callback states — for k-fold, of all its fold
+models) is one file per trial written atomically at an epoch end, so a job that is killed, times out or is
+preempted resumes from that epoch, whatever pack the trial is put in next, and a trial's fold models always resume
+together. It is written only while this attempt holds the trial's lease: an attempt that lost it stops training
+that trial and writes nothing more for it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class EpochProgress:
 EpochCallback = Callable[[EpochProgress], None]
 # An adaptive search's pruner: (trial id, epoch from 1, the trial's history so far) → stop this trial now.
 PruneCallback = Callable[[str, int, dict[str, list[float]]], bool]
+# Whether this attempt still holds a trial's lease: (trial id, confirm on disk now) → held (``LeaseKeeper.holds``).
+HoldsCallback = Callable[[str, bool], bool]
 
 
 @dataclass
@@ -61,6 +65,9 @@ class TrainedTrial:
     diverged: str = ""  # why the trial diverged ("epoch 3: loss is nan"): it is a failure, never ranked
     folds: list[TrainedTrial] = field(default_factory=list)  # k-fold: each fold model's own result, in fold order
     pruned_epoch: int | None = None  # the epoch (from 1) after which the search's pruner stopped it
+    # The early stopping and learning-rate settings it trained with: those it started with, kept on a resume.
+    callback_settings: dict[str, Any] = field(default_factory=dict)
+    superseded: bool = False  # another attempt took its lease: stopped, nothing of it may be written
 
 
 def evaluate(dataset: Dataset, scores_by_partition: dict[int, np.ndarray]) -> dict[str, float]:
@@ -117,11 +124,13 @@ class _Branch:
     diverged: str = ""
     fold: int | None = None  # k-fold: which fold model of the trial this branch is
     pruned_epoch: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # the callbacks' settings (a record's, on a resume too)
 
     def state(self) -> dict[str, Any]:
         return {
             "trial_id": self.trial.id,
             "fold": self.fold,
+            "settings": self.settings,
             "history": self.history,
             "active": self.active,
             "diverged": self.diverged,
@@ -142,41 +151,58 @@ def _new_branch(trial: Trial, parameters: Parameters, fold: int | None = None) -
         if es.enabled
         else None,
         reduce_lr=callbacks.ReduceLROnPlateau(rl.monitor, rl.factor, rl.patience, rl.min_lr) if rl.enabled else None,
+        settings={"early_stopping": es.model_dump(mode="json"), "reduce_lr": rl.model_dump(mode="json")},
     )
 
 
-def checkpoint_path(root: Path, trial_id: str, fold: int | None = None) -> Path:
-    """A trial's own checkpoint under ``root`` (one per fold model for k-fold): it follows the trial into whatever
-    pack it runs next."""
-    return root / trial_id / ("checkpoint.npz" if fold is None else f"checkpoint-fold{fold}.npz")
+def checkpoint_path(root: Path, trial_id: str) -> Path:
+    """A trial's own checkpoint under ``root`` (all its fold models for k-fold, in one file): it follows the trial
+    into whatever pack it runs next."""
+    return root / trial_id / "checkpoint.npz"
 
 
-def _save_checkpoint(root: Path, epoch: int, branches: list[_Branch], engine) -> None:
-    """One file per trial (its weights, optimizer state, history, callbacks), each written atomically."""
-    arrays = engine.export_state()
-    for k, branch in enumerate(branches):
-        own = {f"b0_{key.split('_', 1)[1]}": value for key, value in arrays.items() if key.startswith(f"b{k}_")}
-        for i, weight in enumerate(branch.best_weights or []):
-            own[f"best0_{i}"] = weight
-        state = {"epoch": epoch, "branch": branch.state()}
+def _save_checkpoints(root: Path, epoch: int, parts: list[_Part], trials: Sequence[Trial],
+                      holds: HoldsCallback | None, lost: set[str]) -> None:  # fmt: skip
+    """One file per trial, its fold models together (weights, optimizer state, history, callbacks), written
+    atomically, and only while this attempt holds the trial's lease (checked on disk first)."""
+    exported = [part.engine.export_state() for part in parts]
+    for i, trial in enumerate(trials):
+        if trial.id in lost or not _still_held(trial.id, parts, i, holds, lost, confirm=True):
+            continue
+        own: dict[str, np.ndarray] = {}
+        for p, (part, arrays) in enumerate(zip(parts, exported, strict=True)):
+            own.update({f"p{p}_b0_{key.split('_', 1)[1]}": value for key, value in arrays.items()
+                        if key.startswith(f"b{i}_")})  # fmt: skip
+            own.update({f"p{p}_best_{j}": weight for j, weight in enumerate(part.branches[i].best_weights or [])})
+        state = {"epoch": epoch, "trial_id": trial.id, "branches": [part.branches[i].state() for part in parts]}
         own["__state__"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez(buffer, **own)
-        atomic_write_bytes(checkpoint_path(root, branch.trial.id, branch.fold), buffer.getvalue())
+        atomic_write_bytes(checkpoint_path(root, trial.id), buffer.getvalue())
+
+
+def _still_held(trial_id: str, parts: list[_Part], index: int, holds: HoldsCallback | None, lost: set[str],
+                confirm: bool = False) -> bool:  # fmt: skip
+    """Whether this attempt still holds the trial; one it lost is frozen (all its fold models) and marked lost."""
+    if holds is None or holds(trial_id, confirm):
+        return True
+    lost.add(trial_id)
+    for part in parts:
+        part.branches[index].active = False
+    return False
 
 
 def checkpoint_epoch(root: Path | None, trial_id: str, folds: int = 0) -> int | None:
-    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together. The
-    fold models of a trial are saved together, so fold 0's epoch is the trial's."""
-    restored = _load_checkpoint(root, trial_id, 0 if folds else None)
+    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together."""
+    restored = _load_checkpoint(root, trial_id, folds)
     return None if restored is None else restored[0]["epoch"]
 
 
 def _load_checkpoint(
-    root: Path | None, trial_id: str, fold: int | None = None
+    root: Path | None, trial_id: str, folds: int = 0
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """A trial's (fold model's) checkpoint state and arrays, if it has one that belongs to it."""
-    path = None if root is None else checkpoint_path(root, trial_id, fold)
+    """A trial's checkpoint state and arrays, if it has one that belongs to it (and to as many fold models)."""
+    path = None if root is None else checkpoint_path(root, trial_id)
     if path is None or not path.exists():
         return None
     try:
@@ -189,8 +215,12 @@ def _load_checkpoint(
         print(f"hhscan: trial {trial_id}: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
               f"training it from epoch 1", flush=True)  # fmt: skip
         return None
-    own = state.get("branch", {})
-    if own.get("trial_id") != trial_id or own.get("fold") != fold:
+    if "branch" in state:  # hhscan before one file per trial: no result is built on a layout it cannot check
+        print(f"hhscan: trial {trial_id}: checkpoint {path} is from an earlier hhscan; training it from epoch 1",
+              flush=True)  # fmt: skip
+        return None
+    expected = list(range(folds)) if folds else [None]
+    if state.get("trial_id") != trial_id or [b.get("fold") for b in state.get("branches", [])] != expected:
         return None
     return state, arrays
 
@@ -255,14 +285,18 @@ def train_pack(
     shuffle: bool = True,
     on_epoch: EpochCallback | None = None,
     prune: PruneCallback | None = None,
+    holds: HoldsCallback | None = None,
 ) -> list[TrainedTrial]:
     """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order.
 
     ``checkpoint`` is a directory holding one checkpoint per trial (:func:`checkpoint_path`); the trials must
-    resume from the same epoch (:func:`checkpoint_epoch`). ``on_epoch`` is called after every epoch with the
+    resume from the same epoch (:func:`checkpoint_epoch`). A resumed trial keeps the early stopping and learning-rate
+    schedule it started with (its result's ``callback_settings``). ``on_epoch`` is called after every epoch with the
     pack's progress (it must be cheap: it runs in the loop). ``prune`` (an adaptive search's pruner) is asked after
     every epoch but the last for each trial still training, with the trial's curve (for k-fold the mean over its
-    folds, as its record keeps it); a pruned trial is frozen as early stopping freezes it.
+    folds, a fold that stopped early counted at the value of the weights it kept); a pruned trial is frozen as
+    early stopping freezes it. ``holds`` (the lease keeper's) is asked after every epoch, and on disk before each
+    checkpoint: a trial another attempt took is frozen, never checkpointed again, and its result ``superseded``.
 
     With a k-fold split each trial is k fold models. The fold-f models of all the pack's trials train as one fused
     engine on fold f's own training events (``Dataset.fold_view``), and the k engines step through the epochs
@@ -276,42 +310,80 @@ def train_pack(
         raise ValueError(f"a pack needs one batch size and one number of epochs, got {sorted(structures)}")
     ((batch_size, epochs),) = structures
     parts = _parts(trials, dataset, parameters)
-    first_epoch, resumed = 0, None
-    restored = [[_load_checkpoint(checkpoint, b.trial.id, b.fold) for b in part.branches] for part in parts]
-    if any(r is not None for found in restored for r in found):
-        epochs_saved = {r[0]["epoch"] if r is not None else None for found in restored for r in found}
-        if len(epochs_saved) != 1:  # runners group trials by checkpoint epoch; a mixed pack is a caller's bug
-            raise ValueError(f"a pack's trials resume from different epochs: {sorted(map(str, epochs_saved))}")
-        for part, found in zip(parts, restored, strict=True):
-            _restore(part, found)
-        first_epoch = resumed = epochs_saved.pop() + 1
-        for trial in trials:  # the job log says so: a resumed trial is not a fresh one
-            print(f"hhscan: resuming trial {trial.id} from epoch {first_epoch} ({first_epoch} of {epochs} done)",
-                  flush=True)  # fmt: skip
+    resumed = _resume(parts, trials, checkpoint, dataset.folds, epochs)
+    lost: set[str] = set()
     interval = parameters.training.checkpoint_interval_s
     last_saved = time.monotonic()
     criterion = criteria.metric(parameters.eval_criterion)  # what the live view shows: logged every epoch
     monitor = criterion.name if criterion.per_epoch else "val_loss"
     branches = [b for part in parts for b in part.branches]
-    for epoch in range(first_epoch, epochs):
+    for epoch in range(resumed or 0, epochs):
         if not any(b.active for b in branches):
             break
         epoch_started = time.perf_counter()
         for part in parts:
             _train_epoch(part, epoch, batch_size, parameters.seed, shuffle)
+        for i, trial in enumerate(trials):
+            _still_held(trial.id, parts, i, holds, lost)
         if prune is not None and epoch + 1 < epochs:
-            for i, trial in enumerate(trials):
-                own = [part.branches[i] for part in parts]  # the trial's fold models (one without k-fold)
-                if any(b.active for b in own) and prune(trial.id, epoch + 1, mean_history([b.history for b in own])):
-                    for branch in own:  # frozen, as early stopping freezes it
-                        branch.active, branch.pruned_epoch = False, epoch + 1
+            _prune(parts, trials, epoch, prune)
         if checkpoint is not None and interval is not None and time.monotonic() - last_saved >= interval:
-            for part in parts:
-                _save_checkpoint(checkpoint, epoch, part.branches, part.engine)
+            _save_checkpoints(checkpoint, epoch, parts, trials, holds, lost)
             last_saved = time.monotonic()
         if on_epoch is not None:
             on_epoch(_progress(branches, epoch, epochs, time.perf_counter() - epoch_started, monitor))
     seconds = (time.perf_counter() - started) / len(trials)
+    return _results(parts, trials, dataset, parameters, resumed, seconds, lost)
+
+
+def _resume(parts: list[_Part], trials: Sequence[Trial], checkpoint: Path | None, folds: int,
+            epochs: int) -> int | None:  # fmt: skip
+    """Restore the trials that have a checkpoint; the epoch (from 0) they go on from, or None for a fresh pack."""
+    restored = [_load_checkpoint(checkpoint, t.id, folds) for t in trials]
+    if all(r is None for r in restored):
+        return None
+    epochs_saved = {r[0]["epoch"] if r is not None else None for r in restored}
+    if len(epochs_saved) != 1:  # runners group trials by checkpoint epoch; a mixed pack is a caller's bug
+        raise ValueError(f"a pack's trials resume from different epochs: {sorted(map(str, epochs_saved))}")
+    for p, part in enumerate(parts):
+        _restore(part, p, [r for r in restored if r is not None])
+    first_epoch = epochs_saved.pop() + 1
+    for trial in trials:  # the job log says so: a resumed trial is not a fresh one
+        print(f"hhscan: resuming trial {trial.id} from epoch {first_epoch} ({first_epoch} of {epochs} done)",
+              flush=True)  # fmt: skip
+    return first_epoch
+
+
+def _prune(parts: list[_Part], trials: Sequence[Trial], epoch: int, prune: PruneCallback) -> None:
+    for i, trial in enumerate(trials):
+        own = [part.branches[i] for part in parts]  # the trial's fold models (one without k-fold)
+        if any(b.active for b in own) and prune(trial.id, epoch + 1, _pruning_history(own)):
+            for branch in own:  # frozen, as early stopping freezes it
+                branch.active, branch.pruned_epoch = False, epoch + 1
+
+
+def _pruning_history(branches: list[_Branch]) -> dict[str, list[float]]:
+    """A trial's curve as the pruner sees it: the mean over its fold models, where a fold model that stopped early
+    goes on counting with the values of the epoch whose weights it keeps (so the trial is still judged)."""
+    if len(branches) == 1:
+        return branches[0].history
+    length = max(len(b.history.get("loss", [])) for b in branches)
+    padded = []
+    for branch in branches:
+        if branch.active or branch.diverged:  # a diverged fold fails the trial: nothing to carry on
+            padded.append(branch.history)
+            continue
+        stopping = branch.early_stopping
+        restores = stopping is not None and stopping.restore_best_weights and stopping.best is not None
+        kept = stopping.best_epoch if restores else -1  # the epoch whose weights it keeps: its best, else its last
+        padded.append({key: values + [values[kept]] * (length - len(values)) if values else values
+                       for key, values in branch.history.items()})  # fmt: skip
+    return mean_history(padded)
+
+
+def _results(parts: list[_Part], trials: Sequence[Trial], dataset: Dataset, parameters: Parameters,
+             resumed: int | None, seconds: float, lost: set[str]) -> list[TrainedTrial]:  # fmt: skip
+    """Each trial's result, from the weights it keeps (early stopping's best where it restores them)."""
     monitor = best_epoch_monitor(parameters)
     per_part = []
     for part in parts:
@@ -323,27 +395,29 @@ def train_pack(
         both = part.engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
         outputs = [{TRAIN: both[k, : len(x_train)], VALIDATION: both[k, len(x_train) :]}
                    for k in range(len(part.branches))]  # fmt: skip
-        per_part.append([_result(b, part.nets[k], part.view, outputs[k], monitor, resumed, seconds)
+        per_part.append([_result(b, part.nets[k], part.view, outputs[k], monitor, resumed, seconds, b.trial.id in lost)
                          for k, b in enumerate(part.branches)])  # fmt: skip
     if not dataset.folds:
         return per_part[0]
     return [_fold_bundle([results[i] for results in per_part], monitor) for i in range(len(trials))]
 
 
-def _restore(part: _Part, restored: list) -> None:
-    """A part's branches and engine from their checkpoints (every branch has one: they are saved together)."""
+def _restore(part: _Part, index: int, restored: list) -> None:
+    """A part's branches and engine from their trials' checkpoints (every trial has one: they are saved together).
+    The callbacks are rebuilt with the settings the trial started with, as its record says."""
     arrays = part.engine.export_state()
+    prefix = f"p{index}_b0_"
     for k, (branch, (state, saved)) in enumerate(zip(part.branches, restored, strict=True)):
-        arrays.update({f"b{k}_{key[3:]}": value for key, value in saved.items() if key.startswith("b0_")})
-        own = state["branch"]
+        arrays.update({f"b{k}_{key[len(prefix):]}": value for key, value in saved.items() if key.startswith(prefix)})
+        own = state["branches"][index]
         branch.history, branch.active = own["history"], own["active"]
         branch.diverged = own.get("diverged", "")
         branch.pruned_epoch = own.get("pruned_epoch")
-        if branch.early_stopping and own["early_stopping"]:
-            branch.early_stopping = callbacks.EarlyStopping(**own["early_stopping"])
-        if branch.reduce_lr and own["reduce_lr"]:
-            branch.reduce_lr = callbacks.ReduceLROnPlateau(**own["reduce_lr"])
-        best = sorted((key for key in saved if key.startswith("best0_")), key=lambda n: int(n.split("_")[1]))
+        branch.settings = own["settings"]
+        stopping, schedule = own["early_stopping"], own["reduce_lr"]
+        branch.early_stopping = callbacks.EarlyStopping(**stopping) if stopping else None
+        branch.reduce_lr = callbacks.ReduceLROnPlateau(**schedule) if schedule else None
+        best = sorted((key for key in saved if key.startswith(f"p{index}_best_")), key=lambda n: int(n.split("_")[2]))
         branch.best_weights = [saved[key] for key in best] or None
     part.engine.import_state(arrays)
 
@@ -376,20 +450,31 @@ def _train_epoch(part: _Part, epoch: int, batch_size: int, seed: int, shuffle: b
 
 
 def _result(branch: _Branch, net, dataset: Dataset, outputs: dict[int, np.ndarray], monitor: str,
-            resumed: int | None, seconds: float) -> TrainedTrial:  # fmt: skip
+            resumed: int | None, seconds: float, superseded: bool = False) -> TrainedTrial:  # fmt: skip
     history = branch.history.get(monitor, [])
-    best = criteria.metric(monitor).best(history) if history else None
     return TrainedTrial(
         model=net,
         history=branch.history,
         epochs_run=len(branch.history.get("loss", [])) + (1 if branch.diverged else 0),
-        best_epoch=history.index(best) + 1 if history else None,
+        best_epoch=_best_epoch(branch, monitor, history),
         resumed_from_epoch=resumed,
         seconds=seconds,
-        metrics={} if branch.diverged else evaluate(dataset, {p: _scores(o) for p, o in outputs.items()}),
+        metrics={} if branch.diverged or superseded else evaluate(dataset, {p: _scores(o) for p, o in outputs.items()}),
         diverged=branch.diverged,
         pruned_epoch=branch.pruned_epoch,
+        callback_settings=branch.settings,
+        superseded=superseded,
     )
+
+
+def _best_epoch(branch: _Branch, monitor: str, curve: Sequence[float]) -> int | None:
+    """From 1: the epoch early stopping kept (by its own ``min_delta``) when it watches ``monitor``, else the
+    curve's best epoch."""
+    stopping = branch.early_stopping
+    if stopping is not None and stopping.monitor == monitor and stopping.best is not None:
+        return stopping.best_epoch + 1
+    found = callbacks.best_epoch(monitor, curve)
+    return None if found is None else found + 1
 
 
 def _fold_bundle(folds: list[TrainedTrial], monitor: str) -> TrainedTrial:
@@ -406,19 +491,23 @@ def _fold_bundle(folds: list[TrainedTrial], monitor: str) -> TrainedTrial:
     history = mean_history([f.history for f in folds])
     for i, fold in enumerate(folds):
         history.update({f"fold{i}/{key}": values for key, values in fold.history.items()})
-    curve = history.get(monitor, [])
-    best = criteria.metric(monitor).best(curve) if curve else None
+    # Early stopping's rule (its min_delta) applied to the mean curve: the folds each kept their own epoch.
+    min_delta = folds[0].callback_settings.get("early_stopping", {}).get("min_delta", 0.0)
+    stopping = folds[0].callback_settings.get("early_stopping", {}).get("enabled", False)
+    best = callbacks.best_epoch(monitor, history.get(monitor, []), min_delta if stopping else 0.0)
     return TrainedTrial(
         model=[f.model for f in folds],
         history=history,
         epochs_run=max(f.epochs_run for f in folds),
-        best_epoch=curve.index(best) + 1 if curve else None,
+        best_epoch=None if best is None else best + 1,
         resumed_from_epoch=folds[0].resumed_from_epoch,
         seconds=folds[0].seconds,
         metrics=merged,
         diverged=diverged,
         pruned_epoch=folds[0].pruned_epoch,  # a trial's fold models are pruned together
         folds=folds,
+        callback_settings=folds[0].callback_settings,
+        superseded=folds[0].superseded,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 from hhscan.execution.slurm import ScanStatus, TrialStatus
@@ -56,7 +55,7 @@ def _best(item: TrialStatus) -> str:
     if not lease.epochs:
         return "starting"
     best = f"  best {lease.monitor} {lease.best:.4f}" if lease.best is not None else ""
-    return f"epoch {lease.epoch}/{lease.epochs}{best}  (heartbeat {time.time() - lease.heartbeat:.0f} s ago)"
+    return f"epoch {lease.epoch}/{lease.epochs}{best}  (heartbeat {lease.age():.0f} s ago)"
 
 
 def print_status(console: Console, name: str, status: ScanStatus, verbose: bool = False) -> None:
