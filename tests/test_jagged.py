@@ -408,3 +408,37 @@ def test_kfold_refuses_a_jagged_event_number(tmp_path, capsys, monkeypatch):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1, err
     assert "split.variable: Jet_pt is jagged (0–6 entries per event) in 'Jet_pt'" in lines[0]
+
+
+def test_onnx_export_of_a_block_model_describes_each_column(tmp_path, capsys, monkeypatch):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import onnxruntime
+    from hhscan.learning import artifacts
+
+    root = nano_analysis(tmp_path / "p", n=300)
+    code, _, err = run_cli(["run", "--local", "--name", "nx", "--max-trials", "1"], root, capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli(["report", "nx", "--no-plots"], root, capsys, monkeypatch)
+    assert code == 0, err
+    result = subprocess.run([sys.executable, "-m", "hhscan.cli", "export", "--model", "nx_best", "--format", "onnx"],
+                            cwd=root, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": ""})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    description = json.loads((root / "models" / "nx_best.onnx.json").read_text())
+    expressions = {i["name"]: i["expression"] for i in description["inputs"]}
+    assert expressions["jet_pt_1"] == "Alt$(Jet_pt[1], 0)" and expressions["jet2_pt"] == "Alt$(Jet_pt[1], 0)"
+    assert description["input_shape"] == ["batch", 8]
+    assert description["blocks"] == [{"name": "jet_pt", "length": 4, "components": 1,
+                                      "columns": ["jet_pt_0", "jet_pt_1", "jet_pt_2", "jet_pt_3"]}]  # fmt: skip
+    # The ONNX model scores unscaled block columns as Keras does.
+    sample_list, _ = _sample(root)
+    data = dataset.load_dataset(sample_list, config.load_parameters(root / "parameters" / "scan.yaml").split,
+                                root / "splits")  # fmt: skip
+    features = data.features[data.partition == TEST]
+    keras_model, _ = artifacts.load_model_zip(root / "models" / "nx_best.zip")
+    session = onnxruntime.InferenceSession(str(root / "models" / "nx_best.onnx"), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {session.get_inputs()[0].name: features.astype(np.float32)})[0]
+    assert np.max(np.abs(scores - np.asarray(keras_model.predict(features, verbose=0)))) < 1e-5
