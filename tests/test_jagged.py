@@ -336,6 +336,27 @@ def test_a_nanoaod_scan_runs_reports_and_tests_with_inputs_as_awkward_computes_t
         assert float(np.ravel(scaler.mean)[column]) == pytest.approx(real.mean(), rel=1e-5)
         assert float(np.ravel(scaler.variance)[column]) == pytest.approx(real.var(), rel=1e-4)
     assert int((data.partition == TEST).sum()) == scored
+    # A sample added later, scored whole in chunks of 64 entries: its block columns as plain Python pads them.
+    write_nano(root / "data" / "hh_new.root", 300, 7, 1.0)
+    later = yaml.safe_load((root / "sample_lists" / "nano.yaml").read_text())
+    later["groups"].append({"name": "hh_new", "files": "hh_new.root", "tree": "Events", "class": "signal",
+                            "training": False})  # fmt: skip
+    (root / "sample_lists" / "later.yaml").write_text(yaml.safe_dump(later))
+    from hhscan.results import apply
+
+    streaming = apply._apply_streaming
+    monkeypatch.setattr(apply, "_apply_streaming", lambda *args: streaming(*args[:-1], 64))  # chunk_size: 64
+    code, _, err = run_cli(["test", "--model", "best", "--samples", "sample_lists/later.yaml", "--output", "hh_new"],
+                           root, capsys, monkeypatch)  # fmt: skip
+    assert code == 0, err
+    read = lists(root / "data" / "hh_new.root", "Jet_pt", "event")
+    with uproot.open(root / "models" / "nano_best" / "samples" / "hh_new.root") as handle:
+        arrays = handle["Events"].arrays(library="np")
+    pt_of = dict(zip(read["event"], read["Jet_pt"], strict=True))
+    assert sorted(arrays["event"]) == sorted(e for e, pt in pt_of.items() if len(pt) >= 1)
+    for i in range(4):
+        expected = [pt_of[e][i] if len(pt_of[e]) > i else 0.0 for e in arrays["event"]]
+        np.testing.assert_allclose(arrays[f"jet_pt_{i}"], expected, rtol=1e-6)
     # The leak check sees each block column as an input of its own: its AUC alone, as scikit-learn computes it.
     from sklearn.metrics import roc_auc_score
 

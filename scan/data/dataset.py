@@ -391,7 +391,7 @@ def _features(
         if variable.length is not None:  # a block: entry-major columns name_0, name_1… (name_0_0, name_0_1… )
             values = evaluated.get(key)[selection]
             block_counts[variable.name] = evaluated.real_counts(key)[selection].astype(np.int32)
-            for column in values.reshape(len(values), -1).T:
+            for column in values.reshape(len(values), int(np.prod(values.shape[1:]))).T:
                 blocks.append(column.astype(np.float32))
                 dtypes.append(np.dtype(np.float32).str)
             continue
