@@ -463,3 +463,45 @@ def test_onnx_export_of_a_block_model_describes_each_column(tmp_path, capsys, mo
     session = onnxruntime.InferenceSession(str(root / "models" / "nx_best.onnx"), providers=["CPUExecutionProvider"])
     scores = session.run(None, {session.get_inputs()[0].name: features.astype(np.float32)})[0]
     assert np.max(np.abs(scores - np.asarray(keras_model.predict(features, verbose=0)))) < 1e-5
+
+
+def test_the_shipped_nanoaod_sample_list_runs_and_matches_the_readme(tmp_path, capsys, monkeypatch):
+    import re
+    import shutil
+
+    from conftest import REPO
+
+    root = tmp_path / "shipped"
+    (root / "data").mkdir(parents=True)
+    for name in ("nanoaod_like.root", "nanoaod_like_signal.root"):
+        shutil.copy(REPO / "data" / name, root / "data" / name)
+        assert (REPO / "data" / name).stat().st_size < 1_000_000
+    shutil.copytree(REPO / "sample_lists", root / "sample_lists")
+    shipped = (REPO / "sample_lists" / "nanoaod.yaml").read_text()
+    readme = (REPO / "README.md").read_text()
+    shown = re.search(r"```yaml\n(# NanoAOD-style.*?)```", readme, re.S)
+    assert shown is not None and yaml.safe_load(shown.group(1)) == yaml.safe_load(shipped)
+    (root / "parameters").mkdir()
+    (root / "parameters" / "scan.yaml").write_text(yaml.safe_dump({
+        "samples": "../sample_lists/nanoaod.yaml", "hyperparameters": {"layers": [1], "neurons": [8], "epochs": [1]},
+        "split": {"name": "n", "train": 0.6, "validation": 0.2, "test": 0.2, "seed": 1},
+    }))  # fmt: skip
+    code, _, err = run_cli(["run", "--local", "--name", "shipped"], root, capsys, monkeypatch)
+    assert code == 0, err
+    sample_list = config.load_sample_list(root / "sample_lists" / "nanoaod.yaml")
+    data = dataset.load_dataset(sample_list, config.load_parameters(root / "parameters" / "scan.yaml").split,
+                                root / "splits")  # fmt: skip
+    assert [b["name"] for b in data.blocks] == ["jet_pt", "jet_eta"] and len(data.feature_names) == 15
+    # The README's layout for a model function: blocks of one length as one (events, length, features) array.
+    n = len(data.features)
+    stacked = np.concatenate([data.features[:, [data.feature_names.index(c) for c in b["columns"]]]
+                              .reshape(n, b["length"], b["components"]) for b in data.blocks], axis=2)  # fmt: skip
+    read = {}
+    for name in ("nanoaod_like_signal.root", "nanoaod_like.root"):
+        got = lists(root / "data" / name, "Jet_pt", "Jet_eta", "event")
+        read.update({e: (p, h) for e, p, h in zip(got["event"], got["Jet_pt"], got["Jet_eta"], strict=True)})
+    for row, event in enumerate(data.other["event"][:50]):
+        pt, eta = read[event]
+        for i in range(4):
+            expected = (pt[i], eta[i]) if i < len(pt) else (0.0, 0.0)
+            np.testing.assert_allclose(stacked[row, i], expected, rtol=1e-6)
