@@ -505,3 +505,24 @@ def test_the_shipped_nanoaod_sample_list_runs_and_matches_the_readme(tmp_path, c
         for i in range(4):
             expected = (pt[i], eta[i]) if i < len(pt) else (0.0, 0.0)
             np.testing.assert_allclose(stacked[row, i], expected, rtol=1e-6)
+
+
+def test_a_root_fixed_size_array_is_a_list_and_a_block(tmp_path):
+    root = nano_analysis(tmp_path / "p", n=50)
+    rng = np.random.default_rng(8)
+    towers = rng.normal(size=(50, 3)).astype(np.float32)
+    path = root / "data" / "fixed.root"
+    with uproot.recreate(path) as handle:
+        handle.mktree("Events", {"towers": (np.float32, (3,)), "w": np.float64})
+        handle["Events"].extend({"towers": towers, "w": np.ones(50)})
+    assert readers.branch_shapes(path, "Events", ["towers", "w"])["towers"] == readers.BranchShape(jagged=True, fixed=3)
+    inputs = [{"name": "t", "expr": "towers", "length": 5, "pad": -1}, {"name": "s", "expr": "Sum$(towers * 2)"},
+              {"name": "t1", "expr": "towers[1]"}, {"name": "t4", "expr": "Alt$(towers[4], 7)"}]  # fmt: skip
+    sample_list, _ = _with_inputs(root, inputs, cut=None, weight="w", other_variables=[])
+    sample = sample_list.samples[0].model_copy(update={"path": path})
+    part = dataset.read_sample(sample_list, sample, apply_selection=False)
+    np.testing.assert_array_equal(part.features[:, :5], np.pad(towers, ((0, 0), (0, 2)), constant_values=-1))
+    np.testing.assert_allclose(part.features[:, 5], (2 * towers.astype(np.float64)).sum(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(part.features[:, 6], towers[:, 1])
+    np.testing.assert_array_equal(part.features[:, 7], np.full(50, 7.0))
+    np.testing.assert_array_equal(part.block_counts["t"], np.full(50, 3))

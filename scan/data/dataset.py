@@ -209,7 +209,8 @@ def check_shapes(
             expr.parse(text).check_shapes(shapes, f"{where}: {kind}", entries=entries)
     for variable in sample_list.inputs:
         parsed = expr.parse(variable.expr)
-        shape = parsed.check_shapes(shapes, f"{where}: input '{variable.name}'", variable.length is not None, entries)
+        shape = parsed.check_shapes(shapes, f"{where}: input '{variable.name}'", variable.length is not None, entries,
+                                    block_allowed=True)  # fmt: skip
         if variable.length is not None and shape.components != variable.components:
             raise DataError(
                 f"{where}: block '{variable.name}': '{variable.expr}' has {shape.describe()}: give the block "
@@ -304,7 +305,7 @@ def read_sample(
     check_shapes(sample_list, sample, shapes, kfold[1] if kfold else None)  # before any data is read
     requested = entries
     evaluated = _read_evaluated(
-        sample_list, sample, parsed, used_by, entries, kfold, any(s.jagged and not s.fixed for s in shapes.values())
+        sample_list, sample, parsed, used_by, entries, kfold, any(s.jagged for s in shapes.values())
     )
     entries = evaluated.entries
     if requested is not None and entries and (requested[0] > 0 or entries == requested[1] - requested[0]):

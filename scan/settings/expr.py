@@ -157,11 +157,13 @@ class Expression:
         where: str = "",
         block: bool = False,
         entries: Callable[[str], str] | None = None,
+        block_allowed: bool = False,
     ) -> BranchShape:
         """Check from the branches' shapes that jagged values are used as ROOT allows; one line per misuse.
 
         ``block``: the expression of a block, whose value must be jagged (else one number per event is required).
-        ``entries`` describes a branch's entries per event for the messages (e.g. "0–12", from its counter).
+        ``entries`` describes a branch's entries per event for the messages (e.g. "0–12", from its counter);
+        ``block_allowed`` (an input) suggests a block as a way out.
         Returns the shape of the value (for a block: its multiplicity, fixed size and components).
         """
         prefix = f"{where}: " if where else ""
@@ -182,9 +184,10 @@ class Expression:
         if not block and kind.jagged:
             name = kind.branch
             count = entries(name) if entries else shapes.get(name, FLAT).describe()
+            ways = [f"{name}[0]", f"Alt$({name}[0], 0)", f"a reduction like Sum$({name})"]
+            ways += ["a block"] if block_allowed else []
             raise ExpressionError(
-                f"{prefix}{name} is jagged ({count}) in '{self.text}': use {name}[0], Alt$({name}[0], 0), a "
-                f"reduction like Sum$({name}), or a block"
+                f"{prefix}{name} is jagged ({count}) in '{self.text}': use {', '.join(ways[:-1])}, or {ways[-1]}"
             )
         if not kind.jagged:
             return FLAT
