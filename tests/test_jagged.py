@@ -429,6 +429,32 @@ def test_kfold_refuses_a_jagged_event_number(tmp_path, capsys, monkeypatch):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1, err
     assert "split.variable: Jet_pt is jagged (0–6 entries per event) in 'Jet_pt'" in lines[0]
+    assert "or a block" not in lines[0]  # a block is an input, no way out for a fold number
+    # The event number (one per event) folds a scan with blocks; each fold model's scaler ignores the padding.
+    monkeypatch.undo()
+    parameters["split"]["variable"] = "event"
+    path.write_text(yaml.safe_dump(parameters))
+    code, _, err = run_cli(["run", "--local", "--name", "k", "--max-trials", "1"], root, capsys, monkeypatch)
+    assert code == 0, err
+    from hhscan.learning import artifacts
+
+    sample_list, _ = _sample(root)
+    data = dataset.load_dataset(sample_list, config.load_parameters(path).split, root / "splits")
+    from hhscan.execution.scandir import Workspace
+
+    scan = Workspace(root).scan("k")
+    (record,) = scan.records()[0].values()
+    bundle, _ = artifacts.load_model_zip(scan.model_path(record.trial_id))
+    for fold in range(3):
+        view = data.fold_view(fold)
+        train = view.partition == TRAIN
+        scaler = bundle.models[fold].get_layer("scaler")
+        counts = data.block_counts["jet_pt"][train]
+        for i in range(4):
+            column = data.feature_names.index(f"jet_pt_{i}")
+            real = data.features[train, column].astype(np.float64)[counts > i]
+            assert float(np.ravel(scaler.mean)[column]) == pytest.approx(real.mean(), rel=1e-5)
+            assert float(np.ravel(scaler.variance)[column]) == pytest.approx(real.var(), rel=1e-4)
 
 
 def test_onnx_export_of_a_block_model_describes_each_column(tmp_path, capsys, monkeypatch):
