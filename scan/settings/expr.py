@@ -68,6 +68,7 @@ _TOKEN = re.compile(
     (?P<space>\s+)
   | (?P<quoted>"[^"]*"|`[^`]*`)
   | (?P<jagged>(?:Sum|Min|Max|MinIf|MaxIf|Length|Alt)\$)
+  | (?P<unknown_jagged>[A-Za-z_][A-Za-z0-9_]*\$)
   | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<name>\$?[A-Za-z_][A-Za-z0-9_.]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<op>&&|\|\||==|!=|<=|>=|\*\*|[-+*/%<>!(),^\[\]])
@@ -214,7 +215,10 @@ class Expression:
             import awkward as ak
 
             missing = ak.to_numpy(ak.is_none(result, axis=0)) if _has_option(result) else None
-            return ak.to_numpy(ak.fill_none(result, 0)) if missing is not None else ak.to_numpy(result), missing
+            if missing is None:
+                return ak.to_numpy(result), None
+            filler = False if "bool" in str(ak.type(result)) else 0  # keeps a missing comparison boolean
+            return ak.to_numpy(ak.fill_none(result, filler)), missing
         return np.asarray(result), None
 
     def evaluate_block(
@@ -323,6 +327,10 @@ def parse(text: str, where: str = "") -> Expression:
             pieces.append(" ")
         elif kind == "jagged":
             pieces.append(_JAGGED_IDENTIFIER[token])
+        elif kind == "unknown_jagged":
+            raise ExpressionError(
+                f"{prefix}unknown function '{token}' in '{text}' ({did_you_mean(token, JAGGED_FUNCTIONS, 'functions')})"
+            )
         elif kind == "quoted" or (kind == "name" and (token.startswith("$") or "." in token)):
             name = token[1:-1] if kind == "quoted" else token
             key = f"_b{len(placeholders)}_"
