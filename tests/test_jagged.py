@@ -552,3 +552,21 @@ def test_a_root_fixed_size_array_is_a_list_and_a_block(tmp_path):
     np.testing.assert_array_equal(part.features[:, 6], towers[:, 1])
     np.testing.assert_array_equal(part.features[:, 7], np.full(50, 7.0))
     np.testing.assert_array_equal(part.block_counts["t"], np.full(50, 3))
+
+
+def test_an_rntuple_with_jagged_fields_reads_as_a_ttree(tmp_path):
+    root = nano_analysis(tmp_path / "p", n=50)
+    pt = [[30.0, 20.0], [], [50.0, 40.0, 10.0]] * 10
+    path = root / "data" / "rntuple.root"
+    with uproot.recreate(path) as handle:  # a dict assigned to a key is written as an RNTuple
+        handle["Events"] = {"Jet_pt": ak.Array(pt), "w": np.ones(30)}
+    assert type(uproot.open(path)["Events"]).__name__.endswith("RNTuple")
+    inputs = [{"name": "j", "expr": "Jet_pt", "length": 2, "pad": -1}, {"name": "s", "expr": "Sum$(Jet_pt > 25)"}]
+    sample_list, _ = _with_inputs(root, inputs, cut=None, weight="w", other_variables=[])
+    sample = sample_list.samples[0].model_copy(update={"path": path})
+    part = dataset.read_sample(sample_list, sample, apply_selection=False)
+    expected = [[*(p[:2]), *([-1.0] * (2 - len(p[:2]))), sum(x > 25 for x in p)] for p in pt]
+    np.testing.assert_array_equal(part.features, np.asarray(expected, np.float32))
+    with pytest.raises(HhscanError, match=r"Jet_pt is jagged \(0–3 entries per event\) in 'Jet_pt'"):
+        dataset.read_sample(*_with_inputs(root, [{"name": "j", "expr": "Jet_pt"}], cut=None, weight="w",
+                                          other_variables=[])[:1], sample)  # fmt: skip

@@ -73,29 +73,51 @@ def entries_per_event(path: Path, tree: str, branch: str) -> str:
 def _root_shapes(
     path: Path, tree_name: str, branches: Sequence[str], used_by: Mapping[str, str]
 ) -> dict[str, BranchShape]:
-    import uproot
 
     tree = _open_root_tree(path, tree_name)
     with tree.file:  # the file handle the tree keeps
         _check_branches(path, tree_name, branches, list(tree.keys()), used_by)
+        return _tree_shapes(path, tree_name, tree, branches)
+
+
+def _tree_shapes(path: Path, tree_name: str, tree, branches: Sequence[str]) -> dict[str, BranchShape]:
+    """Shapes from a TTree's branch interpretations (counters included), or an RNTuple's field types (read from
+    zero entries)."""
+    import uproot
+
+    if branches and not hasattr(tree[branches[0]], "interpretation"):  # an RNTuple: fields, no interpretations
+        empty = tree.arrays(filter_name=list(branches), entry_start=0, entry_stop=0)
         shapes = {}
         for name in branches:
-            branch = tree[name]
-            interpretation = branch.interpretation
-            if isinstance(interpretation, uproot.AsJagged) and isinstance(interpretation.content, uproot.AsDtype):
-                counter = branch.count_branch.name if branch.count_branch is not None else None
-                shapes[name] = BranchShape(jagged=True, multiplicity=counter)
-            elif isinstance(interpretation, uproot.AsDtype) and interpretation.inner_shape:
-                inner = interpretation.inner_shape
-                shapes[name] = BranchShape(jagged=True, fixed=inner[0], components=int(np.prod(inner[1:], dtype=int)))
-            elif isinstance(interpretation, uproot.AsDtype):
-                shapes[name] = FLAT
+            text = str(empty[name].type).split(" * ", 1)[1]  # "var * float64", "3 * float64", "float64"
+            if text.startswith("var * ") and " * " not in text[6:]:
+                shapes[name] = BranchShape(jagged=True)
+            elif text.split(" * ")[0].isdigit() and " * " not in text.split(" * ", 1)[1]:
+                shapes[name] = BranchShape(jagged=True, fixed=int(text.split(" * ")[0]))
+            elif " * " in text:
+                raise DataError(f"{path}:{tree_name}: field '{name}' ({text}) is neither one number per event nor a "
+                                f"list of numbers: hhscan reads numbers")  # fmt: skip
             else:
-                raise DataError(
-                    f"{path}:{tree_name}: branch '{name}' ({branch.typename}) is neither one number per event nor a "
-                    f"list of numbers: hhscan reads numbers"
-                )
+                shapes[name] = FLAT
         return shapes
+    shapes = {}
+    for name in branches:
+        branch = tree[name]
+        interpretation = branch.interpretation
+        if isinstance(interpretation, uproot.AsJagged) and isinstance(interpretation.content, uproot.AsDtype):
+            counter = branch.count_branch.name if branch.count_branch is not None else None
+            shapes[name] = BranchShape(jagged=True, multiplicity=counter)
+        elif isinstance(interpretation, uproot.AsDtype) and interpretation.inner_shape:
+            inner = interpretation.inner_shape
+            shapes[name] = BranchShape(jagged=True, fixed=inner[0], components=int(np.prod(inner[1:], dtype=int)))
+        elif isinstance(interpretation, uproot.AsDtype):
+            shapes[name] = FLAT
+        else:
+            raise DataError(
+                f"{path}:{tree_name}: branch '{name}' ({branch.typename}) is neither one number per event nor a "
+                f"list of numbers: hhscan reads numbers"
+            )
+    return shapes
 
 
 def _open_root_tree(path: Path, tree_name: str):
@@ -181,9 +203,8 @@ def _read_root(
         stop = min(stop, int(tree.num_entries))
         if not branches:
             return {}, stop - start
-        import uproot
-
-        jagged = [name for name in branches if isinstance(tree[name].interpretation, uproot.AsJagged)]
+        shapes = _tree_shapes(path, tree_name, tree, branches)
+        jagged = [name for name in branches if shapes[name].jagged and shapes[name].fixed is None]
         flat = [name for name in branches if name not in jagged]
         columns = tree.arrays(filter_name=flat, library="np", entry_start=start, entry_stop=stop) if flat else {}
         if jagged:  # awkward keeps a jagged branch as offsets and contents: no Python object per event
