@@ -570,3 +570,31 @@ def test_an_rntuple_with_jagged_fields_reads_as_a_ttree(tmp_path):
     with pytest.raises(HhscanError, match=r"Jet_pt is jagged \(0–3 entries per event\) in 'Jet_pt'"):
         dataset.read_sample(*_with_inputs(root, [{"name": "j", "expr": "Jet_pt"}], cut=None, weight="w",
                                           other_variables=[])[:1], sample)  # fmt: skip
+
+
+def test_chunks_end_at_cluster_boundaries_so_no_basket_is_read_twice(tmp_path, monkeypatch):
+    root = nano_analysis(tmp_path / "p", n=50)
+    path = root / "data" / "baskets.root"
+    with uproot.recreate(path) as handle:  # five extends: baskets (clusters) of 100 entries
+        for part in range(5):
+            events = nano_events(100, 20 + part, 0.0)
+            if part == 0:
+                handle.mktree("Events", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in events.items()})
+            handle["Events"].extend(events)
+    with uproot.open(path) as handle:
+        assert [int(b) for b in handle["Events"].common_entry_offsets()] == [0, 100, 200, 300, 400, 500]
+    assert readers.chunk_ranges(path, "Events", 0, 500, 150) == [(0, 200), (200, 400), (400, 500)]
+    # A boundary more than twice the target away is not waited for: the range is cut at the target.
+    assert readers.chunk_ranges(path, "Events", 30, 500, 40) == [(30, 100), (100, 140), (140, 200), (200, 240),
+                                                                 (240, 300), (300, 340), (340, 400), (400, 440),
+                                                                 (440, 480), (480, 500)]  # fmt: skip
+    assert readers.chunk_ranges(path, "Events", 0, 500, 30) == [(0, 30), (30, 60), (60, 100), (100, 130), (130, 160),
+                                                                (160, 200), (200, 230), (230, 260), (260, 300),
+                                                                (300, 330), (330, 360), (360, 400), (400, 430),
+                                                                (430, 460), (460, 490), (490, 500)]  # fmt: skip
+    sample_list, _ = _sample(root)
+    sample = sample_list.samples[0].model_copy(update={"path": path})
+    whole = dataset.read_sample(sample_list, sample)
+    monkeypatch.setattr(dataset, "CHUNK_ENTRIES", 150)
+    chunked = dataset.read_sample(sample_list, sample)
+    np.testing.assert_array_equal(chunked.features, whole.features)

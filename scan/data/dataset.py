@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from hhscan.data import split, weights
-from hhscan.data.readers import branch_shapes, count_entries, entries_per_event, read_columns
+from hhscan.data.readers import branch_shapes, chunk_ranges, count_entries, entries_per_event, read_columns
 from hhscan.errors import DataError
 from hhscan.fileio import atomic_write_bytes
 from hhscan.settings import expr
@@ -164,7 +164,8 @@ def _needed_branches(
     return parsed, {b: why for b, why in used_by.items() if b not in ADDED_COLUMNS}
 
 
-CHUNK_ENTRIES = 200_000  # a file with jagged branches is read and reduced to per-event numbers this many at a time
+CHUNK_ENTRIES = 200_000  # a file with jagged branches is read and reduced to per-event numbers about this many
+# at a time (ranges end at the file's cluster boundaries, at most twice this: readers.chunk_ranges)
 
 
 @dataclass
@@ -243,8 +244,7 @@ def _read_evaluated(
     if jagged:
         total = count_entries(sample.path, sample.tree)
         stop = total if stop is None else min(stop, total)
-        ranges = [(first, min(first + CHUNK_ENTRIES, stop)) for first in range(start, stop, CHUNK_ENTRIES)]
-        ranges = ranges or [(start, start)]
+        ranges = chunk_ranges(sample.path, sample.tree, start, stop, CHUNK_ENTRIES)
     else:
         ranges = [entries]
     result = _Evaluated()

@@ -42,6 +42,26 @@ def count_entries(path: Path, tree: str) -> int:
     return read_columns(path, tree, [])[1]
 
 
+def chunk_ranges(path: Path, tree: str, start: int, stop: int, target: int) -> list[tuple[int, int]]:
+    """Entry ranges of about ``target`` entries covering [start, stop). In a ROOT TTree they end where every
+    branch's baskets end (its clusters), so no basket is decompressed twice; a cluster far longer than ``target``
+    is cut anyway (memory stays bounded)."""
+    boundaries: list[int] = []
+    if Path(path).suffix.lower() not in HDF5_SUFFIXES:
+        handle = _open_root_tree(Path(path), tree)
+        with handle.file:
+            if hasattr(handle, "common_entry_offsets"):  # a TTree (an RNTuple has no baskets to share)
+                boundaries = [int(b) for b in handle.common_entry_offsets()]
+    ranges = []
+    first = start
+    while first < stop:
+        cuts = [b for b in boundaries if first + target <= b < stop]
+        end = cuts[0] if cuts and cuts[0] <= first + 2 * target else min(first + target, stop)
+        ranges.append((first, end))
+        first = end
+    return ranges or [(start, start)]
+
+
 def branch_shapes(
     path: Path, tree: str, branches: Sequence[str], used_by: Mapping[str, str] | None = None
 ) -> dict[str, BranchShape]:
