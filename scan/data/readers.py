@@ -76,7 +76,8 @@ def branch_shapes(
 
 
 def entries_per_event(path: Path, tree: str, branch: str) -> str:
-    """How many entries per event a jagged branch has, as "0–12" (reads its counts), for error messages."""
+    """How many entries per event a jagged branch has, as "0–12" (reads its counter, or its entries where it has
+    none), for error messages."""
     import awkward as ak
 
     path = Path(path)
@@ -85,7 +86,9 @@ def entries_per_event(path: Path, tree: str, branch: str) -> str:
     import uproot
 
     with uproot.open(path) as handle:
-        counts = ak.to_numpy(ak.num(handle[tree][branch].array(library="ak"), axis=1))
+        values = handle[tree][branch]
+        counter = getattr(values, "count_branch", None)  # NanoAOD's nJet: a few bytes per event, not the entries
+        counts = counter.array(library="np") if counter is not None else ak.to_numpy(ak.num(values.array(), axis=1))
     low, high = (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
     return f"{low}–{high} entries per event" if low != high else f"{low} entries per event"
 
