@@ -289,6 +289,12 @@ def test_the_scaler_counts_real_entries_only(tmp_path):
     # A plain input is unaffected by the mask.
     first = data.feature_names.index("jet1_pt")
     assert mean[first] == pytest.approx(data.features[train, first].astype(np.float64).mean(), rel=1e-9)
+    # The block layout and real entries survive the dataset cache.
+    dataset.load_dataset(sample_list, parameters.split, root / "splits", root / "cache")
+    cached = dataset.load_dataset(sample_list, parameters.split, root / "splits", root / "cache")
+    assert cached.blocks == data.blocks == [{"name": "jet_pt", "length": 4, "components": 1,
+                                             "columns": ["jet_pt_0", "jet_pt_1", "jet_pt_2", "jet_pt_3"]}]  # fmt: skip
+    np.testing.assert_array_equal(cached.real_entries(TRAIN), data.real_entries(TRAIN))
 
 
 # -------------------------------------------------------------------------------------------- end to end
