@@ -8,8 +8,9 @@ Sections: scan (hhscan vs a plain Keras loop on TensorFlow vs Talos vs Optuna's 
 example), kfold (3 fold models per trial against one), search (hhscan TPE + median pruning against the full grid
 in hhscan and a plain Optuna study: epochs and wall time to the grid's best val AUC − 0.003), packing (trials/s for
 pack sizes 1…32), machine (training events/s against an MLP-shaped matmul ceiling), data (ROOT → arrays vs raw
-uproot, cached reload vs np.load), bookkeeping (missing-trial detection and report over 10 000 records,
-``hhscan --help``). Each tool runs in its own process (a Keras backend is per process); times exclude imports.
+uproot, cached reload vs np.load), nanoaod (1M NanoAOD-like events, 10 jagged inputs, vs raw uproot arrays()),
+bookkeeping (missing-trial detection and report over 10 000 records, ``hhscan --help``). Each tool runs in its own
+process (a Keras backend is per process); times exclude imports.
 Talos 2.0.10 needs pandas<3: the bench creates its own venv for it in bench/.venv-talos (once; --no-talos skips it).
 """
 
@@ -606,6 +607,52 @@ def section_data(quick: bool) -> list[str]:
     return lines
 
 
+def section_nanoaod(quick: bool) -> list[str]:
+    """Reading NanoAOD-like jagged branches into training arrays against raw uproot ``arrays()`` of them."""
+    import uproot
+    import yaml
+    from hhscan.data import dataset
+    from hhscan.settings import config
+
+    sys.path.insert(0, str(REPO))
+    from bench.nanoaod import JAGGED_BRANCHES, write_nanoaod
+
+    n = 100_000 if quick else 1_000_000
+    # Ten inputs, one per jagged branch: indices, Alt$, reductions and a conditional one, as an analysis writes them.
+    inputs = ["Alt$(Jet_pt[0], 0)", "Alt$(Jet_eta[0], -9)", "Max$(Jet_phi)", "Sum$(Jet_mass)",
+              "Sum$(Jet_btagDeepFlavB > 0.5)", "Alt$(Muon_pt[0], 0)", "MaxIf$(Muon_eta, Muon_pt > 10)",
+              "Sum$(Electron_pt)", "Alt$(Electron_eta[0], -9)", "Min$(Electron_phi)"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        write_nanoaod(root / "nano.root", n, seed=3)
+        (root / "s.yaml").write_text(yaml.safe_dump({
+            "classes": ["background", "signal"],
+            "groups": [{"name": "sig", "files": "nano.root", "tree": "Events", "class": "signal"},
+                       {"name": "bkg", "files": "nano.root", "tree": "Events", "class": "background",
+                        "xsec": 1.0, "event_weight_sum": 1.0}],
+            "inputs": [{"name": f"in{i}", "expr": text} for i, text in enumerate(inputs)],
+            "weight": "genWeight",
+        }))  # fmt: skip
+        samples = config.load_sample_list(root / "s.yaml")
+        settings = config.SplitSettings(name="bench")
+
+        def raw():
+            with uproot.open(root / "nano.root") as handle:
+                handle["Events"].arrays(filter_name=[*JAGGED_BRANCHES, "genWeight"], library="ak")
+
+        raw()  # page cache warm for both
+        raw_s = _best_of(3, lambda: [raw(), raw()])
+        build_s = _best_of(3, lambda: dataset.load_dataset(samples, settings, root / f"splits{time.time_ns()}"))
+        size = (root / "nano.root").stat().st_size
+    return [f"### NanoAOD-like jagged inputs: {n:,} events, 10 jagged branches (≈ 3 jets, 0.8 muons, 0.7 electrons "
+            f"an event; {size / 1e6:.0f} MB), two samples from one ROOT file", "",
+            "| step | s | ratio | baseline |", "|---|---|---|---|",
+            f"| ROOT → training arrays (10 jagged inputs: Alt$, Sum$, Max$, MaxIf$ …; weights, split) | "
+            f"{build_s:.2f} | {build_s / raw_s:.2f} | raw uproot arrays() of the same 11 branches (awkward), twice "
+            f"({raw_s:.2f} s) |",
+            ""]  # fmt: skip
+
+
 def section_bookkeeping(quick: bool) -> list[str]:
     from hhscan.execution.scandir import ScanDirectory, Workspace
     from hhscan.learning import records
@@ -656,7 +703,8 @@ def _best_of(repeats: int, function) -> float:
 
 
 SECTIONS = {"scan": section_scan, "kfold": section_kfold, "search": section_search, "packing": section_packing,
-            "machine": section_machine, "data": section_data, "bookkeeping": section_bookkeeping}  # fmt: skip
+            "machine": section_machine, "data": section_data, "nanoaod": section_nanoaod,
+            "bookkeeping": section_bookkeeping}  # fmt: skip
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def test_unknown_branch_lists_the_closest_names():
         ("pt ^ 2", "pow"),
         ("pt > 3 ; 1", "cannot read"),
         ("lambda: 1", "cannot read|construct"),
-        ("[pt]", "cannot read"),
+        ("[pt]", "cannot read|construct"),
         ("", "empty"),
         ("20 < pt < 40", "chained comparison.*20 < pt && pt < 40"),
         ("pt == eta == 1", "chained comparison"),
@@ -77,3 +77,52 @@ def test_rejects_anything_but_the_expression_language(text, message):
 def test_error_names_the_place():
     with pytest.raises(ExpressionError, match=r"^cfg.yaml:cut: syntax error"):
         expr.parse("(pt > 3", where="cfg.yaml:cut")
+
+
+# ------------------------------------------------------------------------- jagged values (awkward columns)
+
+JETS = [[50.0, 20.0], [], [35.0, 45.0, 5.0]]
+JAGGED = {"Jet_pt": None, "w": np.array([1.0, -1.0, 2.0])}
+
+
+def _jagged_columns():
+    import awkward as ak
+
+    return {"Jet_pt": ak.Array(JETS), "w": JAGGED["w"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "lacking"),
+    [
+        # Written out per event by hand: (values, events lacking an indexed entry).
+        ("w > 0 && Jet_pt[1] > 40", [False, False, True], [False, False, False]),  # event 1: w > 0 is false
+        ("w < 0 || Jet_pt[1] > 40", [False, True, True], [False, False, False]),  # event 1: w < 0 is true
+        ("!(Jet_pt[1] > 40)", [True, False, False], [False, True, False]),
+        ("Jet_pt[2] * w", [0.0, 0.0, 10.0], [True, True, False]),
+        ("Alt$(Jet_pt[2], -1) * w", [-1.0, 1.0, 10.0], [False, False, False]),
+        ("Sum$(Jet_pt * w)", [70.0, 0.0, 170.0], [False, False, False]),
+        ("MaxIf$(Jet_pt, Jet_pt < 40)", [20.0, 0.0, 35.0], [False, False, False]),
+    ],
+)
+def test_jagged_expressions_keep_missing_entries_apart(text, expected, lacking):
+    values, missing = expr.parse(text).evaluate_with_missing(_jagged_columns())
+    np.testing.assert_array_equal(values, expected)
+    assert values.dtype == np.asarray(expected).dtype
+    np.testing.assert_array_equal(missing if missing is not None else np.zeros(3, bool), lacking)
+
+
+def test_static_shape_checks_name_the_counters():
+    shapes = {"Jet_pt": expr.BranchShape(jagged=True, multiplicity="nJet"),
+              "Jet_eta": expr.BranchShape(jagged=True, multiplicity="nJet"),
+              "Muon_pt": expr.BranchShape(jagged=True, multiplicity="nMuon")}  # fmt: skip
+    assert expr.parse("Sum$(Jet_pt * abs(Jet_eta) < 2)").check_shapes(shapes) == expr.FLAT
+    assert expr.parse("Jet_pt * 2").check_shapes(shapes, block=True).multiplicity == "nJet"
+    with pytest.raises(ExpressionError, match=r"^f: 'MinIf\$\(Jet_pt, Muon_pt > 3\)': Jet_pt \(counted by nJet\) and "
+                                              r"Muon_pt \(counted by nMuon\) have different multiplicities"):  # fmt: skip
+        expr.parse("MinIf$(Jet_pt, Muon_pt > 3)").check_shapes(shapes, "f")
+    with pytest.raises(ExpressionError, match=r"Alt\$ takes one number per event"):
+        expr.parse("Alt$(Jet_pt, 0)").check_shapes(shapes)
+    with pytest.raises(ExpressionError, match=r"write Alt\$\(X\[i\], default\)"):
+        expr.parse("Alt$(Jet_pt[0])")
+    with pytest.raises(ExpressionError, match=r"closest: Sum\$"):
+        expr.parse("Summ$(Jet_pt)")

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 from hhscan.data import metrics, split, weights
-from hhscan.data.readers import read_columns
+from hhscan.data.readers import branch_shapes, chunk_ranges, count_entries, entries_per_event, read_columns
 from hhscan.errors import DataError
 from hhscan.fileio import atomic_write_bytes
 from hhscan.settings import expr
 from hhscan.settings.config import InputVariable, Sample, SampleList, Significance, SplitSettings
 
-CACHE_FORMAT = 4  # 4: one-hot values checked against their categories (a cache of 3 skipped the check)
+CACHE_FORMAT = 5  # 5: blocks' real entries kept (the scaler ignores padding); 4: one-hot values checked
 ADDED_COLUMNS = ("$sample", "$era", "$tag", "$class")
 
 
@@ -62,6 +62,7 @@ class SampleArrays:
     fold: np.ndarray | None = None  # k-fold: each kept event's fold (variable mod k)
     # Per one-hot input, the distinct values of its expression among the selected events.
     categories: dict[str, list[Any]] = field(default_factory=dict)
+    block_counts: dict[str, np.ndarray] = field(default_factory=dict)  # per block: each kept event's real entries
 
 
 @dataclass
@@ -90,6 +91,23 @@ class Dataset:
     fold: np.ndarray | None = None
     folds: int = 0
     significance: Significance = field(default_factory=Significance)  # the sample list's Z guard (not cached)
+    # Blocks (inputs with a length): their layout (name, length, components, columns: their feature names in order,
+    # entry-major) and each event's real entries (at most length; entries after them are padding).
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    block_counts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def real_entries(self, partition: int) -> np.ndarray | None:
+        """Which feature values of a partition's events are real, not a block's padding (None: all are)."""
+        if not self.blocks:
+            return None
+        selected = self.partition == partition
+        real = np.ones((int(selected.sum()), len(self.feature_names)), dtype=bool)
+        for block in self.blocks:
+            counts = self.block_counts[block["name"]][selected]
+            entry = np.repeat(np.arange(block["length"]), block["components"])
+            columns = [self.feature_names.index(c) for c in block["columns"]]
+            real[:, columns] = entry[None, :] < counts[:, None]
+        return real
 
     def fold_view(self, model_fold: int) -> Dataset:
         """The dataset as fold model ``model_fold`` sees it (arrays shared): its fold is the test partition, the
@@ -157,6 +175,128 @@ def _needed_branches(
     return parsed, {b: why for b, why in used_by.items() if b not in ADDED_COLUMNS}
 
 
+CHUNK_ENTRIES = 200_000  # a file with jagged branches is read and reduced to per-event numbers about this many
+# at a time (ranges end at the file's cluster boundaries, at most twice this: readers.chunk_ranges)
+
+
+@dataclass
+class _Evaluated:
+    """Per event of the range read, the value of each expression (and which events lack an entry it indexes)."""
+
+    entries: int = 0
+    values: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    missing: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    counts: dict[str, list[np.ndarray]] = field(default_factory=dict)  # blocks: real entries per event
+
+    def add(self, key: str, values: np.ndarray, missing: np.ndarray | None = None) -> None:
+        self.values.setdefault(key, []).append(values)
+        self.missing.setdefault(key, []).append(np.zeros(len(values), bool) if missing is None else missing)
+
+    def get(self, key: str) -> np.ndarray:
+        parts = self.values[key]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def lacking(self, key: str) -> np.ndarray:
+        parts = self.missing[key]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def real_counts(self, key: str) -> np.ndarray:
+        parts = self.counts[key]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def check_shapes(
+    sample_list: SampleList, sample: Sample, shapes: Mapping[str, expr.BranchShape], fold_variable: str | None = None
+) -> None:
+    """Jagged and fixed-size branches used where ROOT allows them, from the branch types alone (before any data is
+    read): one line per misuse, naming the expression or branch."""
+    where = f"{sample.path}:{sample.tree}"
+
+    def entries(branch: str) -> str:
+        shape = shapes.get(branch, expr.FLAT)
+        return shape.describe() if shape.fixed else entries_per_event(sample.path, sample.tree, branch)
+
+    for kind, text in (("cut", sample.cut), ("weight", sample.weight), ("split.variable", fold_variable)):
+        if text:
+            expr.parse(text).check_shapes(shapes, f"{where}: {kind}", entries=entries)
+    for variable in sample_list.inputs:
+        parsed = expr.parse(variable.expr)
+        shape = parsed.check_shapes(shapes, f"{where}: input '{variable.name}'", variable.length is not None, entries,
+                                    block_allowed=True)  # fmt: skip
+        if variable.length is not None and shape.components != variable.components:
+            raise DataError(
+                f"{where}: block '{variable.name}': '{variable.expr}' has {shape.describe()}: give the block "
+                f"components: {shape.components} (columns {variable.name}_<entry>_<component>)"
+                if shape.components > 1
+                else f"{where}: block '{variable.name}' has components: {variable.components}, but '{variable.expr}' "
+                f"has one number per entry: drop components"
+            )
+    for name in sample_list.other_variables:
+        if shapes.get(name, expr.FLAT).jagged:
+            raise DataError(
+                f"{where}: other_variables: {name} is jagged ({entries(name)}): other_variables are one number per "
+                f"event; add {name}[0] or Sum$({name}) as an input, or drop it"
+            )
+
+
+def _read_evaluated(
+    sample_list: SampleList,
+    sample: Sample,
+    parsed: list[expr.Expression],
+    used_by: dict[str, str],
+    entries: tuple[int, int] | None,
+    kfold: tuple[int, str] | None,
+    jagged: bool,
+) -> _Evaluated:
+    """Read the branches and evaluate every expression; a file with jagged branches in chunks of
+    ``CHUNK_ENTRIES``, so only the per-event numbers of the whole range are ever held at once."""
+    where = f"{sample.path}:{sample.tree}"
+    start, stop = entries if entries is not None else (0, None)
+    if jagged:
+        total = count_entries(sample.path, sample.tree)
+        stop = total if stop is None else min(stop, total)
+        ranges = chunk_ranges(sample.path, sample.tree, start, stop, CHUNK_ENTRIES)
+    else:
+        ranges = [entries]
+    result = _Evaluated()
+    texts = {"cut": sample.cut, "weight": sample.weight, "fold": kfold[1] if kfold else None}
+    added = {"$sample": sample.name, "$era": sample.era or "", "$tag": sample.tag, "$class": sample.class_name}
+    for chunk in ranges:
+        columns, n = read_columns(sample.path, sample.tree, list(used_by), used_by, chunk)
+        result.entries += n
+        for name, value in added.items():
+            columns[name] = np.full(n, value)
+        for key, text in texts.items():
+            if text:
+                try:
+                    values, missing = expr.parse(text).evaluate_with_missing(columns, where)
+                except (TypeError, ValueError) as error:
+                    raise DataError(f"{where}: cannot evaluate cut or weight ({error})") from None
+                result.add(key, np.broadcast_to(values, (n,)), None if missing is None else missing)
+        for variable, expression in zip(sample_list.inputs, parsed, strict=True):
+            key = f"input:{variable.name}"
+            try:
+                if variable.length is None:
+                    values, missing = expression.evaluate_with_missing(columns, where)
+                    result.add(key, np.broadcast_to(values, (n,)), missing)
+                else:
+                    block, counts = expression.evaluate_block(columns, variable.length, variable.pad, where)
+                    result.add(key, block)
+                    result.counts.setdefault(key, []).append(counts)
+            except (TypeError, ValueError) as error:
+                raise DataError(f"{where}: cannot evaluate input '{variable.expr}' ({error})") from None
+        for name in sample_list.other_variables:
+            result.add(f"other:{name}", np.asarray(columns[name]))
+    return result
+
+
+def _refuse_missing(expression_text: str, lacking: np.ndarray, relevant: np.ndarray, where: str, what: str) -> None:
+    """Events that matter (``relevant``) lacking an entry the expression indexes: an error counting them."""
+    count = int(np.count_nonzero(lacking & relevant))
+    if count:
+        raise DataError(expr.parse(expression_text).missing_message(count, int(relevant.sum()), where, what))
+
+
 def read_sample(
     sample_list: SampleList,
     sample: Sample,
@@ -172,33 +312,32 @@ def read_sample(
     """
     parsed, used_by = _needed_branches(sample_list, sample, kfold[1] if kfold else None)
     where = f"{sample.path}:{sample.tree}"
+    shapes = branch_shapes(sample.path, sample.tree, list(used_by), used_by)
+    check_shapes(sample_list, sample, shapes, kfold[1] if kfold else None)  # before any data is read
     requested = entries
-    columns, entries = read_columns(sample.path, sample.tree, list(used_by), used_by, entries)
+    evaluated = _read_evaluated(
+        sample_list, sample, parsed, used_by, entries, kfold, any(s.jagged for s in shapes.values())
+    )
+    entries = evaluated.entries
     if requested is not None and entries and (requested[0] > 0 or entries == requested[1] - requested[0]):
         # A chunk of a larger file: the counts in its errors are the chunk's, so the message says which one.
         where += f" (entries {requested[0]}–{requested[0] + entries})"
-    added = {
-        "$sample": sample.name,
-        "$era": sample.era or "",
-        "$tag": sample.tag,
-        "$class": sample.class_name,
-    }
-    for name, value in added.items():
-        columns[name] = np.full(entries, value)
-    try:
-        selection = (
-            np.asarray(expr.parse(sample.cut).evaluate(columns, where), dtype=bool)
-            if sample.cut
-            else np.ones(entries, dtype=bool)
+    every = np.ones(entries, dtype=bool)
+    if sample.cut:
+        _refuse_missing(sample.cut, evaluated.lacking("cut"), every, f"{where}: cut", "events")
+        selection = np.asarray(evaluated.get("cut"), dtype=bool)
+    else:
+        selection = every
+    if sample.weight:
+        _refuse_missing(
+            sample.weight, evaluated.lacking("weight"), selection, f"{where}: weight", "events passing the cut"
         )
-        selection = np.broadcast_to(selection, (entries,))
-        event_weight = (
-            np.broadcast_to(expr.parse(sample.weight).evaluate(columns, where), (entries,)).astype(np.float64)
-            if sample.weight
-            else np.ones(entries)
-        )
-    except (TypeError, ValueError) as error:
-        raise DataError(f"{where}: cannot evaluate cut or weight ({error})") from None
+        try:
+            event_weight = np.asarray(evaluated.get("weight")).astype(np.float64)
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{where}: cannot evaluate cut or weight ({error})") from None
+    else:
+        event_weight = np.ones(entries)
     not_finite = int(np.count_nonzero(~np.isfinite(event_weight) & selection))
     if not_finite:  # an error in the expression, never an event to drop as "weight ≤ 0"
         raise DataError(
@@ -214,7 +353,7 @@ def read_sample(
         if not np.any(positive & selection):
             raise DataError(f"{where}: all {n_cut} selected events have weight ≤ 0 (weight '{sample.weight}')")
         selection = selection & positive
-    features, dtypes, categories = _features(sample_list, parsed, columns, selection, where)
+    features, dtypes, categories, block_counts = _features(sample_list, evaluated, selection, where)
     summary = SampleSummary(
         name=sample.name,
         file=str(sample.path),
@@ -230,10 +369,11 @@ def read_sample(
         selected_weight_sum=float(event_weight[cut_passing].sum()),
         used_weight_sum=float(event_weight[selection].sum()),
     )
-    other = {name: np.asarray(columns[name])[selection] for name in sample_list.other_variables}
+    other = {name: evaluated.get(f"other:{name}")[selection] for name in sample_list.other_variables}
     fold = None
     if kfold is not None:
-        values = np.broadcast_to(expr.parse(kfold[1]).evaluate(columns, where), (entries,))
+        _refuse_missing(kfold[1], evaluated.lacking("fold"), selection, f"{where}: split.variable", "selected events")
+        values = evaluated.get("fold")
         fold = split.fold_numbers(np.asarray(values)[selection], kfold[0], f"{where}: split.variable '{kfold[1]}'")
     return SampleArrays(
         sample=sample,
@@ -245,26 +385,31 @@ def read_sample(
         summary=summary,
         categories=categories,
         fold=fold,
+        block_counts=block_counts,
     )
 
 
 def _features(
-    sample_list: SampleList,
-    parsed: list[expr.Expression],
-    columns: Mapping[str, np.ndarray],
-    selection: np.ndarray,
-    where: str,
-) -> tuple[np.ndarray, list[str], dict[str, list[Any]]]:
-    """The input columns (float32, column-major), each column's dtype as read (one-hot columns: uint8), and per
-    one-hot input the distinct values it took."""
+    sample_list: SampleList, evaluated: _Evaluated, selection: np.ndarray, where: str
+) -> tuple[np.ndarray, list[str], dict[str, list[Any]], dict[str, np.ndarray]]:
+    """The input columns (float32, column-major), each column's dtype as read (one-hot columns: uint8), per
+    one-hot input the distinct values it took, and per block each selected event's real entries."""
     blocks = []
     dtypes: list[str] = []
     categories: dict[str, list[Any]] = {}
-    for variable, expression in zip(sample_list.inputs, parsed, strict=True):
-        try:
-            values = np.broadcast_to(expression.evaluate(columns, where), selection.shape)[selection]
-        except (TypeError, ValueError) as error:
-            raise DataError(f"{where}: cannot evaluate input '{variable.expr}' ({error})") from None
+    block_counts: dict[str, np.ndarray] = {}
+    for variable in sample_list.inputs:
+        key = f"input:{variable.name}"
+        if variable.length is not None:  # a block: entry-major columns name_0, name_1… (name_0_0, name_0_1… )
+            values = evaluated.get(key)[selection]
+            block_counts[variable.name] = evaluated.real_counts(key)[selection].astype(np.int32)
+            for column in values.reshape(len(values), int(np.prod(values.shape[1:]))).T:
+                blocks.append(column.astype(np.float32))
+                dtypes.append(np.dtype(np.float32).str)
+            continue
+        _refuse_missing(variable.expr, evaluated.lacking(key), selection, f"{where}: input '{variable.name}'",
+                        "selected events")  # fmt: skip
+        values = evaluated.get(key)[selection]
         if variable.one_hot is None:
             if values.dtype.kind not in "biuf":
                 raise DataError(f"{where}: input '{variable.expr}' is not numeric: one-hot encode it")
@@ -291,7 +436,7 @@ def _features(
         count = int((~finite[:, bad_column]).sum())
         name = sample_list.feature_names[bad_column]
         raise DataError(f"{where}: input '{name}' is NaN or infinite in {count} selected events; cut them away")
-    return features, dtypes, categories
+    return features, dtypes, categories, block_counts
 
 
 def _check_every_event_has_a_category(
@@ -343,7 +488,7 @@ def _check_one_hot_values(name: str, listed: list[Any], numeric: bool, where: st
         if numbers:
             raise DataError(
                 f"{where}: one-hot input '{name}' is text but its one_hot lists the number {numbers[0]}: "
-                f"quote it (one_hot: [\"{numbers[0]}\"])"
+                f'quote it (one_hot: ["{numbers[0]}"])'
             )
 
 
@@ -472,7 +617,22 @@ def _build(sample_list: SampleList, split_settings: SplitSettings, splits_dir: P
         ),
         fold=fold,
         folds=kfold[0] if kfold else 0,
+        blocks=block_layout(sample_list),
+        block_counts={
+            b["name"]: np.concatenate([p.block_counts[b["name"]] for p in parts]) for b in block_layout(sample_list)
+        },
     )
+
+
+def block_layout(sample_list: SampleList) -> list[dict[str, Any]]:
+    """Each block input: name, length, components and its feature columns in order (entry-major). A model function
+    takes the blocks of one length as one (events, length, Σ components) array:
+    ``np.concatenate([x[:, idx].reshape(n, length, components) for each block], axis=2)``."""
+    return [
+        {"name": v.name, "length": v.length, "components": v.components, "columns": v.columns}
+        for v in sample_list.inputs
+        if v.length is not None
+    ]
 
 
 def _yield_weights(part: SampleArrays, unit_factor: float) -> np.ndarray:
@@ -554,8 +714,10 @@ def _write_cache(path: Path, dataset: Dataset) -> None:
         "feature_dtypes": dataset.feature_dtypes,
         "input_separation": dataset.input_separation,
         "folds": dataset.folds,
+        "blocks": dataset.blocks,
     }
     arrays = {name: getattr(dataset, name) for name in _ARRAYS}
+    arrays.update({f"block/{name}": counts for name, counts in dataset.block_counts.items()})
     if dataset.fold is not None:
         arrays["fold"] = dataset.fold
     arrays.update({f"other/{name}": values for name, values in dataset.other.items()})
@@ -570,6 +732,7 @@ def _read_cache(path: Path) -> Dataset:
         arrays = {name: stored[name] for name in _ARRAYS}
         other = {name: stored[f"other/{name}"] for name in meta["other"]}
         fold = stored["fold"] if "fold" in stored.files else None
+        block_counts = {block["name"]: stored[f"block/{block['name']}"] for block in meta["blocks"]}
     return Dataset(
         **arrays,
         other=other,
@@ -584,6 +747,8 @@ def _read_cache(path: Path) -> Dataset:
         input_separation=meta["input_separation"],
         fold=fold,
         folds=meta["folds"],
+        blocks=meta["blocks"],
+        block_counts=block_counts,
     )
 
 

@@ -238,10 +238,19 @@ class FoldModels:
         return scores
 
 
-def scaler_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of the training features (float64 accumulation)."""
+def scaler_statistics(features: np.ndarray, real: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the training features (float64 accumulation). ``real`` (events × features) marks the
+    values that are not a block's padding: only those count, so padding never moves a column's mean or variance;
+    a column that is padding in every event keeps the statistics of its values (the pad: mean pad, variance 0)."""
     features64 = np.asarray(features, dtype=np.float64)
-    return features64.mean(axis=0), features64.var(axis=0)
+    if real is None:
+        return features64.mean(axis=0), features64.var(axis=0)
+    counts = real.sum(axis=0)
+    real = np.where(counts > 0, real, True)  # all padding: its own values
+    counts = real.sum(axis=0)
+    mean = np.where(real, features64, 0.0).sum(axis=0) / np.maximum(counts, 1)
+    variance = np.where(real, (features64 - mean) ** 2, 0.0).sum(axis=0) / np.maximum(counts, 1)
+    return mean, variance
 
 
 @functools.cache  # a process's devices do not change; records ask for it once per trial

@@ -226,14 +226,15 @@ def _load_checkpoint(
 
 
 def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple,
-                data_owner: object | None = None, chunk: int | None = None, fold: int | None = None):  # fmt: skip
+                data_owner: object | None = None, chunk: int | None = None, fold: int | None = None,
+                real: np.ndarray | None = None):  # fmt: skip
     """Each trial's model (its own seed, optimizer built) and the engine that trains them together.
 
     ``data_owner`` (the dataset) lets every pack of a job share one copy of the data on the device. ``fold``: the
     models are that fold's models of the trials (their own seeds), on that fold's training events.
     """
     x_train = train[0]
-    mean, variance = model.scaler_statistics(x_train)
+    mean, variance = model.scaler_statistics(x_train, real)  # ``real``: blocks' padding does not count
     nets = []
     for trial in trials:
         seed_everything((parameters.seed + trial.seed_offset + (fold or 0) * 7919) % (2**31))
@@ -271,7 +272,8 @@ def _parts(trials: Sequence[Trial], dataset: Dataset, parameters: Parameters) ->
     parts = []
     for view, fold, owner in views:
         train, validation = view.part(TRAIN), view.part(VALIDATION)
-        nets, engine = _build_pack(trials, parameters, n_classes, train, validation, owner, fold=fold)
+        nets, engine = _build_pack(trials, parameters, n_classes, train, validation, owner, fold=fold,
+                                   real=view.real_entries(TRAIN))  # fmt: skip
         branches = [_new_branch(t, parameters, fold) for t in trials]
         parts.append(_Part(view, branches, nets, engine, train, validation))
     return parts

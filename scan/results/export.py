@@ -15,6 +15,7 @@ file scores which fold.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -182,11 +183,15 @@ def _saved_model_scores(path: Path, features: np.ndarray) -> np.ndarray:
 
 
 def _description(metadata: dict, zip_path: Path, checks: list[dict], difference: float, events: int) -> dict:
+    from hhscan.data.dataset import block_layout
     from hhscan.results.apply import load_model_config
 
     _, sample_list = load_model_config(zip_path)
     expressions = {}
     for variable in sample_list.inputs:
+        if variable.length is not None:  # a block: entry i (component k) of its expression, the pad after the last
+            expressions.update(block_expressions(variable))
+            continue
         for column, value in zip(variable.columns, variable.one_hot or [None], strict=True):
             expressions[column] = variable.expr if value is None else f"({variable.expr}) == {value!r}"
     classes = metadata["class_names"]
@@ -200,6 +205,8 @@ def _description(metadata: dict, zip_path: Path, checks: list[dict], difference:
             for i, name in enumerate(metadata["feature_names"])
         ],
         "input_shape": ["batch", len(metadata["feature_names"])],
+        # Blocks are plain columns of that one input, entry-major (name_0, name_1 … or name_0_0, name_0_1 …).
+        "blocks": block_layout(sample_list),
         "input_dtype": "float32",
         "scaler": "inside the model (unscaled inputs in, as read from the files)",
         "outputs": outputs,
@@ -261,3 +268,16 @@ def model_test_events(zip_path: Path, workspace) -> tuple[np.ndarray, np.ndarray
 def select_backend() -> None:
     """Before Keras is imported: the export runs on TensorFlow (Keras' ONNX path for JAX needs jax2onnx)."""
     model.choose_backend("tensorflow")
+
+
+def block_expressions(variable) -> dict[str, str]:
+    """Each column of a block input as a ROOT expression: ``Alt$((expr)[i], pad)``; for a field of several numbers
+    per entry, component k of entry i (``c_vectors[i][k]``; entries past the field's size are the pad)."""
+    if variable.components == 1:
+        values = variable.expr if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variable.expr) else f"({variable.expr})"
+        return {f"{variable.name}_{i}": f"Alt$({values}[{i}], {variable.pad:g})" for i in range(variable.length)}
+    return {
+        f"{variable.name}_{i}_{k}": f"{variable.expr}[{i}][{k}] (pad {variable.pad:g})"
+        for i in range(variable.length)
+        for k in range(variable.components)
+    }

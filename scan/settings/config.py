@@ -28,15 +28,42 @@ class _Strict(BaseModel):
 
 
 class InputVariable(_Strict):
-    """One input: a branch, an expression of branches, or a categorical variable to one-hot encode."""
+    """One input: a branch, an expression of branches, a categorical variable to one-hot encode, or a block (with
+    ``length``): the first ``length`` entries of a jagged or array expression, ``pad`` where an event has fewer."""
 
     name: str
     expr: str
     one_hot: list[str | int | float] | None = None
+    length: int | None = None
+    pad: float = 0.0
+    components: int = 1  # numbers per entry of a block of an array field (HDF5 shape (200, 4): 4)
+
+    @field_validator("length")
+    @classmethod
+    def _length(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"length is {value}: a block takes the first length ≥ 1 entries of each event")
+        return value
+
+    @model_validator(mode="after")
+    def _block(self) -> InputVariable:
+        if self.length is None and (self.pad != 0.0 or self.components != 1):
+            raise ValueError(f"input '{self.name}': pad and components belong to a block (give length: N)")
+        if self.length is not None and self.one_hot is not None:
+            raise ValueError(f"input '{self.name}': a block (length) cannot be one-hot")
+        if not math.isfinite(self.pad):
+            raise ValueError(f"input '{self.name}': pad must be a finite number, got {self.pad}")
+        if self.components < 1:
+            raise ValueError(f"input '{self.name}': components must be ≥ 1, got {self.components}")
+        return self
 
     @property
     def columns(self) -> list[str]:
-        """The feature columns this input becomes."""
+        """The feature columns this input becomes; a block's entry-major: name_0 … (name_0_0, name_0_1 …)."""
+        if self.length is not None:
+            if self.components == 1:
+                return [f"{self.name}_{i}" for i in range(self.length)]
+            return [f"{self.name}_{i}_{k}" for i in range(self.length) for k in range(self.components)]
         if self.one_hot is None:
             return [self.name]
         return [f"{self.name}_{value}" for value in self.one_hot]
