@@ -253,6 +253,12 @@ class SampleList(_Strict):
         # so scans and caches made before it existed keep their fingerprints.
         if self.significance != Significance():
             data["significance"] = self.significance.model_dump(mode="json")
+        # Likewise a block's keys: an input that is no block dumps as it did before blocks existed.
+        block_defaults = {"length": None, "pad": 0.0, "components": 1}
+        data["inputs"] = [
+            {key: value for key, value in variable.items() if block_defaults.get(key, ...) != value}
+            for variable in data["inputs"]
+        ]
         return data
 
 
