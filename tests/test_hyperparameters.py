@@ -30,7 +30,9 @@ def test_omitted_keys_take_their_default_and_the_same_trial_id(analysis):
     short = config.load_parameters(analysis.parameters)
     analysis.edit_parameters(hyperparameters={k: [v] for k, v in FULL.items()})
     full = config.load_parameters(analysis.parameters)
-    assert short.hyperparameters == full.hyperparameters == {k: [v] for k, v in FULL.items()}
+    # weight_decay's default depends on the optimizer: filled point by point, not in the dictionary.
+    assert short.hyperparameters == {k: [v] for k, v in FULL.items() if k != "weight_decay"}
+    assert full.hyperparameters == {k: [v] for k, v in FULL.items()}
     assert short.dictionary_hash() == full.dictionary_hash()
     assert [t.id for t in trial.expand(short)] == [t.id for t in trial.expand(full)]
     # An omitted key hashes as its default, also for a point built by hand (the golden id is in test_scan_local).

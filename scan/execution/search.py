@@ -216,7 +216,7 @@ class SearchStudy:
     """An Optuna study rebuilt in memory from a scan's slots and records, and what hhscan needs of it.
 
     A trial's number in the study is its slot: Hyperband picks a trial's bracket from its number, so the number a
-    trial trains under must be the one every later rebuild gives it (``runner._next_pack`` rebuilds the study once
+    trial trains under must be the one every later rebuild gives it (the runner's next-pack step rebuilds the study once
     a pack's new points have their slots).
     """
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from hhscan.errors import ConfigError, DeviceError, ModelError
+from hhscan.settings.hyperparameters import REGISTRY
 
 _PREFERENCE = ("jax", "tensorflow")  # the backends the fused trainer supports, fastest first (bench/RESULTS.md)
 _MODULE = {"jax": "jax", "tensorflow": "tensorflow"}
@@ -137,11 +138,12 @@ def build_model(
     return keras.Model(inputs, outputs, name=name)
 
 
-def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0):
+def make_optimizer(name: str, learning_rate: float, weight_decay: float | None = None):
     """The Keras optimizer of a trial, with exactly its learning rate and decoupled weight decay.
 
-    ``weight_decay`` is hhscan's own hyperparameter (default 0): Keras' AdamW would otherwise decay by its own
-    0.004, recorded nowhere. Another optimizer at 0 gets Keras' ``None`` (no decay step at all), the same result.
+    ``weight_decay`` is hhscan's own hyperparameter, recorded and hashed where it is not the optimizer's default
+    (0.004 for AdamW, as Keras and hhscan before the entry existed; 0 for the others). An optimizer at 0 gets Keras'
+    ``None`` (no decay step at all), the same result. ``weight_decay=None``: the optimizer's default.
     """
     import keras
 
@@ -156,6 +158,8 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0):
         "adamax": keras.optimizers.Adamax,
     }
     kind = name.lower()
+    if weight_decay is None:
+        weight_decay = REGISTRY["weight_decay"].default_in({"optimizer": kind})
     decay = float(weight_decay)
     return classes[kind](learning_rate=float(learning_rate), weight_decay=decay if decay or kind == "adamw" else None)
 
@@ -168,7 +172,9 @@ def compile_model(model, hyperparameters: dict[str, Any], n_classes: int) -> Non
     """Attach the trial's optimizer and loss, so a saved model carries them (to fine-tune it later)."""
     model.compile(
         optimizer=make_optimizer(
-            hyperparameters["optimizer"], hyperparameters["learning_rate"], hyperparameters.get("weight_decay", 0.0)
+            hyperparameters["optimizer"],
+            hyperparameters["learning_rate"],
+            hyperparameters.get("weight_decay"),
         ),
         loss=loss_name(n_classes),
     )

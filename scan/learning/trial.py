@@ -42,7 +42,7 @@ def trial_id(
     """
     point = canonical(hyperparameters, registry)
     hashed = {key: value for key, value in point.items() if key not in registry or registry[key].hashed_at_default
-              or value != registry[key].canonical(registry[key].default)}  # fmt: skip
+              or not registry[key].is_default_in(value, point)}  # fmt: skip
     payload = json.dumps({"hp": hashed, "rep": repetition}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

@@ -500,7 +500,8 @@ class Parameters(_Strict):
         """Hash of what defines the scan's trials: the dictionary and the repetitions (and, for an adaptive
         search, the sampler, its seed and the pruner: not the budget, which may be raised to go on)."""
         # An entry added to the registry since, at its default, is left out: the scan's hash stays what it was.
-        dictionary = {k: v for k, v in self.hyperparameters.items() if not hyperparameters.at_silent_default(k, v)}
+        dictionary = {k: v for k, v in self.hyperparameters.items()
+                      if not hyperparameters.at_silent_default(k, v, dictionary=self.hyperparameters)}  # fmt: skip
         content: dict[str, Any] = {"hp": dictionary, "rep": self.repetitions}
         if self.search.adaptive:  # a grid scan's hash is unchanged by the search section
             content["search"] = self.search.model_dump(mode="json", exclude={"trials"})

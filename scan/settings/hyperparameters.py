@@ -54,6 +54,19 @@ class Hyperparameter:
     step_structure: bool = False
     network: bool = False  # an entry of the built-in network (an own model's signature replaces them)
     hashed_at_default: bool = False  # trial ids hash it even at its default (today's nine: their ids never change)
+    # A default that depends on another entry's value: (that entry, {its value: the default}); ``default`` elsewhere.
+    # weight_decay's is what each optimizer did before the entry existed (Keras' AdamW decays by 0.004).
+    default_by: tuple[str, tuple[tuple[Any, Any], ...]] | None = None
+
+    def default_in(self, point: Mapping[str, Any]) -> Any:
+        """The default in a point: ``default``, or the one ``default_by`` gives for the point's value of its entry."""
+        if self.default_by is None:
+            return self.default
+        name, table = self.default_by
+        return dict(table).get(point.get(name), self.default)
+
+    def is_default_in(self, value: Any, point: Mapping[str, Any]) -> bool:
+        return self.canonical(value) == self.canonical(self.default_in(point))
 
     @property
     def domain(self) -> str:
@@ -144,7 +157,7 @@ REGISTRY: dict[str, Hyperparameter] = {
         Hyperparameter("epochs", int, 20, low=1, step_structure=True, hashed_at_default=True),
         # Entries added later: hashed_at_default False, so a scan that does not set them keeps its ids.
         # Decoupled weight decay of every optimizer (adamw's included: 0 unless set, not Keras' 0.004).
-        Hyperparameter("weight_decay", float, 0.0, low=0),
+        Hyperparameter("weight_decay", float, 0.0, low=0, default_by=("optimizer", (("adamw", 0.004),))),
     )
 }
 # What the trials of one pack must share, in this order (batch size, epochs).
@@ -235,24 +248,36 @@ def check_dictionary(dictionary: Any, registry: Mapping[str, Hyperparameter] = R
         key: check_range(key, values, registry) if is_range(values) else [registry[key].check(v) for v in values]
         for key, values in dictionary.items()
     }
-    checked.update({name: [entry.default] for name, entry in registry.items() if name not in checked})
+    # A default that depends on the point is filled point by point (``canonical``), not once for the dictionary.
+    checked.update({name: [entry.default] for name, entry in registry.items()
+                    if name not in checked and entry.default_by is None})  # fmt: skip
     return checked
 
 
 def canonical(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> dict[str, Any]:
     """One grid point with canonical types and defaults filled in, keys sorted (unknown keys kept as they are)."""
-    full = {**{name: entry.default for name, entry in registry.items()}, **point}
+    full = {**{name: entry.default for name, entry in registry.items() if entry.default_by is None}, **point}
+    full.update({name: entry.default_in(full) for name, entry in registry.items() if name not in full})
     return {key: registry[key].canonical(full[key]) if key in registry else full[key] for key in sorted(full)}
 
 
-def at_silent_default(name: str, values: Any, registry: Mapping[str, Hyperparameter] = REGISTRY) -> bool:
+def at_silent_default(name: str, values: Any, registry: Mapping[str, Hyperparameter] = REGISTRY,
+                      dictionary: Mapping[str, Any] | None = None) -> bool:  # fmt: skip
     """An entry left out of trial ids and scan hashes: one added later (not ``hashed_at_default``) whose value, or
-    every value of its list, is its default, so the ids it had before it existed do not move."""
+    every value of its list, is its default — in every point of ``dictionary`` where the default depends on another
+    entry — so the ids it had before it existed do not move."""
     entry = registry.get(name)
     if entry is None or entry.hashed_at_default or is_range(values):
         return False
     listed = values if isinstance(values, list) else [values]
-    return bool(listed) and all(entry.canonical(v) == entry.canonical(entry.default) for v in listed)
+    if entry.default_by is None:
+        return bool(listed) and all(entry.is_default_in(v, {}) for v in listed)
+    other = entry.default_by[0]
+    others = (dictionary or {}).get(other, [registry[other].default] if other in registry else [None])
+    if is_range(others):
+        return False
+    points = [{other: registry[other].canonical(o) if other in registry else o} for o in others]
+    return bool(listed) and all(entry.is_default_in(v, point) for v in listed for point in points)
 
 
 def with_defaults(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> dict[str, Any]:
@@ -264,7 +289,7 @@ def with_defaults(point: Mapping[str, Any], registry: Mapping[str, Hyperparamete
         return dict(point)
     builtin = all(name in point for name in original)
     missing = {
-        name: entry.default
+        name: entry.default_in(point)
         for name, entry in registry.items()
         if name not in point and not entry.hashed_at_default and (builtin or not entry.network)
     }
