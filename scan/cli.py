@@ -253,18 +253,18 @@ def status(
     """Trials by state and job: running ones with their epoch and best value, jobs' time against their limit."""
     import time
 
-    from hhscan.execution import slurm
+    from hhscan.execution import jobstate
     from hhscan.execution.scandir import Workspace
     from hhscan.results import statusview
 
     console = _console()
     scan = Workspace(Path(workspace)).scan(name)
     if watch is None:
-        statusview.print_status(console, scan.name, slurm.scan_status(scan), verbose)
+        statusview.print_status(console, scan.name, jobstate.scan_status(scan), verbose)
         return
     try:
         while True:
-            result = slurm.scan_status(scan)
+            result = jobstate.scan_status(scan)
             console.clear()
             statusview.print_status(console, scan.name, result, verbose)
             if not result.of("running", "pending"):

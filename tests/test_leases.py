@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_cli
 from hhscan.errors import BackendError
-from hhscan.execution import leases, runner, slurm
+from hhscan.execution import jobstate, leases, runner, slurm
 from hhscan.execution.scandir import ScanDirectory, Workspace
 from hhscan.learning import training, trial
 from hhscan.learning.records import read_record, record_path
@@ -202,8 +202,8 @@ def test_a_trial_leased_by_a_live_attempt_is_skipped_shown_running_and_run_once_
         code, out, _ = run_cli(["status"], analysis.root, capsys, monkeypatch)
         assert "running: 1" in out and "job 41_3" in out and f"{held}  epoch 3/10  best val_auc 0.8125" in out
         assert "resubmit" not in out  # a running trial is not missing
-        status = slurm.scan_status(scan)
-        assert slurm.to_resubmit(status) == []
+        status = jobstate.scan_status(scan)
+        assert jobstate.to_resubmit(status) == []
         # --watch refreshes until nothing runs: the holder dies mid-watch and the trial turns missing.
         watcher = subprocess.Popen([sys.executable, "-m", "hhscan.cli", "status", "--watch", "0.5"],
                                    cwd=analysis.root, stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -214,7 +214,7 @@ def test_a_trial_leased_by_a_live_attempt_is_skipped_shown_running_and_run_once_
         sleeper.wait()
     watched = watcher.communicate(timeout=60)[0]
     assert watcher.returncode == 0 and watched.count("running: 1") >= 2 and "missing: 1" in watched
-    assert [t.trial.id for t in slurm.scan_status(scan).of("missing")] == [held]
+    assert [t.trial.id for t in jobstate.scan_status(scan).of("missing")] == [held]
     # Litter a killed writer leaves: a temporary record and a finished trial's checkpoint. Status counts them.
     litter = [scan.output_dir / f".{held}.csv.abc.tmp", scan.root / "checkpoints" / scan.trials()[1].id / "x.npz"]
     for path in litter:

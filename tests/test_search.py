@@ -436,7 +436,7 @@ def test_optuna_storage_of_a_grid_scan_is_one_line_before_any_record_is_read(ana
 
 def test_slurm_workers_of_an_adaptive_scan_cover_the_budget_not_finished(analysis, capsys, monkeypatch):
     """Without Slurm: the worker groups a submission would send, and status, from slots and records alone."""
-    from hhscan.execution import slurm
+    from hhscan.execution import jobstate, slurm
 
     _adaptive(analysis, sampler="random", trials=5)
     parameters = config.load_parameters(analysis.parameters)
@@ -452,7 +452,7 @@ def test_slurm_workers_of_an_adaptive_scan_cover_the_budget_not_finished(analysi
         assert search.take_slot(prepared.scan.root, search.Asked(-1, point), 5) is not None
     records.write_record(prepared.scan.output_dir, records.TrialRecord(done.id, records.DONE, 0, done.hyperparameters,
                                                                        "val_auc", metrics={"val_auc": 0.7}))  # fmt: skip
-    status = slurm.scan_status(prepared.scan)
+    status = jobstate.scan_status(prepared.scan)
     assert (status.budget, status.unasked) == (5, 3)
     assert {t.trial.id: t.state for t in status.trials} == {done.id: "done", orphan.id: "missing"}
     groups, _ = session.submit(prepared, 2, prepared.trials, dry_run=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
-from hhscan.execution import leases, slurm
+from hhscan.execution import jobstate, leases, slurm
 from hhscan.execution.scandir import Workspace
 from hhscan.learning import training
 
@@ -54,7 +54,7 @@ def wait_until_settled(scan, limit_s: float = 300.0):
     """Poll the scan's status until nothing is queued or running (bounded)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        status = slurm.scan_status(scan)
+        status = jobstate.scan_status(scan)
         if not status.of("running", "pending"):
             return status
         release_requeued()
@@ -239,7 +239,8 @@ def test_a_refused_later_array_keeps_the_jobs_queued_before_it(slurm_analysis, c
     def refuse_the_second(self, *args):
         calls.append(len(args[1]))
         if len(calls) == 2:
-            raise subprocess.CalledProcessError(1, ["sbatch"], output=b"sbatch: error: QOSMaxSubmitJobPerUserLimit")
+            # What submitit raises when sbatch exits non-zero: its stderr, as a FailedJobError.
+            raise slurm.submitit.core.utils.FailedJobError("sbatch: error: QOSMaxSubmitJobPerUserLimit")
         return real_map_array(self, *args)
 
     monkeypatch.setattr(executor_class, "map_array", refuse_the_second)
@@ -252,7 +253,7 @@ def test_a_refused_later_array_keeps_the_jobs_queued_before_it(slurm_analysis, c
         jobs = scan.manifest()["jobs"]
         queued = {trial_id for job in jobs for trial_id in job["trial_ids"]}
         assert len(jobs) == 2 and len(queued) == 2
-        status = slurm.scan_status(scan)
+        status = jobstate.scan_status(scan)
         assert {t.trial.id for t in status.of("pending", "running", "done")} == queued
         assert {t.trial.id for t in status.of("missing")} == {t.id for t in scan.trials()} - queued
         monkeypatch.setattr(executor_class, "map_array", real_map_array)
@@ -288,8 +289,8 @@ def test_jobs_are_recognised_by_slurms_own_submit_time_whatever_the_login_hosts_
         assert code == 0, err
         scan = Workspace(slurm_analysis.root).scan("skew")
         try:
-            status = slurm.scan_status(scan)
-            assert len(status.jobs) == 2 and all(info.state in slurm.ACTIVE_STATES for info in status.jobs.values())
+            status = jobstate.scan_status(scan)
+            assert len(status.jobs) == 2 and all(info.state in jobstate.ACTIVE_STATES for info in status.jobs.values())
             assert status.count("missing") == 0 and status.count("pending") + status.count("running") == 2
         finally:
             cancel_jobs(scan)
@@ -398,12 +399,12 @@ def _lose_state_then_resubmit(scan, old_jobs, watch, root, capsys, monkeypatch) 
     watch.sample()
     # The node comes back: the controller kills the tasks it does not know; their trials become missing.
     subprocess.run(["slurmd", "-f", os.environ["SLURM_CONF"]], check=True)
-    watch.until(lambda: slurm.scan_status(scan).count("missing") == 4, 120, "the orphaned tasks killed")
+    watch.until(lambda: jobstate.scan_status(scan).count("missing") == 4, 120, "the orphaned tasks killed")
     code, out, err = run_cli(["status", "lost"], root, capsys, monkeypatch)
     assert "pending: 0" in out and "missing: 4" in out and "ended " in out, out
     code, out, err = run_cli(["resubmit", "lost"], root, capsys, monkeypatch)
     assert code == 0 and "submitted 4 trial(s)" in out, out + err
-    watch.until(lambda: not slurm.scan_status(scan).of("running", "pending", "missing"), 300, "settled")
+    watch.until(lambda: not jobstate.scan_status(scan).of("running", "pending", "missing"), 300, "settled")
 
 
 def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_trial(
@@ -460,7 +461,7 @@ def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_t
     assert "running: 1" in out and "pending: 1" in out and "/200  best val_auc" in out, out
     not_started = [j["stdout"] for j in scan.manifest()["jobs"][1:] if not Path(j["stdout"]).exists()]
     assert len(not_started) == 1 and not_started[0] not in out.replace("\n", "")
-    watch.until(lambda: not slurm.scan_status(scan).of("running", "pending"), 300, "settled")
+    watch.until(lambda: not jobstate.scan_status(scan).of("running", "pending"), 300, "settled")
     watch.sample()
     assert watch.violations == []
     records_exactly_once(scan)
@@ -529,8 +530,8 @@ def test_an_array_task_that_just_ended_has_its_final_state_before_accounting_cat
     # Polled from submission until both tasks have ended (they may run one after the other on a busy node): the
     # first state seen after each ends must be its real one, never GONE.
     deadline, states = time.monotonic() + 120, set()
-    while time.monotonic() < deadline and not (states and not states & slurm.ACTIVE_STATES):
-        states = {info.state for info in slurm.job_infos(jobs).values()}
+    while time.monotonic() < deadline and not (states and not states & jobstate.ACTIVE_STATES):
+        states = {info.state for info in jobstate.job_infos(jobs).values()}
         assert "GONE" not in states, states
         time.sleep(0.2)
     assert states == {"FAILED"}, states

@@ -95,11 +95,11 @@ def run_local(
 def submit(prepared: PreparedScan, split: int, trials: Sequence[trial.Trial] | None = None, dry_run: bool = False):
     """Submit the scan's missing trials (or the given ones) to Slurm, ``split`` per job; for an adaptive scan,
     workers for its budget, each asking and training up to ``split`` trials (``runner.run_adaptive``)."""
-    from hhscan.execution import slurm
+    from hhscan.execution import jobstate, slurm
 
     if prepared.parameters.search.adaptive:
         if prepared.scan.exists:
-            status = slurm.scan_status(prepared.scan)
+            status = jobstate.scan_status(prepared.scan)
             count = status.count("missing") + status.unasked
         else:  # a dry run of a new scan: the whole budget
             count = int(prepared.parameters.search.trials or 0)
@@ -127,7 +127,7 @@ def resubmit(
     parameters_path: Path | None = None,
 ):
     """Submit only the missing trials of an existing scan, after checking nothing that defines it changed."""
-    from hhscan.execution import slurm
+    from hhscan.execution import jobstate, slurm
     from hhscan.settings import config
 
     workspace = Workspace(Path(workspace_root))
@@ -139,12 +139,12 @@ def resubmit(
     prepared = prepare(parameters, sample_list, workspace.root, scan.name, kind=manifest["kind"], must_exist=True)
     slurm.check_reachable()
     with slurm.scan_lock(scan):
-        status = slurm.scan_status(scan)
+        status = jobstate.scan_status(scan)
         if parameters.search.adaptive:  # workers for what no queued worker will ask or train (FAIL is told)
             queued = slurm.queued_workers(scan, status)
             groups = slurm.worker_groups(max(0, status.count("missing") + status.unasked - queued), split)
         else:
-            todo = slurm.to_resubmit(status, skip_failed)
+            todo = jobstate.to_resubmit(status, skip_failed)
             groups = slurm.group(todo, split) if todo else []
         if dry_run or not groups:
             return prepared, status, groups, []

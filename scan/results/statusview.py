@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hhscan.execution.slurm import ScanStatus, TrialStatus
+from hhscan.execution.jobstate import ScanStatus, TrialStatus
 from rich.console import Console
 from rich.markup import escape
 
