@@ -7,7 +7,8 @@
 Sections: scan (hhscan vs a plain Keras loop on TensorFlow vs Talos vs Optuna's GridSampler, the shipped
 example), kfold (3 fold models per trial against one), search (hhscan TPE + median pruning against the full grid
 in hhscan and a plain Optuna study: epochs and wall time to the grid's best val AUC − 0.003), packing (trials/s for
-pack sizes 1…32), machine (training events/s against an MLP-shaped matmul ceiling), data (ROOT → arrays vs raw
+pack sizes 1…32), machine (training events/s against an MLP-shaped matmul ceiling), grid64 (the 64-trial grid,
+whole processes: hhscan cold and warm against a hand-written TF-Keras loop), data (ROOT → arrays vs raw
 uproot, cached reload vs np.load), nanoaod (1M NanoAOD-like events, 10 jagged inputs, vs raw uproot arrays()),
 bookkeeping (missing-trial detection and report over 10 000 records, ``hhscan --help``). Each tool runs in its own
 process (a Keras backend is per process); times exclude imports.
@@ -129,8 +130,12 @@ def _plain_fit(keras, hp, x, y, w, xv, yv, wv, callbacks=()):
     mean, variance = x.mean(axis=0), x.var(axis=0)
     inputs = keras.Input((x.shape[1],))
     h = keras.layers.Normalization(mean=mean, variance=variance)(inputs)
+    l2 = hp.get("l2", 0.0)
     for _ in range(hp["layers"]):
-        h = keras.layers.Dense(hp["neurons"], activation=hp["activation"])(h)
+        h = keras.layers.Dense(hp["neurons"], activation=hp["activation"],
+                               kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)(h)  # fmt: skip
+        if hp.get("dropout", 0.0):
+            h = keras.layers.Dropout(hp["dropout"])(h)
     net = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
     net.compile(optimizer=keras.optimizers.Adam(hp["learning_rate"]), loss="binary_crossentropy")
     net.fit(x, y, sample_weight=w, validation_data=(xv, yv, wv), epochs=hp["epochs"], batch_size=hp["batch_size"],
@@ -158,6 +163,57 @@ def worker_plain(root: Path, epochs: int) -> dict:
     started = time.perf_counter()
     aucs = [_plain_fit(keras, hp, x, y.astype("float32"), w, xv, yv.astype("float32"), wv) for hp in _grid(epochs)]
     return {"wall_s": time.perf_counter() - started, "best_val_auc": max(aucs), "backend": "tensorflow"}
+
+
+# The speed issue's 64-trial grid: the example's, with dropout, L2 and batch size varied too (10 epochs).
+GRID64 = {**EXAMPLE_GRID, "dropout": [0.0, 0.1], "l2": [0.0, 1e-4], "batch_size": [256, 512]}
+
+
+def worker_plain_grid(root: Path) -> dict:
+    """The project's own grid (every combination of its scan.yaml), one ``model.fit`` each, on TensorFlow."""
+    import itertools
+
+    import yaml
+
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import keras
+
+    grid = yaml.safe_load((Path(root) / "parameters" / "scan.yaml").read_text())["hyperparameters"]
+    _, _, data = _dataset(root)
+    x, y, w = data.part(0)
+    xv, yv, wv = data.part(1)
+    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    aucs = [_plain_fit(keras, hp, x, y.astype("float32"), w, xv, yv.astype("float32"), wv) for hp in points]
+    return {"best_val_auc": max(aucs), "trials": len(points), "backend": "tensorflow"}
+
+
+def _whole_process(command: list[str], cwd: Path, env: dict | None = None) -> float:
+    """Wall seconds of a whole process, start-up and imports included: what a user waits for."""
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def section_grid64(quick: bool) -> list[str]:
+    """The 64-trial grid, whole processes: hhscan cold (no cache/) and warm against a hand-written TF-Keras loop."""
+    epochs = 2 if quick else 10
+    hhscan = str(Path(sys.executable).with_name("hhscan"))
+    with tempfile.TemporaryDirectory() as directory:
+        root = _project(Path(directory) / "grid64", epochs, space=GRID64)
+        cold = _whole_process([hhscan, "run", "--local", "--name", "cold"], root)
+        warm = _whole_process([hhscan, "run", "--local", "--name", "warm"], root)  # data, split, XLA cache kept
+        code = (f"import sys, json; sys.path.insert(0, {str(REPO)!r}); from bench.run import worker_plain_grid; "
+                f"print(json.dumps(worker_plain_grid({str(root)!r})))")  # fmt: skip
+        plain = _whole_process([sys.executable, "-c", code], REPO)
+    return [f"### The 64-trial grid (layers 2/3 × neurons 32/64 × lr 1e-3/3e-3 × dropout 0/0.1 × l2 0/1e-4 × batch "
+            f"256/512), {epochs} epochs, whole processes (start-up, imports and data included)", "",
+            "| run | wall s | vs the plain TF-Keras loop |", "|---|---|---|",
+            f"| plain TF-Keras loop, one `fit` a trial | {plain:.1f} | 1.0× |",
+            f"| hhscan run --local, cold (no cache/: split, data, XLA compiled) | {cold:.1f} | {plain / cold:.1f}× |",
+            f"| hhscan run --local, warm (cache/ kept) | {warm:.1f} | {plain / warm:.1f}× |", ""]  # fmt: skip
 
 
 def worker_optuna(root: Path, epochs: int) -> dict:
@@ -703,7 +759,7 @@ def _best_of(repeats: int, function) -> float:
 
 
 SECTIONS = {"scan": section_scan, "kfold": section_kfold, "search": section_search, "packing": section_packing,
-            "machine": section_machine, "data": section_data, "nanoaod": section_nanoaod,
+            "machine": section_machine, "grid64": section_grid64, "data": section_data, "nanoaod": section_nanoaod,
             "bookkeeping": section_bookkeeping}  # fmt: skip
 
 

@@ -13,7 +13,6 @@ import socket
 import sys
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,13 +293,17 @@ def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Works
 
     A request of at most ``DEFAULT_PACK_SIZE`` trials per step structure is packed whole without probing: the
     cost per trial falls at least that far on every device measured, and the probe would cost more than it saves.
+    So is a larger one (up to ``training.MAX_WHOLE_PACK``) whose training state fits the device's memory.
     """
     setting = parameters.training.pack_size
     if setting != "auto":
         return int(setting)
-    largest = max(Counter(map(packing.step_structure, trials)).values(), default=1)
-    if largest <= packing.DEFAULT_PACK_SIZE:
-        return largest
+    by_structure: dict[tuple[int, ...], list[Trial]] = {}
+    for trial in trials:
+        by_structure.setdefault(packing.step_structure(trial), []).append(trial)
+    largest = max(by_structure.values(), key=len, default=[])
+    if len(largest) <= packing.DEFAULT_PACK_SIZE or training.fits_whole(largest, dataset, parameters):
+        return max(len(largest), 1)
     probed = training.probed_pack_size(trials[0], dataset, parameters, workspace.cache / "pack_size.json")
     return max(1, probed // max(dataset.folds, 1))  # a k-fold pack is k engines alive at once, one per fold
 

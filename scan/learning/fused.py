@@ -16,6 +16,7 @@ memory, and a job's data goes to each device once (``resident``), whatever the n
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,6 +56,41 @@ def chunk_events(models: Sequence[Any], n_features: int, budget: int | None = No
     per_event = 4 * TEMPORARIES_PER_ACTIVATION * max(widths, 1)
     chunk = (budget if budget is not None else memory_budget()) // per_event
     return int(min(max(chunk // MIN_CHUNK * MIN_CHUNK, MIN_CHUNK), MAX_CHUNK))
+
+
+def training_memory_bytes(net, optimizer, n_features: int, batch_size: int) -> int:
+    """Device memory one branch needs while it trains (float32): its variables, their gradients, the optimizer's
+    slots, and one batch's activations kept for the backward pass. The data and the evaluation chunks are bounded
+    apart (shared by every branch, and sized by ``chunk_events``)."""
+    def size(variables) -> int:
+        return sum(int(np.prod(v.shape)) for v in variables)
+
+    widths = n_features + sum(int(v.shape[0]) for v in net.trainable_variables if len(v.shape) == 1)
+    values = (2 * size(net.trainable_variables) + size(net.non_trainable_variables) + size(optimizer.variables)
+              + batch_size * widths * TEMPORARIES_PER_ACTIVATION * 2)  # fmt: skip
+    return 4 * values
+
+
+def training_budget() -> int:
+    """Bytes a pack's training state may take without probing: half of the GPU's memory, a quarter of the host's.
+
+    Of the total, not of what is free now: the answer decides how trials are packed, and must be the same for every
+    job of a scan on the same kind of node.
+    """
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}  # None on the CPU
+        if "bytes_limit" in stats:
+            return stats["bytes_limit"] // 2
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return 2**31  # TensorFlow reports no limit: assume a small GPU
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 def chunk_starts(n: int, chunk: int) -> list[tuple[int, int]]:

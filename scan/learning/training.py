@@ -633,6 +633,38 @@ def probe_pack_size(trial: Trial, dataset: Dataset, parameters: Parameters) -> d
     return {"pack_size": chosen, "seconds_per_trial": {str(k): round(v, 4) for k, v in cost.items()}, **result}
 
 
+# Up to this many trials of one step structure are packed whole without probing when they fit in memory: the cost
+# per trial only falls with K (compilation is shared, arithmetic grows linearly), so the probe could only answer
+# "all of them" at a price of several packs' compilation (39 of 92 s of the cold 64-trial grid on 2 cores).
+MAX_WHOLE_PACK = 256
+
+
+def fits_whole(trials: Sequence[Trial], dataset: Dataset, parameters: Parameters) -> bool:
+    """Whether every one of ``trials`` (one step structure) trains in one pack within the device's memory: each
+    distinct network (its architecture hyperparameters) built once, without compiling anything, and counted."""
+    import keras
+
+    if len(trials) > MAX_WHOLE_PACK:
+        return False
+    model.keep_tensorflow_out()
+    n_features, n_classes = dataset.features.shape[1], len(dataset.class_names)
+    per_network: dict[str, int] = {}
+    total = 0
+    for trial in trials:
+        key = json.dumps({k: v for k, v in trial.hyperparameters.items() if k != "learning_rate"}, sort_keys=True,
+                         default=str)  # fmt: skip
+        if key not in per_network:
+            hp = trial.hyperparameters
+            net = model.build_model(hp, n_features, n_classes, np.zeros(n_features), np.ones(n_features))
+            model.compile_model(net, hp, n_classes)
+            net.optimizer.build(net.trainable_variables)
+            per_network[key] = fused.training_memory_bytes(net, net.optimizer, n_features,
+                                                           packing.step_structure(trial)[0])  # fmt: skip
+        total += per_network[key]
+    keras.backend.clear_session()  # once: 0.15 s a call, more than a network's build
+    return total * max(dataset.folds, 1) <= fused.training_budget()  # k-fold: k engines alive at once
+
+
 def probe_key(trial: Trial, dataset: Dataset) -> str:
     """Everything that changes a pack's cost per epoch: data shapes and dtype, the trial's architecture, batch,
     epochs and optimizer (not its learning rate), the classes, the device, the backend and hhscan's version."""
