@@ -60,10 +60,23 @@ def test_the_shipped_examples_trial_ids_and_hash_never_change():
 GOLDEN_SAMPLE_LIST_FINGERPRINT = "ed8354b18700444a"
 
 
-def test_the_shipped_sample_lists_fingerprint_never_changes():
-    sample_list = config.load_sample_list(REPO / "sample_lists" / "higgs.yaml")
+# The same list with every group in an era "2016" declared without lumi (its samples have no cross-section).
+GOLDEN_ERA_WITHOUT_LUMI_FINGERPRINT = "3f921e4dc017dce6"
+
+
+def _fingerprint(sample_list: config.SampleList) -> str:
     text = json.dumps(sample_list.fingerprint_data(), sort_keys=True).replace(str(REPO), "<repo>")
-    assert hashlib.sha256(text.encode()).hexdigest()[:16] == GOLDEN_SAMPLE_LIST_FINGERPRINT
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_the_shipped_sample_lists_fingerprint_never_changes(tmp_path):
+    assert _fingerprint(config.load_sample_list(REPO / "sample_lists" / "higgs.yaml")) == GOLDEN_SAMPLE_LIST_FINGERPRINT
+    content = yaml.safe_load((REPO / "sample_lists" / "higgs.yaml").read_text())
+    content.update(base_dir=str(REPO / "data"), eras={"2016": {}})
+    for group in content["groups"]:
+        group["era"] = "2016"
+    (tmp_path / "era.yaml").write_text(yaml.safe_dump(content))
+    assert _fingerprint(config.load_sample_list(tmp_path / "era.yaml")) == GOLDEN_ERA_WITHOUT_LUMI_FINGERPRINT
 
 
 def test_an_adaptive_scans_hash_and_point_ids_never_change():

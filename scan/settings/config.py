@@ -253,6 +253,11 @@ class SampleList(_Strict):
         # so scans and caches made before it existed keep their fingerprints.
         if self.significance != Significance():
             data["significance"] = self.significance.model_dump(mode="json")
+        # An era without lumi dumps as before lumi lost its default of 1 (only eras whose samples have no
+        # cross-section may omit it, so the value was never used).
+        for era in data.get("eras", {}).values():
+            if era.get("lumi") is None:
+                era["lumi"] = 1.0
         # Likewise a block's keys: an input that is no block dumps as it did before blocks existed.
         block_defaults = {"length": None, "pad": 0.0, "components": 1}
         data["inputs"] = [
