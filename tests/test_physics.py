@@ -16,7 +16,7 @@ from conftest import run_cli
 from hhscan.data.split import TRAIN, VALIDATION
 from hhscan.execution import runner
 from hhscan.execution.scandir import Workspace
-from hhscan.learning import artifacts
+from hhscan.learning import artifacts, records
 from hhscan.settings import config
 from sklearn.metrics import roc_auc_score
 
@@ -97,6 +97,19 @@ def test_val_significance_follows_the_sample_lists_guard_and_background_uncertai
     assert code == 0, err
     assert ("val_significance: Asimov Z at the best score cut with ≥ 3 bkg MC events, bkg MC error ≤ 50%, "
             "σ_b = 10%·b") in " ".join(out.split())  # fmt: skip
+    assert record.training_settings["significance"] == {"min_background_events": 3, "max_background_error": 0.5,
+                                                        "background_uncertainty": 0.1}  # fmt: skip
+    assert "not comparable" not in out
+    # A record from before the guard existed (none recorded) is named, not ranked as an equal silently.
+    path = scan.root / "output" / f"{record.trial_id}.csv"
+    old = records.read_record(path)
+    del old.training_settings["significance"]
+    records.write_record(path.parent, old)
+    code, out, err = run_cli(["report", "zs", "--no-plots", "--criterion", "val_significance"], analysis.root, capsys,
+                             monkeypatch)  # fmt: skip
+    assert code == 0, err
+    assert "1 trial(s) computed val_significance under another guard or none" in " ".join(out.split())
+    assert record.trial_id in out
     # The guard changes val_significance: an existing scan is not continued under another one.
     analysis.edit_samples(significance={"min_background_events": 4})
     code, _, err = run_cli(["run", "--local", "--name", "zs"], analysis.root, capsys, monkeypatch)

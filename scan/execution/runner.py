@@ -498,7 +498,9 @@ def _record(
         log_path=context.log_path,
         host=socket.gethostname(),
         pack_size=pack_size,
-        training_settings=training_settings(parameters),
+        # The guard its significance was computed under: a scan continued across an upgrade can hold trials
+        # computed without one, which the leaderboard must not rank as equals silently.
+        training_settings={**training_settings(parameters), "significance": dataset.significance.model_dump()},
     )
 
 

@@ -228,6 +228,11 @@ def print_leaderboard(
     if criterion.endswith("_significance") and significance is not None:
         guard = metrics.guard_text(**significance.model_dump())
         console.print(f"{criterion}: Asimov Z at the best score cut with {guard}", markup=False)
+        other = sorted(r.trial_id for r in records.values()
+                       if r.done and r.training_settings.get("significance") != significance.model_dump())  # fmt: skip
+        if other:
+            console.print(f"[yellow]{len(other)} trial(s) computed {criterion} under another guard or none (recorded "
+                          f"before hhscan had the guard): not comparable, rerun them[/] ({', '.join(other[:10])})")
     failed = [r for r in records.values() if not r.finished]
     pruned = sorted((r for r in records.values() if r.status == PRUNED), key=lambda r: r.trial_id)
     no_value = [r for r in records.values() if r.done and criterion_value(r, criterion) is None]
