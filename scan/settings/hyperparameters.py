@@ -50,6 +50,8 @@ class Hyperparameter:
     choices: tuple[str, ...] | None = None
     case_insensitive: bool = False
     step_structure: bool = False
+    network: bool = False  # an entry of the built-in network (an own model's signature replaces them)
+    hashed_at_default: bool = False  # trial ids hash it even at its default (today's nine: their ids never change)
 
     @property
     def domain(self) -> str:
@@ -129,15 +131,15 @@ REGISTRY: dict[str, Hyperparameter] = {
     entry.name: entry
     for entry in (
         # 0 hidden layers is a logistic (or softmax) regression on the scaled inputs: it builds and trains.
-        Hyperparameter("layers", int, 2, low=0),
-        Hyperparameter("neurons", int, 64, low=1),
-        Hyperparameter("activation", str, "relu", choices=ACTIVATIONS),
-        Hyperparameter("dropout", float, 0.0, low=0, high=1, high_open=True),
-        Hyperparameter("l2", float, 0.0, low=0),
-        Hyperparameter("optimizer", str, "adam", choices=OPTIMIZERS, case_insensitive=True),
-        Hyperparameter("learning_rate", float, 0.001, low=0, low_open=True),
-        Hyperparameter("batch_size", int, 256, low=1, step_structure=True),
-        Hyperparameter("epochs", int, 20, low=1, step_structure=True),
+        Hyperparameter("layers", int, 2, low=0, network=True, hashed_at_default=True),
+        Hyperparameter("neurons", int, 64, low=1, network=True, hashed_at_default=True),
+        Hyperparameter("activation", str, "relu", choices=ACTIVATIONS, network=True, hashed_at_default=True),
+        Hyperparameter("dropout", float, 0.0, low=0, high=1, high_open=True, network=True, hashed_at_default=True),
+        Hyperparameter("l2", float, 0.0, low=0, network=True, hashed_at_default=True),
+        Hyperparameter("optimizer", str, "adam", choices=OPTIMIZERS, case_insensitive=True, hashed_at_default=True),
+        Hyperparameter("learning_rate", float, 0.001, low=0, low_open=True, hashed_at_default=True),
+        Hyperparameter("batch_size", int, 256, low=1, step_structure=True, hashed_at_default=True),
+        Hyperparameter("epochs", int, 20, low=1, step_structure=True, hashed_at_default=True),
     )
 }
 # What the trials of one pack must share, in this order (batch size, epochs).
@@ -152,12 +154,14 @@ def is_range(values: Any) -> bool:
     return isinstance(values, Mapping)
 
 
-def check_range(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+def check_range(
+    name: str, spec: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY
+) -> dict[str, Any]:
     """A range of a numeric entry, checked against its domain, as ``{low, high, log, step}`` with every key present.
 
     Errors name the range's own key (``learning_rate.low``), so the message reads ``file:hyperparameters.x.low``.
     """
-    entry = REGISTRY[name]
+    entry = registry[name]
     if entry.kind not in (int, float):
         raise InvalidHyperparameter(name, f"a range needs a numeric hyperparameter; {name} takes a list of values")
     for key in spec:
@@ -201,7 +205,7 @@ def check_range(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"low": low, "high": high, "log": log, "step": step}
 
 
-def check_dictionary(dictionary: Any) -> Any:
+def check_dictionary(dictionary: Any, registry: Mapping[str, Hyperparameter] = REGISTRY) -> Any:
     """A scan's dictionary, checked value by value, with every omitted key filled with ``[default]``.
 
     A value is a list (the grid's values, or a sampler's choices) or, for a number, a range ``{low, high, log,
@@ -210,9 +214,9 @@ def check_dictionary(dictionary: Any) -> Any:
     if not isinstance(dictionary, Mapping):
         return dictionary  # the model's own type check says it is not a mapping
     for key, values in dictionary.items():
-        if key not in REGISTRY:
+        if key not in registry:
             raise InvalidHyperparameter(
-                str(key), f"unknown hyperparameter ({did_you_mean(str(key), REGISTRY, 'hyperparameters')})"
+                str(key), f"unknown hyperparameter ({did_you_mean(str(key), registry, 'hyperparameters')})"
             )
         if is_range(values):
             continue
@@ -223,19 +227,20 @@ def check_dictionary(dictionary: Any) -> Any:
         if not values:
             raise InvalidHyperparameter(key, "empty list")
     checked = {
-        key: check_range(key, values) if is_range(values) else [REGISTRY[key].check(value) for value in values]
+        key: check_range(key, values, registry) if is_range(values) else [registry[key].check(v) for v in values]
         for key, values in dictionary.items()
     }
-    checked.update({name: [entry.default] for name, entry in REGISTRY.items() if name not in checked})
+    checked.update({name: [entry.default] for name, entry in registry.items() if name not in checked})
     return checked
 
 
-def canonical(point: Mapping[str, Any]) -> dict[str, Any]:
+def canonical(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> dict[str, Any]:
     """One grid point with canonical types and defaults filled in, keys sorted (unknown keys kept as they are)."""
-    full = {**{name: entry.default for name, entry in REGISTRY.items()}, **point}
-    return {key: REGISTRY[key].canonical(full[key]) if key in REGISTRY else full[key] for key in sorted(full)}
+    full = {**{name: entry.default for name, entry in registry.items()}, **point}
+    return {key: registry[key].canonical(full[key]) if key in registry else full[key] for key in sorted(full)}
 
 
-def step_structure(point: Mapping[str, Any]) -> tuple[int, ...]:
+def step_structure(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> tuple[int, ...]:
     """The values that shape a pack's training steps (batch size, epochs)."""
-    return tuple(int(point.get(name, REGISTRY[name].default)) for name in STEP_STRUCTURE)
+    names = [name for name, entry in registry.items() if entry.step_structure]
+    return tuple(int(point.get(name, registry[name].default)) for name in names)
