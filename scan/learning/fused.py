@@ -148,9 +148,33 @@ def _learning_rate_index(optimizer) -> int:
 
 
 def structure_key(net, optimizer) -> str:
-    """Branches with equal keys compute the same function of different values: they can be vectorised."""
+    """Branches with equal keys compute the same function of different values: they can be vectorised.
+
+    Layer names are replaced by their position: Keras numbers unnamed layers per process (``dense_7``), so two
+    builds of one own model differ only in names, which change nothing a step computes.
+    """
     optimizer_config = {k: v for k, v in optimizer.get_config().items() if k not in ("learning_rate", "name")}
-    return json.dumps([net.get_config(), type(optimizer).__name__, optimizer_config], sort_keys=True, default=str)
+    positions = {name: f"layer{i}" for i, name in enumerate(dict.fromkeys(_layer_names(net)))}
+    config = _renamed(net.get_config(), positions)
+    return json.dumps([config, type(optimizer).__name__, optimizer_config], sort_keys=True, default=str)
+
+
+def _layer_names(layer) -> list[str]:
+    """The names of a model's layers, nested models' included, in order."""
+    names = [layer.name]
+    for inner in getattr(layer, "layers", None) or []:
+        names += _layer_names(inner)
+    return names
+
+
+def _renamed(value: Any, positions: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return positions.get(value, value)
+    if isinstance(value, dict):
+        return {key: _renamed(item, positions) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_renamed(item, positions) for item in value]
+    return value
 
 
 class JaxEngine:

@@ -221,7 +221,8 @@ def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int,
     nets = []
     for trial in trials:
         seed_everything((parameters.seed + trial.seed_offset + (fold or 0) * 7919) % (2**31))
-        net = model.build_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance)
+        net = model.build_trial_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance,
+                                      parameters.own_model)  # fmt: skip
         model.compile_model(net, trial.hyperparameters, n_classes)
         net.optimizer.build(net.trainable_variables)
         nets.append(net)
