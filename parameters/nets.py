@@ -24,7 +24,8 @@ def build(
     inputs = keras.Input(shape=(n_inputs,))
     x = keras.layers.Dense(width, activation=activation)(inputs)
     for _ in range(blocks):
-        h = keras.layers.Dense(width)(x)
+        # no bias before BatchNorm: it would cancel it (a parameter with zero gradient that Adam moves on noise)
+        h = keras.layers.Dense(width, use_bias=False)(x)
         h = keras.layers.BatchNormalization()(h)
         h = keras.layers.Activation(activation)(h)
         if dropout > 0:

@@ -147,13 +147,17 @@ def arguments(spec: str, source: str, point: Mapping[str, Any]) -> dict[str, Any
     return {name: entry.canonical(point.get(name, entry.default)) for name, entry in entries.items() if entry.network}
 
 
+def module_name(source: str) -> str:
+    """The module an own model's source is imported as: one per content, the same in every process."""
+    return f"hhscan_model_{source_hash(source)[:16]}"
+
+
 def load_function(spec: str) -> Callable[..., Any]:
     """Import the spec's file (under a name unique to its content, so a changed file is another module) and return
     the function. An import that fails shows the user's own traceback, not hhscan's."""
     where, function = split_spec(spec)
     path = Path(where)
-    source = path.read_text()
-    name = f"hhscan_model_{source_hash(source)[:16]}"
+    name = module_name(path.read_text())
     module = sys.modules.get(name)
     if module is None:
         module = import_source(name, path)
