@@ -416,14 +416,15 @@ class Parameters(_Strict):
             return data
         if not isinstance(data["model"], str):
             raise KeyedError("model", f"{data['model']!r} is not 'file.py:function' or 'package.module:function'")
-        if data.get("model_source") is not None:
-            return data
-        base = Path((info.context or {}).get("base", "."))
-        try:
-            spec, source = model_function.resolve(data["model"], base)
-        except ValueError as error:
-            raise KeyedError("model", str(error)) from None
-        return {**data, "model": spec, "model_source": source}
+        if data.get("model_source") is None:
+            base = Path((info.context or {}).get("base", "."))
+            try:
+                spec, source = model_function.resolve(data["model"], base)
+            except ValueError as error:
+                raise KeyedError("model", str(error)) from None
+            data = {**data, "model": spec, "model_source": source}
+        _registry(data["model"], data["model_source"])  # the signature's errors name model:, not the dictionary
+        return data
 
     @field_validator("hyperparameters", mode="before")
     @classmethod
