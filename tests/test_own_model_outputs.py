@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import uproot
 import yaml
-from conftest import run_cli
+from conftest import make_events, run_cli, write_root
 
 PLAIN_KERAS = """
 import json, sys, zipfile, tempfile, numpy as np, keras
@@ -102,7 +102,8 @@ print(json.dumps(model.predict(bundle, features, fold=fold).tolist()))
 """
 
 
-def test_custom_layers_load_from_the_zips_source_in_a_kfold_bundle(analysis, capsys, monkeypatch, tmp_path):
+def test_custom_layers_load_from_the_zips_source_in_a_kfold_bundle_and_score_later_data(analysis, capsys,
+                                                                                       monkeypatch, tmp_path):
     (analysis.parameters.parent / "custom.py").write_text(CUSTOM)
     content = yaml.safe_load(analysis.parameters.read_text())
     content.update(model="custom.py:build", hyperparameters={"width": [8], "factor": [0.5], "epochs": [1]},
@@ -114,10 +115,27 @@ def test_custom_layers_load_from_the_zips_source_in_a_kfold_bundle(analysis, cap
         assert code == 0, f"{args}: {out}{err}"
     best = analysis.root / "models" / "custom_best.zip"
     assert {"fold0.keras", "fold2.keras", "config/model_source.py"} <= set(zipfile.ZipFile(best).namelist())
-    # The user's file is gone: the zip alone holds the layer's source.
+    # The user's file is gone: the zip alone holds the layer's source. Real data added after training is scored too.
     (analysis.parameters.parent / "custom.py").unlink()
-    written = analysis.root / "models" / "custom_best" / "samples" / "tt_2016.root"
+    events = make_events(120, 0.1, 31)
+    write_root(analysis.data / "data_2018.root", {"Events": {k: v for k, v in events.items() if k not in ("weight",
+                                                                                                     "label")}})
+    later = {**yaml.safe_load(analysis.sample_list.read_text()), "groups": [
+        {"name": "data", "files": "data_2018.root", "tree": "Events"}]}  # fmt: skip
+    for key in ("classes", "signal_classes", "label_branch", "eras"):
+        later.pop(key, None)
+    (analysis.root / "sample_lists" / "later.yaml").write_text(yaml.safe_dump(later, sort_keys=False))
+    code, out, err = run_cli(["test", "--model", "best", "--samples", "sample_lists/later.yaml", "--output", "data"],
+                             analysis.root, capsys, monkeypatch)  # fmt: skip
+    assert code == 0, out + err
     names = ["x1", "abs_x2", "btag", "njet_2", "njet_3", "njet_4"]
+    _check_with_hhscan_in_a_fresh_process(best, analysis.root / "models" / "custom_best" / "samples" / "data.root",
+                                          names, tmp_path)  # fmt: skip
+    written = analysis.root / "models" / "custom_best" / "samples" / "tt_2016.root"
+    _check_with_hhscan_in_a_fresh_process(best, written, names, tmp_path)
+
+
+def _check_with_hhscan_in_a_fresh_process(best, written, names, tmp_path) -> None:
     tree = uproot.open(written)["Events"]
     assert set(names) <= set(tree.keys())
     features, scores = _inputs(written, names)
