@@ -79,19 +79,28 @@ def test_the_signature_is_the_registry_and_ids_hash_canonical_values(analysis):
     assert trial.trial_id({**omitted, "learning_rate": 1e-3, "optimizer": "Adam"}, 0, entries) == trials[0].id
 
 
-def test_literal_bool_and_string_annotations_and_ranges(analysis):
+def test_literal_bool_and_string_annotations_and_an_adaptive_search_over_a_range(analysis, capsys, monkeypatch):
     source = NETS_BAR.replace(
         "def build(n_inputs, n_outputs, *, blocks: int = 1, width: int = 16, dropout: float = 0.0):",
         "from typing import Literal\n\n\ndef build(n_inputs, n_outputs, *, blocks: 'int' = 1, width: int = 16, "
         "dropout: float = 0.0, act: Literal['relu', 'gelu'] = 'relu', skip: bool = True):",
     )
-    own_model(analysis, source, {"width": {"low": 8, "high": 32, "step": 8}, "act": ["gelu"], "skip": [False]})
+    own_model(analysis, source, {"width": {"low": 8, "high": 32, "step": 8}, "act": ["gelu"], "skip": [False],
+                                 "epochs": [1]})  # fmt: skip
     analysis.edit_parameters(search={"sampler": "random", "trials": 3})
     parameters = config.load_parameters(analysis.parameters)
     entries = parameters.registry
     assert (entries["blocks"].kind, entries["act"].choices, entries["skip"].kind) == (int, ("relu", "gelu"), bool)
     assert parameters.hyperparameters["width"] == {"low": 8, "high": 32, "log": False, "step": 8}
     assert parameters.hyperparameters["act"] == ["gelu"] and parameters.hyperparameters["skip"] == [False]
+    code, out, err = run_cli(["run", "--local", "--name", "adaptive"], analysis.root, capsys, monkeypatch)
+    assert code == 0, out + err
+    found, _ = Workspace(analysis.root).scan("adaptive").records()
+    assert len(found) == 3 and all(r.done for r in found.values())
+    for record in found.values():
+        point = record.hyperparameters
+        assert point["width"] in (8, 16, 24, 32) and point["act"] == "gelu" and point["skip"] is False, point
+        assert record.trial_id == trial.trial_id(point, 0, entries)  # an asked point's id is a grid point's
 
 
 @pytest.mark.parametrize(
