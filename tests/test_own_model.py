@@ -243,3 +243,35 @@ def test_packed_residual_branches_equal_keras_fit_alone_on_tensorflow(analysis):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     _check(json.loads(result.stdout.strip().splitlines()[-1]), 3)
+
+
+def test_a_package_module_function_and_its_missing_module(analysis, capsys, monkeypatch):
+    package = analysis.root / "mypackage"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(NETS_BAR)
+    monkeypatch.syspath_prepend(str(analysis.root))
+    own_model(analysis)
+    analysis.edit_parameters(model="mypackage.nets:build")
+    parameters = config.load_parameters(analysis.parameters)
+    assert parameters.model == f"{(package / 'nets.py').resolve()}:build" and parameters.model_source == NETS_BAR
+    assert len(trial.expand(parameters)) == 4
+    analysis.edit_parameters(model="mypackage.nest:build")
+    err = _error(analysis, capsys, monkeypatch)
+    assert "model: no importable Python module 'mypackage.nest' (closest: nets)" in err, err
+
+
+def test_three_classes_take_softmax_columns(analysis3, capsys, monkeypatch):
+    softmax = NETS_BAR.replace('Dense(n_outputs, activation="sigmoid")', 'Dense(n_outputs, activation="softmax")')
+    own_model(analysis3, NETS_BAR, {"blocks": [1], "width": [8], "epochs": [1]})
+    err = _error(analysis3, capsys, monkeypatch)
+    assert "build() returned shape (None, 1)" not in err and "outputs are not class probabilities" in err, err
+    own_model(analysis3, softmax.replace("(n_outputs, activation", "(2, activation"), {"blocks": [1], "width": [8],
+                                                                                     "epochs": [1]})  # fmt: skip
+    err = _error(analysis3, capsys, monkeypatch)
+    assert "build() returned shape (None, 2) for 3 classes: it must end in 3 softmax columns" in err, err
+    own_model(analysis3, softmax, {"blocks": [1], "width": [8], "epochs": [1]})
+    code, out, err = run_cli(["run", "--local", "--name", "own"], analysis3.root, capsys, monkeypatch)
+    assert code == 0, out + err
+    (record,) = Workspace(analysis3.root).scan("own").records()[0].values()
+    assert record.done and 0 < record.metrics["val_auc"] <= 1
