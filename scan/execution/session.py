@@ -89,8 +89,17 @@ def check_own_model(parameters: Parameters, sample_list: SampleList, trials: Seq
     raising for some hyperparameters is those trials' own failure, a FAIL record each when they run.
     """
     from hhscan.errors import HhscanError
+    from hhscan.settings import model_function
 
     spec, source = parameters.own_model or ("", "")
+    try:
+        model_function.load_function(spec)
+    except HhscanError:
+        raise
+    except Exception as error:  # the user's file failed to import: theirs to fix, shown with their traceback
+        if not runner.is_trial_failure(error):
+            raise
+        raise model_function.import_failure(spec, error) from None
     points = [t.hyperparameters for t in trials] or [trial.canonical({}, parameters.registry)]
     n_features, n_classes = len(sample_list.feature_names), len(sample_list.class_names)
     for point in points:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hhscan.errors import ModelError, did_you_mean
+from hhscan.errors import ModelError, UserCodeError, did_you_mean
 from hhscan.settings import hyperparameters as hp
 
 _KINDS = {"int": int, "float": float, "bool": bool, "str": str}
@@ -176,20 +176,34 @@ def import_source(name: str, path: Path):
         raise ModelError(f"{path}: not an importable Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    try:
+    imported = False
+    try:  # the user's error passes through as it is: callers translate it (``import_failure``) under their policy
         spec.loader.exec_module(module)
-    except Exception as error:  # the user's own code: any error is theirs, reported with their traceback
-        del sys.modules[name]
-        raise ModelError(f"{path}: importing it failed:\n{user_traceback(error)}") from None
+        imported = True
+    finally:
+        if not imported:
+            del sys.modules[name]
     return module
 
 
-def user_traceback(error: BaseException) -> str:
-    """The traceback of ``error`` from the first frame outside hhscan and importlib: the user's part."""
+def import_failure(spec: str, error: BaseException) -> UserCodeError:
+    """The one-line error for an own model's file that failed to import, carrying the user's traceback."""
+    theirs = user_frames(error)
+    where = f" (line {theirs[-1].lineno} of {Path(theirs[-1].filename).name})" if theirs else ""
+    return UserCodeError(f"{split_spec(spec)[0]}: importing it failed{where}: {type(error).__name__}: {error}",
+                         user_traceback(error))
+
+
+def user_frames(error: BaseException) -> list[traceback.FrameSummary]:
+    """The frames of ``error``'s traceback outside hhscan and importlib: the user's part."""
+    own = str(Path(__file__).resolve().parents[1])
     frames = traceback.extract_tb(error.__traceback__)
-    own = Path(__file__).resolve().parents[1]
-    theirs = [f for f in frames if not (f.filename.startswith(str(own)) or f.filename.startswith("<frozen"))]
-    lines = ["Traceback (most recent call last):\n", *traceback.format_list(theirs)]
+    return [f for f in frames if not (f.filename.startswith(own) or f.filename.startswith("<frozen"))]
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback of ``error`` as Python prints it, with the user's frames only."""
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(user_frames(error))]
     lines += traceback.format_exception_only(type(error), error)
     return "".join(lines).rstrip()
 
