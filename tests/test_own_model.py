@@ -275,3 +275,22 @@ def test_three_classes_take_softmax_columns(analysis3, capsys, monkeypatch):
     assert code == 0, out + err
     (record,) = Workspace(analysis3.root).scan("own").records()[0].values()
     assert record.done and 0 < record.metrics["val_auc"] <= 1
+
+
+def test_builds_of_one_architecture_share_a_structure_key_whatever_keras_named_their_layers(analysis):
+    import numpy as np
+    from hhscan.learning import fused, model
+
+    own_model(analysis)
+    parameters = config.load_parameters(analysis.parameters)
+    mean, variance = np.zeros(6), np.ones(6)
+
+    def key(**point):
+        net = model.build_own_model(*parameters.own_model, {"optimizer": "adam", "learning_rate": 0.01, **point}, 6, 2,
+                                    mean, variance)  # fmt: skip
+        model.compile_model(net, {"optimizer": "adam", "learning_rate": point.get("learning_rate", 0.01)}, 2)
+        return fused.structure_key(net, net.optimizer)
+
+    first = key(blocks=1, width=8)
+    assert key(blocks=1, width=8, learning_rate=0.003) == first  # Keras named these layers dense_5, dense_6, …
+    assert key(blocks=2, width=8) != first and key(blocks=1, width=16) != first
