@@ -108,8 +108,9 @@ def test_literal_bool_and_string_annotations_and_an_adaptive_search_over_a_range
     [
         ({"widht": [8]}, None, ["hyperparameters.widht", "build() in nets_bar.py takes no argument 'widht'",
                                 "closest: width"]),
-        ({"width": [1.5]}, None, ["hyperparameters.width", "1.5 is not an integer"]),
-        ({"dropout": [True]}, None, ["hyperparameters.dropout", "True is not a number"]),
+        ({"width": [1.5]}, None, ["hyperparameters.width", "1.5 is not an integer (build() in nets_bar.py takes width: int)"]),
+        ({"dropout": [True]}, None, ["hyperparameters.dropout", "True is not a number (build() in nets_bar.py takes dropout: float)"]),
+        ({"width": {"low": 8.5, "high": 16}}, None, ["hyperparameters.width.low", "8.5 is not an integer (build() in nets_bar.py takes width: int)"]),
         ({"width": [8]}, ("width: int = 16", "width: list = 16"),
          ["model:", "build() in nets_bar.py: argument 'width' has 'list'", "int, float, bool, str or Literal"]),
         ({"width": [8]}, ("width: int = 16", "width: int"), ["argument 'width' needs a default"]),

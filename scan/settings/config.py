@@ -437,6 +437,15 @@ class Parameters(_Strict):
                     raise hyperparameters.InvalidHyperparameter(str(key), (
                         f"{function}() in {Path(where).name} takes no argument '{key}' and it is no training "
                         f"hyperparameter ({did_you_mean(str(key), registry, 'hyperparameters')})"))  # fmt: skip
+            try:
+                return hyperparameters.check_dictionary(value, registry)
+            except hyperparameters.InvalidHyperparameter as error:
+                entry = registry.get(error.key.split(".")[0])
+                if entry is None or not entry.network:
+                    raise
+                taken = f"Literal{list(entry.choices)}" if entry.choices else entry.kind.__name__
+                message = f"{error.message} ({function}() in {Path(where).name} takes {entry.name}: {taken})"
+                raise hyperparameters.InvalidHyperparameter(error.key, message) from None
         return hyperparameters.check_dictionary(value, registry)
 
     @property
