@@ -8,10 +8,11 @@ Sections: scan (hhscan vs a plain Keras loop on TensorFlow vs Talos vs Optuna's 
 example), kfold (3 fold models per trial against one), search (hhscan TPE + median pruning against the full grid
 in hhscan and a plain Optuna study: epochs and wall time to the grid's best val AUC − 0.003), packing (trials/s for
 pack sizes 1…32), machine (training events/s against an MLP-shaped matmul ceiling), grid64 (the 64-trial grid,
-whole processes: hhscan cold and warm against a hand-written TF-Keras loop), data (ROOT → arrays vs raw
-uproot, cached reload vs np.load), nanoaod (1M NanoAOD-like events, 10 jagged inputs, vs raw uproot arrays()),
-bookkeeping (missing-trial detection and report over 10 000 records, ``hhscan --help``). Each tool runs in its own
-process (a Keras backend is per process); times exclude imports.
+whole processes: hhscan cold and warm against a hand-written TF-Keras loop), data (ROOT → arrays vs raw uproot,
+cached reload vs np.load), nanoaod (1M NanoAOD-like events, 10 jagged inputs, vs raw uproot arrays()), own_model
+(the own-model example packed against plain Keras fits of the same models, whole processes), bookkeeping
+(missing-trial detection and report over 10 000 records, ``hhscan --help``). Each tool runs in its own process (a
+Keras backend is per process); times exclude imports unless a section says whole processes.
 Talos 2.0.10 needs pandas<3: the bench creates its own venv for it in bench/.venv-talos (once; --no-talos skips it).
 """
 
@@ -403,6 +404,52 @@ def worker_packing(root: Path, sizes: list[int], n_trials: int, packs_per_size: 
     return {"trials_per_s": rates, "best_val_auc": best, "trials": counts, "device": model.device_description()}
 
 
+def _own_model_project(root: Path, epochs: int) -> Path:
+    """A copy of the shipped own-model example: fixed epochs, no callbacks (the plain loop has none)."""
+    import yaml
+
+    for part in ("parameters", "sample_lists", "data"):
+        shutil.copytree(REPO / part, root / part)
+    path = root / "parameters" / "own_model.yaml"
+    parameters = yaml.safe_load(path.read_text())
+    parameters["hyperparameters"]["epochs"] = [epochs]
+    parameters["training"] = {"early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False},
+                              "checkpoint_interval_s": None}  # fmt: skip
+    path.write_text(yaml.safe_dump(parameters))
+    return root
+
+
+def worker_own_plain(root: str, backend: str) -> dict:
+    """The own-model example's trials one ``model.fit`` after another: the scaler in front of ``build()``'s model,
+    as hhscan builds them, the same data (hhscan's reading and split), Adam at each trial's learning rate."""
+    os.environ["KERAS_BACKEND"] = backend
+    import keras
+    from hhscan.data import metrics
+    from hhscan.execution import runner
+    from hhscan.execution.scandir import Workspace
+    from hhscan.learning import trial
+    from hhscan.settings import config, model_function
+
+    parameters = config.load_parameters(Path(root) / "parameters" / "own_model.yaml")
+    samples = config.load_sample_list(config.samples_path(parameters))
+    data = runner.prepare_dataset(parameters, samples, Workspace(Path(root)))
+    (x, y, w), (xv, yv, wv) = data.part(0), data.part(1)
+    build = model_function.load_function(parameters.model)
+    aucs = []
+    for item in trial.expand(parameters):
+        hp = item.hyperparameters
+        inputs = keras.Input((x.shape[1],))
+        scaled = keras.layers.Normalization(mean=x.mean(axis=0), variance=x.var(axis=0))(inputs)
+        inner = build(x.shape[1], 1, **model_function.arguments(parameters.model, parameters.model_source, hp))
+        net = keras.Model(inputs, inner(scaled))
+        net.compile(optimizer=keras.optimizers.Adam(hp["learning_rate"]), loss="binary_crossentropy")
+        net.fit(x, y.astype("float32"), sample_weight=w, validation_data=(xv, yv.astype("float32"), wv),
+                epochs=hp["epochs"], batch_size=hp["batch_size"], verbose=0)  # fmt: skip
+        aucs.append(metrics.weighted_auc(yv, net.predict(xv, batch_size=65536, verbose=0)[:, 0], wv))
+        keras.backend.clear_session()
+    return {"best_val_auc": max(aucs), "trials": len(aucs), "backend": backend}
+
+
 WORKERS = {"hhscan": worker_hhscan, "plain": worker_plain, "optuna": worker_optuna}
 
 
@@ -749,6 +796,37 @@ def section_bookkeeping(quick: bool) -> list[str]:
             f"{help_s / python_s:.1f})", ""]  # fmt: skip
 
 
+def section_own_model(quick: bool) -> list[str]:
+    """Issue 20's item 9: the own-model example (residual blocks × width, 4 trials) trained by hhscan (one pack)
+    against a plain loop of ``model.fit`` of the same models, each a whole process: start, imports, data, training."""
+    epochs = 3 if quick else 10
+    rows = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for backend in ("jax", "tensorflow"):
+            root = _own_model_project(Path(directory) / f"plain_{backend}", epochs)
+            started = time.perf_counter()
+            result = _in_process("worker_own_plain", str(root), backend)
+            rows[f"plain Keras fit loop ({backend})"] = {**result, "wall_s": time.perf_counter() - started}
+        root = _own_model_project(Path(directory) / "hhscan", epochs)
+        env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "hhscan.cli", "run", "--local", "-p", "parameters/own_model.yaml",
+                        "--name", "bench"], cwd=root, env=env, check=True, capture_output=True)  # fmt: skip
+        wall = time.perf_counter() - started
+        from hhscan.execution.scandir import Workspace
+
+        records, _ = Workspace(root).scan("bench").records()
+        rows["hhscan run --local (one pack, jax)"] = {
+            "wall_s": wall, "best_val_auc": max(r.metrics["val_auc"] for r in records.values()), "trials": len(records)}
+    base = rows["plain Keras fit loop (jax)"]["wall_s"]
+    lines = [f"### Own model: the shipped residual example (blocks × width, 4 trials), {epochs} epochs, batch 256 "
+             f"(whole processes: start, imports, data, training)", "",
+             "| run | wall s | vs plain loop (jax) | best val AUC |", "|---|---|---|---|"]  # fmt: skip
+    for label, row in rows.items():
+        lines.append(f"| {label} | {row['wall_s']:.1f} | {row['wall_s'] / base:.2f} | {row['best_val_auc']:.4f} |")
+    return [*lines, ""]
+
+
 def _best_of(repeats: int, function) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -760,7 +838,7 @@ def _best_of(repeats: int, function) -> float:
 
 SECTIONS = {"scan": section_scan, "kfold": section_kfold, "search": section_search, "packing": section_packing,
             "machine": section_machine, "grid64": section_grid64, "data": section_data, "nanoaod": section_nanoaod,
-            "bookkeeping": section_bookkeeping}  # fmt: skip
+            "own_model": section_own_model, "bookkeeping": section_bookkeeping}  # fmt: skip
 
 
 def main() -> None:

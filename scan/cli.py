@@ -405,6 +405,8 @@ def main() -> None:
         if debug:
             raise
         print(f"hhscan: error: {' '.join(str(error).split())}", file=sys.stderr)
+        if getattr(error, "user_traceback", ""):  # the user's own code failed: their traceback is theirs to read
+            print(error.user_traceback, file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("hhscan: interrupted", file=sys.stderr)

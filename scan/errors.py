@@ -49,6 +49,14 @@ class ModelError(HhscanError):
     """A model file is missing, not an hhscan model, or does not fit the data."""
 
 
+class UserCodeError(ModelError):
+    """The user's own code (an own model's file) failed: one line, then their traceback (never hhscan's)."""
+
+    def __init__(self, message: str, user_traceback: str):
+        super().__init__(message)
+        self.user_traceback = user_traceback
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates closest to ``name``, best first; falls back to a prefix of the sorted list."""
     pool = sorted(set(candidates))

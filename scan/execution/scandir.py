@@ -138,13 +138,29 @@ class ScanDirectory:
         }
         if parameters.search.adaptive:  # its trials are asked as it runs: slots under asked/ (search.py)
             manifest["search"] = parameters.search.model_dump(mode="json")
+        if parameters.own_model is not None:
+            manifest["model"] = model_identity(parameters)
         self.root.mkdir(parents=True, exist_ok=True)
         self.write_config(parameters, sample_list)
         self._write_manifest(manifest)
 
+    @property
+    def model_source_path(self) -> Path:
+        """The scan's copy of an own model's source: what its jobs import and its model zips carry."""
+        return self.root / "config" / MODEL_SOURCE
+
     def write_config(self, parameters: Parameters, sample_list: SampleList) -> None:
-        """The resolved configuration jobs read (resources and callbacks may change between submissions)."""
+        """The resolved configuration jobs read (resources and callbacks may change between submissions).
+
+        An own model's source is copied beside it and the configuration names the copy, so jobs import the source
+        the scan was created with (``check_compatible`` refuses a changed one), whatever becomes of the user's file.
+        """
         directory = self.root / "config"
+        if parameters.own_model is not None:
+            spec, source = parameters.own_model
+            atomic_write_text(self.model_source_path, source)
+            copy = f"{self.model_source_path.resolve()}:{spec.rpartition(':')[2]}"
+            parameters = parameters.model_copy(update={"model": copy})
         atomic_write_text(directory / "resolved.json", json.dumps(config.snapshot(parameters, sample_list), indent=1))
         atomic_write_text(directory / "parameters.yaml", parameters.source.read_text())
         atomic_write_text(directory / "sample_list.yaml", sample_list.source.read_text())
@@ -176,6 +192,11 @@ class ScanDirectory:
         from hhscan.learning.trial import expand
 
         manifest = self.manifest()
+        now_model = model_identity(parameters) if parameters.own_model is not None else None
+        if manifest.get("model") != now_model:
+            change = _model_change(manifest.get("model"), now_model)
+            raise ScanError(f"scan '{self.name}': {change} since it was created: results would mix; restore it or "
+                            f"start a new scan with another --name")  # fmt: skip
         if ("search" in manifest) != parameters.search.adaptive:
             raise ScanError(
                 f"scan '{self.name}' is {'an adaptive' if 'search' in manifest else 'a grid'} scan; the parameters "
@@ -299,6 +320,27 @@ class ScanDirectory:
         manifest = self.manifest()
         manifest["jobs"].extend(jobs)
         self._write_manifest(manifest)
+
+
+MODEL_SOURCE = "model_source.py"
+
+
+def model_identity(parameters: Parameters) -> dict[str, str]:
+    """What defines an own model in a scan's manifest: its function's name and its source's checksum."""
+    from hhscan.settings import model_function
+
+    spec, source = parameters.own_model or ("", "")
+    return {"function": spec.rpartition(":")[2], "sha256": model_function.source_hash(source)}
+
+
+def _model_change(before: dict[str, str] | None, now: dict[str, str] | None) -> str:
+    if before is None or now is None:
+        return f"the model changed from {'the built-in network' if before is None else before['function'] + '()'} " \
+               f"to {'the built-in network' if now is None else now['function'] + '()'}"
+    if before["function"] != now["function"]:
+        return f"the model function changed from {before['function']}() to {now['function']}()"
+    return (f"the source of the model {now['function']}() changed (sha256 {before['sha256'][:12]} → "
+            f"{now['sha256'][:12]})")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

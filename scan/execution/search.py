@@ -130,7 +130,7 @@ def search_space(parameters: Parameters) -> tuple[dict[str, optuna.distributions
     space: dict[str, Any] = {}
     fixed: dict[str, Any] = {}
     for name, values in parameters.hyperparameters.items():
-        entry = hyperparameters.REGISTRY[name]
+        entry = parameters.registry[name]
         if hyperparameters.is_range(values):
             if entry.kind is int:
                 space[name] = IntDistribution(values["low"], values["high"], log=values["log"], step=values["step"])
@@ -145,10 +145,14 @@ def search_space(parameters: Parameters) -> tuple[dict[str, optuna.distributions
     return space, fixed
 
 
-def point_trial(params: Mapping[str, Any], fixed: Mapping[str, Any]) -> trial.Trial:
+def point_trial(
+    params: Mapping[str, Any],
+    fixed: Mapping[str, Any],
+    registry: Mapping[str, hyperparameters.Hyperparameter] = hyperparameters.REGISTRY,
+) -> trial.Trial:
     """The hhscan trial of a sampled point: canonical values, defaults filled in, id as for a grid trial."""
-    point = trial.canonical({**fixed, **params})
-    return trial.Trial(trial.trial_id(point, 0), point, 0)
+    point = trial.canonical({**fixed, **params}, registry)
+    return trial.Trial(trial.trial_id(point, 0, registry), point, 0)
 
 
 def direction(parameters: Parameters) -> str:
@@ -240,7 +244,7 @@ class SearchStudy:
     def ask(self) -> tuple[trial.Trial, Asked]:
         """One point from the sampler, as an hhscan trial and the slot content that records how it was asked."""
         asked = self.study.ask(self.space)
-        found = point_trial(asked.params, self.fixed)
+        found = point_trial(asked.params, self.fixed, self.parameters.registry)
         internal = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, asked.number)
         self.pending.setdefault(found.id, []).append(internal)
         frozen = self.storage.get_trial(internal)

@@ -59,12 +59,14 @@ def prepare(
     if must_exist and not scan.exists:
         workspace.scan(name)  # raises, listing the existing scans
     backend = model.choose_backend(parameters.training.backend)
+    trials = trial.expand(parameters)
+    if parameters.own_model is not None:  # its import, output shape and values: before any data is read
+        check_own_model(parameters, sample_list, trials)
     dataset = runner.prepare_dataset(parameters, sample_list, workspace)
     criterion = parameters.eval_criterion
     if criteria.metric(criterion).yields and (problem := dataset.yield_problem()):
         raise ConfigError(f"{parameters.source}:eval_criterion: {criterion} needs physical yields ({problem})")
     leaks = probable_leaks(dataset, sample_list.leak_check.auc, sample_list.leak_check.allow)
-    trials = trial.expand(parameters)
     created = False
     if create and (must_be_new or not scan.exists):
         with scan.lock():
@@ -79,6 +81,39 @@ def prepare(
     if scan.exists:
         scan.write_input_checks(leaks, sample_list.leak_check.auc)
     return PreparedScan(parameters, sample_list, workspace, scan, trials, dataset, backend, created, leaks)
+
+
+def check_own_model(parameters: Parameters, sample_list: SampleList, trials: Sequence[trial.Trial]) -> None:
+    """An own model is imported and built once, on one batch, before any trial: an import error, an output of the
+    wrong shape or range, or non-finite outputs stop the command in one line (``model.check_model_function``).
+
+    It is built with the first trial whose hyperparameters build (the defaults for an adaptive search): ``build()``
+    raising for some hyperparameters is those trials' own failure, a FAIL record each when they run.
+    """
+    from hhscan.errors import HhscanError
+    from hhscan.settings import model_function
+
+    spec, source = parameters.own_model or ("", "")
+    try:
+        model_function.load_function(spec)
+    except HhscanError:
+        raise
+    except Exception as error:  # the user's file failed to import: theirs to fix, shown with their traceback
+        if not runner.is_trial_failure(error):
+            raise
+        raise model_function.import_failure(spec, error) from None
+    points = [t.hyperparameters for t in trials] or [trial.canonical({}, parameters.registry)]
+    n_features, n_classes = len(sample_list.feature_names), len(sample_list.class_names)
+    for point in points:
+        try:
+            model.check_model_function(spec, source, point, n_features, n_classes)
+        except HhscanError:
+            raise
+        except Exception as error:  # the user's build() raising: the trial's own failure (runner's policy)
+            if not runner.is_trial_failure(error):
+                raise
+            continue
+        return
 
 
 def run_local(

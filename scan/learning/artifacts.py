@@ -68,6 +68,34 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return metadata
 
 
+MODEL_SOURCE = "config/model_source.py"  # an own model's source (``scandir.MODEL_SOURCE`` under ``config/``)
+
+
+def uses_model_source(keras_file: Path) -> bool:
+    """Whether a saved model names classes or functions of an own model's source (custom layers), which are
+    saved under the module hhscan imported the source as (``model_function.load_function``)."""
+    with zipfile.ZipFile(keras_file) as saved:
+        return '"module": "hhscan_model_' in saved.read("config.json").decode()
+
+
+def model_source_objects(archive: zipfile.ZipFile, directory: Path) -> dict[str, Any]:
+    """The classes and functions of the zip's copy of the model source (imported under the module name it trained
+    under), as Keras' ``custom_objects``: Keras imports no module outside its own packages when it loads."""
+    import sys
+
+    from hhscan.settings import model_function
+
+    if MODEL_SOURCE not in archive.namelist():
+        raise ModelError(f"{archive.filename}: the model uses custom classes but the zip holds no {MODEL_SOURCE}")
+    source = archive.read(MODEL_SOURCE).decode()
+    name = model_function.module_name(source)
+    module = sys.modules.get(name)
+    if module is None:
+        archive.extract(MODEL_SOURCE, directory)
+        module = model_function.import_source(name, directory / MODEL_SOURCE)
+    return {key: value for key, value in vars(module).items() if getattr(value, "__module__", None) == name}
+
+
 def load_model_zip(path: Path):
     """The Keras model (a ``model.FoldModels`` for a k-fold bundle) and its metadata; plain
     ``keras.saving.load_model`` on each extracted file."""
@@ -79,7 +107,8 @@ def load_model_zip(path: Path):
         models = []
         for name in model_names(metadata):
             archive.extract(name, directory)
-            models.append(keras.saving.load_model(Path(directory) / name))
+            own = model_source_objects(archive, Path(directory)) if uses_model_source(Path(directory) / name) else None
+            models.append(keras.saving.load_model(Path(directory) / name, custom_objects=own))
     if metadata.get("kfold"):
         return FoldModels(models, metadata["kfold"], str(path)), metadata
     return models[0], metadata

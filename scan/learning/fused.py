@@ -157,6 +157,17 @@ def batch_table(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndar
     return table.reshape(n_batches, batch_size), counts
 
 
+def split_last_batch(table: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The full batches of a table, and the events of a last, partial batch (empty when every batch is full).
+
+    The partial batch is stepped at its own size, never padded: BatchNormalization's batch statistics and
+    Dropout's masks depend on the events in the batch (and its shape), as in ``model.fit``.
+    """
+    if len(counts) and counts[-1] < table.shape[1]:
+        return table[:-1], counts[:-1], np.asarray(table[-1][: int(counts[-1])])
+    return table, counts, np.zeros(0, dtype=table.dtype)
+
+
 def make_engine(models: Sequence[Any], optimizers: Sequence[Any], loss: str, train, validation,
                 data_owner: object | None = None, chunk: int | None = None):  # fmt: skip
     """The engine for the active Keras backend; ``train``/``validation`` are (features, targets, weights).
@@ -184,9 +195,33 @@ def _learning_rate_index(optimizer) -> int:
 
 
 def structure_key(net, optimizer) -> str:
-    """Branches with equal keys compute the same function of different values: they can be vectorised."""
+    """Branches with equal keys compute the same function of different values: they can be vectorised.
+
+    Layer names are replaced by their position: Keras numbers unnamed layers per process (``dense_7``), so two
+    builds of one own model differ only in names, which change nothing a step computes.
+    """
     optimizer_config = {k: v for k, v in optimizer.get_config().items() if k not in ("learning_rate", "name")}
-    return json.dumps([net.get_config(), type(optimizer).__name__, optimizer_config], sort_keys=True, default=str)
+    positions = {name: f"layer{i}" for i, name in enumerate(dict.fromkeys(_layer_names(net)))}
+    config = _renamed(net.get_config(), positions)
+    return json.dumps([config, type(optimizer).__name__, optimizer_config], sort_keys=True, default=str)
+
+
+def _layer_names(layer) -> list[str]:
+    """The names of a model's layers, nested models' included, in order."""
+    names = [layer.name]
+    for inner in getattr(layer, "layers", None) or []:
+        names += _layer_names(inner)
+    return names
+
+
+def _renamed(value: Any, positions: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return positions.get(value, value)
+    if isinstance(value, dict):
+        return {key: _renamed(item, positions) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_renamed(item, positions) for item in value]
+    return value
 
 
 class JaxEngine:
@@ -282,24 +317,25 @@ class JaxEngine:
 
         steps = [group_step(g) for g in range(len(self.groups))]
 
-        def epoch(state, table, counts, active, x, y, w):
-            batch = table.shape[1]
-
-            def step(carry, inputs):
-                state, sums = carry
-                index, count = inputs
+        def epoch(state, table, counts, last, active, x, y, w):
+            def one_step(state, sums, index, count):
                 xb, yb = x[index], y[index]
-                wb = w[index] * (jnp.arange(batch) < count).astype(w.dtype)
+                wb = w[index] * (jnp.arange(index.shape[0]) < count).astype(w.dtype)
                 new_state, new_sums = [], []
                 for g, (trainable, non_trainable, optimizer_state) in enumerate(state):
                     t, nt, o, loss = steps[g](trainable, non_trainable, optimizer_state, active[g], xb, yb, wb, count)
                     new_state.append((t, nt, o))
                     new_sums.append(sums[g] + loss * count)
-                return (new_state, new_sums), None
+                return new_state, new_sums
+
+            def step(carry, inputs):
+                return one_step(*carry, *inputs), None
 
             sums = [jnp.zeros(len(padded), jnp.float32) for padded in self._padded]
             (state, sums), _ = jax.lax.scan(step, (state, sums), (table, counts))
-            return state, [s / jnp.sum(counts) for s in sums]
+            if last.shape[0]:  # the partial last batch at its own size (``split_last_batch``)
+                state, sums = one_step(state, sums, last, jnp.float32(last.shape[0]))
+            return state, [s / (jnp.sum(counts) + last.shape[0]) for s in sums]
 
         size = self.chunk
 
@@ -338,7 +374,8 @@ class JaxEngine:
         """One epoch over the batches of ``table``; returns each branch's mean training loss."""
         active_by_group = [np.asarray([bool(active[k]) for k in members] + [False] * (len(padded) - len(members)))
                            for members, padded in zip(self.groups, self._padded, strict=True)]  # fmt: skip
-        self.state, losses = self._epoch(self.state, table, counts, active_by_group, *self.train_arrays)
+        table, counts, last = split_last_batch(table, counts)
+        self.state, losses = self._epoch(self.state, table, counts, last, active_by_group, *self.train_arrays)
         return self._per_branch(losses).astype(np.float64)
 
     def validate(self) -> tuple[np.ndarray, np.ndarray]:
@@ -468,24 +505,26 @@ class TensorflowEngine:
         live = [k for k, on in enumerate(active) if on]
         n_branches = len(self.models)
 
+        def one_step(sums, index, count, x, y, w):
+            mask = tf.cast(tf.range(tf.shape(index)[0]) < tf.cast(count, tf.int32), w.dtype)
+            xb, yb, wb = tf.gather(x, index), tf.gather(y, index), tf.gather(w, index) * mask
+            with tf.GradientTape() as tape:
+                losses = [self._branch_loss(self.models[k], xb, yb, wb, count, True)[0] for k in live]
+                total = tf.add_n(losses)
+            variables = [self.models[k].trainable_variables for k in live]
+            grads = tape.gradient(total, variables)
+            for position, k in enumerate(live):
+                self.optimizers[k].apply(grads[position], variables[position])
+            return sums + tf.scatter_nd([[k] for k in live], tf.stack(losses) * count, [n_branches])
+
         @tf.function
-        def epoch(table, counts, x, y, w):
+        def epoch(table, counts, last, x, y, w):
             sums = tf.zeros(n_branches)
-            batch = tf.shape(table)[1]
             for i in tf.range(tf.shape(table)[0]):
-                index, count = table[i], counts[i]
-                mask = tf.cast(tf.range(batch) < tf.cast(count, tf.int32), w.dtype)
-                xb, yb, wb = tf.gather(x, index), tf.gather(y, index), tf.gather(w, index) * mask
-                with tf.GradientTape() as tape:
-                    losses = [self._branch_loss(self.models[k], xb, yb, wb, count, True)[0] for k in live]
-                    total = tf.add_n(losses)
-                variables = [self.models[k].trainable_variables for k in live]
-                grads = tape.gradient(total, variables)
-                for position, k in enumerate(live):
-                    self.optimizers[k].apply(grads[position], variables[position])
-                update = tf.scatter_nd([[k] for k in live], tf.stack(losses) * count, [n_branches])
-                sums = sums + update
-            return sums / tf.reduce_sum(counts)
+                sums = one_step(sums, table[i], counts[i], x, y, w)
+            if last.shape[0]:  # the partial last batch at its own size (``split_last_batch``)
+                sums = one_step(sums, last, tf.constant(float(last.shape[0])), x, y, w)
+            return sums / (tf.reduce_sum(counts) + float(last.shape[0]))
 
         return epoch
 
@@ -493,7 +532,7 @@ class TensorflowEngine:
         key = tuple(bool(a) for a in active)
         if key not in self._epochs:
             self._epochs[key] = self._epoch_function(key)
-        losses = self._epochs[key](table, counts, *self.train_arrays)
+        losses = self._epochs[key](*split_last_batch(table, counts), *self.train_arrays)
         return np.asarray(losses, dtype=np.float64)
 
     def validate(self) -> tuple[np.ndarray, np.ndarray]:

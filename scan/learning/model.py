@@ -138,6 +138,75 @@ def build_model(
     return keras.Model(inputs, outputs, name=name)
 
 
+def build_trial_model(
+    hyperparameters: dict[str, Any],
+    n_features: int,
+    n_classes: int,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    own_model: tuple[str, str] | None = None,
+):
+    """The trial's network: the built-in MLP, or with ``own_model`` (the parameters' ``model`` and
+    ``model_source``) the user's model behind the same scaler."""
+    if own_model is None:
+        return build_model(hyperparameters, n_features, n_classes, mean, variance)
+    return build_own_model(*own_model, hyperparameters, n_features, n_classes, mean, variance)
+
+
+def n_outputs(n_classes: int) -> int:
+    """One sigmoid column for two classes (P(signal)), one softmax column per class otherwise."""
+    return 1 if n_classes == 2 else n_classes
+
+
+def call_model_function(spec: str, source: str, hyperparameters: dict[str, Any], n_features: int, n_classes: int):
+    """``build(n_inputs, n_outputs, **the trial's model hyperparameters)``, checked to be a ``keras.Model``."""
+    import keras
+    from hhscan.settings import model_function
+
+    build = model_function.load_function(spec)
+    net = build(n_features, n_outputs(n_classes), **model_function.arguments(spec, source, hyperparameters))
+    if not isinstance(net, keras.Model):
+        raise ModelError(f"{build.__name__}() returned {type(net).__name__}, not a keras.Model")
+    return net
+
+
+def build_own_model(spec: str, source: str, hyperparameters: dict[str, Any], n_features: int, n_classes: int,
+                    mean: np.ndarray, variance: np.ndarray):  # fmt: skip
+    """Input → the training split's ``Normalization`` → the user's model, as one Keras model (saved whole)."""
+    import keras
+
+    inner = call_model_function(spec, source, hyperparameters, n_features, n_classes)
+    inputs = keras.Input(shape=(n_features,), name="inputs")
+    scaled = keras.layers.Normalization(mean=mean, variance=variance, name="scaler")(inputs)
+    return keras.Model(inputs, inner(scaled), name="hhscan_own_model")
+
+
+def check_model_function(spec: str, source: str, hyperparameters: dict[str, Any], n_features: int,
+                         n_classes: int, events: int = 256) -> None:  # fmt: skip
+    """Before any trial: the model, built with ``hyperparameters`` at its initial weights, maps one batch of
+    standard-normal inputs (what the scaler gives) to finite class probabilities of the right shape."""
+    from hhscan.settings import model_function
+
+    _, function = model_function.split_spec(spec)
+    net = call_model_function(spec, source, hyperparameters, n_features, n_classes)
+    batch = np.random.default_rng(0).standard_normal((events, n_features)).astype(np.float32)
+    scores = np.asarray(net(batch, training=False))
+    wanted = n_outputs(n_classes)
+    what = "one sigmoid column" if wanted == 1 else f"{wanted} softmax columns"
+    if scores.ndim != 2 or scores.shape[1] != wanted:
+        shown = ", ".join(["None", *map(str, scores.shape[1:])])
+        raise ModelError(f"{function}() returned shape ({shown}) for {n_classes} classes: it must end in {what}")
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise ModelError(f"{function}() gives non-finite outputs at initialisation ({bad} of {scores.size} on "
+                         f"standard-normal inputs)")  # fmt: skip
+    sums = scores.sum(axis=1)
+    if scores.min() < 0 or scores.max() > 1 or (wanted > 1 and not np.allclose(sums, 1.0, atol=1e-3)):
+        raise ModelError(f"{function}() outputs are not class probabilities (values in [{scores.min():.3g}, "
+                         f"{scores.max():.3g}], rows summing to [{sums.min():.3g}, {sums.max():.3g}]): it must end in "
+                         f"{what}")  # fmt: skip
+
+
 def make_optimizer(name: str, learning_rate: float, weight_decay: float | None = None):
     """The Keras optimizer of a trial, with exactly its learning rate and decoupled weight decay.
 

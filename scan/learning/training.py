@@ -238,7 +238,8 @@ def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int,
     nets = []
     for trial in trials:
         seed_everything((parameters.seed + trial.seed_offset + (fold or 0) * 7919) % (2**31))
-        net = model.build_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance)
+        net = model.build_trial_model(trial.hyperparameters, x_train.shape[1], n_classes, mean, variance,
+                                      parameters.own_model)  # fmt: skip
         model.compile_model(net, trial.hyperparameters, n_classes)
         net.optimizer.build(net.trainable_variables)
         nets.append(net)
@@ -655,7 +656,8 @@ def fits_whole(trials: Sequence[Trial], dataset: Dataset, parameters: Parameters
                          default=str)  # fmt: skip
         if key not in per_network:
             hp = trial.hyperparameters
-            net = model.build_model(hp, n_features, n_classes, np.zeros(n_features), np.ones(n_features))
+            net = model.build_trial_model(hp, n_features, n_classes, np.zeros(n_features), np.ones(n_features),
+                                          parameters.own_model)  # fmt: skip
             model.compile_model(net, hp, n_classes)
             net.optimizer.build(net.trainable_variables)
             per_network[key] = fused.training_memory_bytes(net, net.optimizer, n_features,

@@ -53,11 +53,12 @@ def expand(parameters: Parameters) -> list[Trial]:
     if parameters.search.adaptive:
         return []
     keys = list(parameters.hyperparameters)
+    registry = parameters.registry
     trials = []
     for values in itertools.product(*(parameters.hyperparameters[k] for k in keys)):
-        point = canonical(dict(zip(keys, values, strict=True)))
+        point = canonical(dict(zip(keys, values, strict=True)), registry)
         for repetition in range(parameters.repetitions):
-            trials.append(Trial(trial_id(point, repetition), point, repetition))
+            trials.append(Trial(trial_id(point, repetition, registry), point, repetition))
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):  # e.g. [1, 1.0] in one list: the same trial twice
         seen: dict[str, Trial] = {}

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 from hhscan.errors import ConfigError, ExpressionError, did_you_mean
-from hhscan.settings import criteria, expr, hyperparameters, searchers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from hhscan.settings import criteria, expr, hyperparameters, model_function, searchers
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 # --------------------------------------------------------------------------------------------- sample list
 
@@ -457,7 +457,12 @@ class Search(_Strict):
 
 
 class Parameters(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, protected_namespaces=())
+
     samples: str
+    # An own model: "file.py:function" (made absolute when loaded) or "package.module:function"; None: built-in.
+    model: str | None = None
+    model_source: str | None = None  # the text of the model's file, read once: what the scan copies and hashes
     hyperparameters: dict[str, list[Any] | dict[str, Any]]
     repetitions: int = 1
     seed: int = 1234
@@ -469,10 +474,57 @@ class Parameters(_Strict):
     search: Search = Search()
     source: Path = Path("parameters.yaml")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_function(cls, data: Any, info: ValidationInfo) -> Any:
+        """The model's file resolved (relative to the parameters file) and read, unless its text is given (a scan's
+        snapshot: workers and model zips never read the user's file)."""
+        if not isinstance(data, dict) or data.get("model") is None:
+            return data
+        if not isinstance(data["model"], str):
+            raise KeyedError("model", f"{data['model']!r} is not 'file.py:function' or 'package.module:function'")
+        if data.get("model_source") is None:
+            base = Path((info.context or {}).get("base", "."))
+            try:
+                spec, source = model_function.resolve(data["model"], base)
+            except ValueError as error:
+                raise KeyedError("model", str(error)) from None
+            data = {**data, "model": spec, "model_source": source}
+        _registry(data["model"], data["model_source"])  # the signature's errors name model:, not the dictionary
+        return data
+
     @field_validator("hyperparameters", mode="before")
     @classmethod
-    def _dictionary(cls, value: Any) -> Any:
-        return hyperparameters.check_dictionary(value)
+    def _dictionary(cls, value: Any, info: ValidationInfo) -> Any:
+        registry = _registry(info.data.get("model"), info.data.get("model_source"))
+        if info.data.get("model") and isinstance(value, dict):
+            where, function = model_function.split_spec(info.data["model"])
+            for key in value:
+                if key not in registry:
+                    raise hyperparameters.InvalidHyperparameter(str(key), (
+                        f"{function}() in {Path(where).name} takes no argument '{key}' and it is no training "
+                        f"hyperparameter ({did_you_mean(str(key), registry, 'hyperparameters')})"))  # fmt: skip
+            try:
+                return hyperparameters.check_dictionary(value, registry)
+            except hyperparameters.InvalidHyperparameter as error:
+                entry = registry.get(error.key.split(".")[0])
+                if entry is None or not entry.network:
+                    raise
+                taken = f"Literal{list(entry.choices)}" if entry.choices else entry.kind.__name__
+                message = f"{error.message} ({function}() in {Path(where).name} takes {entry.name}: {taken})"
+                raise hyperparameters.InvalidHyperparameter(error.key, message) from None
+        return hyperparameters.check_dictionary(value, registry)
+
+    @property
+    def own_model(self) -> tuple[str, str] | None:
+        """(model, model_source) of an own model; None for the built-in network."""
+        return None if self.model is None or self.model_source is None else (self.model, self.model_source)
+
+    @property
+    def registry(self) -> dict[str, hyperparameters.Hyperparameter]:
+        """The hyperparameters this scan's model takes: the built-in network's, or the own model's signature with
+        hhscan's training entries."""
+        return _registry(self.model, self.model_source)
 
     @field_validator("eval_criterion")
     @classmethod
@@ -506,12 +558,21 @@ class Parameters(_Strict):
         search, the sampler, its seed and the pruner: not the budget, which may be raised to go on)."""
         # An entry added to the registry since, at its default, is left out: the scan's hash stays what it was.
         dictionary = {k: v for k, v in self.hyperparameters.items()
-                      if not hyperparameters.at_silent_default(k, v, dictionary=self.hyperparameters)}  # fmt: skip
+                      if not hyperparameters.at_silent_default(k, v, self.registry, self.hyperparameters)}  # fmt: skip
         content: dict[str, Any] = {"hp": dictionary, "rep": self.repetitions}
         if self.search.adaptive:  # a grid scan's hash is unchanged by the search section
             content["search"] = self.search.model_dump(mode="json", exclude={"trials"})
         payload = json.dumps(content, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _registry(model: str | None, source: str | None) -> dict[str, hyperparameters.Hyperparameter]:
+    if model is None or source is None:
+        return hyperparameters.REGISTRY
+    try:
+        return model_function.registry(model, source)
+    except ValueError as error:
+        raise KeyedError("model", str(error)) from None
 
 
 def criterion_problem(value: str) -> str | None:
@@ -546,16 +607,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return content
 
 
-def _validate(model: type[BaseModel], content: dict[str, Any], path: Path) -> Any:
+def _validate(model: type[BaseModel], content: dict[str, Any], path: Path, context: dict | None = None) -> Any:
     try:
-        return model.model_validate(content)
+        return model.model_validate(content, context=context)
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"])
         if first["type"] == "extra_forbidden":
             parent = _model_at(model, first["loc"][:-1])
             valid = [f.alias or name for name, f in parent.model_fields.items()] if parent else []
-            valid = [v for v in valid if v not in {"source", "samples"}]
+            valid = [v for v in valid if v not in {"source", "samples", "model_source"}]
             key = str(first["loc"][-1])
             raise ConfigError(f"{path}: unknown key '{location}' ({did_you_mean(key, valid, 'keys')})") from None
         message = first["msg"].removeprefix("Value error, ")
@@ -590,7 +651,11 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
 
 def load_parameters(path: str | Path) -> Parameters:
     path = Path(path)
-    parameters: Parameters = _validate(Parameters, _read_yaml(path), path)
+    content = _read_yaml(path)
+    if "model_source" in content:  # hhscan reads it from the model's file, never from the parameters
+        valid = [f for f in Parameters.model_fields if f not in {"source", "samples", "model_source"}]
+        raise ConfigError(f"{path}: unknown key 'model_source' ({did_you_mean('model_source', valid, 'keys')})")
+    parameters: Parameters = _validate(Parameters, content, path, context={"base": path.parent.resolve()})
     return parameters.model_copy(update={"source": path.resolve()})
 
 
