@@ -302,8 +302,16 @@ def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Works
     for trial in trials:
         by_structure.setdefault(packing.step_structure(trial), []).append(trial)
     largest = max(by_structure.values(), key=len, default=[])
-    if len(largest) <= packing.DEFAULT_PACK_SIZE or training.fits_whole(largest, dataset, parameters):
+    if len(largest) <= packing.DEFAULT_PACK_SIZE:
         return max(len(largest), 1)
+    try:
+        whole = training.fits_whole(largest, dataset, parameters)
+    except Exception as error:  # an own model's build() refusing a trial's values: that trial's FAIL, later
+        if not is_trial_failure(error):
+            raise
+        whole = False
+    if whole:
+        return len(largest)
     probed = training.probed_pack_size(trials[0], dataset, parameters, workspace.cache / "pack_size.json")
     return max(1, probed // max(dataset.folds, 1))  # a k-fold pack is k engines alive at once, one per fold
 
