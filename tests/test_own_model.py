@@ -63,13 +63,15 @@ def test_the_signature_is_the_registry_and_ids_hash_canonical_values(analysis):
     assert {name: (e.kind, e.default, e.network, e.hashed_at_default) for name, e in entries.items()} == {
         "optimizer": (str, "adam", False, True), "learning_rate": (float, 0.001, False, True),
         "batch_size": (int, 256, False, True), "epochs": (int, 20, False, True),
-        "blocks": (int, 1, True, False), "width": (int, 16, True, False), "dropout": (float, 0.0, True, False),
+        "weight_decay": (float, 0.0, False, False), "blocks": (int, 1, True, False), "width": (int, 16, True, False), "dropout": (float, 0.0, True, False),
     }  # fmt: skip
     trials = trial.expand(parameters)
     assert len(trials) == 4  # dropout 0 and 0.0 are one value
     assert trials[0].hyperparameters == {"batch_size": 256, "blocks": 1, "dropout": 0.0, "epochs": 1,
-                                         "learning_rate": 0.001, "optimizer": "adam", "width": 8}  # fmt: skip
-    # By hand: the canonical point without the model's entries at their defaults (blocks 1, dropout 0.0) + repetition.
+                                         "learning_rate": 0.001, "optimizer": "adam", "weight_decay": 0.0,
+                                         "width": 8}  # fmt: skip
+    # By hand: the canonical point without the entries at their defaults (blocks 1, dropout 0.0, weight_decay 0.0)
+    # + repetition.
     hashed = {"batch_size": 256, "epochs": 1, "learning_rate": 0.001, "optimizer": "adam", "width": 8}
     payload = json.dumps({"hp": hashed, "rep": 0}, sort_keys=True)
     assert trials[0].id == hashlib.sha256(payload.encode()).hexdigest()[:12]
