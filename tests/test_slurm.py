@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -647,3 +648,34 @@ def test_an_adaptive_worker_past_its_time_limit_is_requeued_and_resumes_its_own_
     assert record.resumed_from_epoch is not None and 0 < record.resumed_from_epoch < 1200
     assert record.epochs_run == 1200 and len(record.history["val_loss"]) == 1200
     assert "timed-out" in Path(record.log_path.replace("_log.out", "_log.err")).read_text()
+
+
+def test_an_own_model_scan_runs_on_slurm_from_the_scans_copy_of_its_source(slurm_analysis, capsys, monkeypatch):
+    """An own model (residual blocks × width) submitted to the cluster: the jobs import the scan's copy of the
+    model file, so editing the user's file after submission changes no job; report exports a zip plain Keras loads."""
+    from test_own_model import NETS_BAR, own_model
+
+    own_model(slurm_analysis, hyperparameters={"blocks": [1, 2], "width": [4, 8], "epochs": [1]})
+    code, _, err = run_cli(["submit", "--name", "own", "--split", "2"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    # The user's file broken at once: a job that imported it would fail.
+    (slurm_analysis.parameters.parent / "nets_bar.py").write_text(NETS_BAR + "\nraise RuntimeError('edited')\n")
+    scan = Workspace(slurm_analysis.root).scan("own")
+    status = wait_until_settled(scan)
+    assert status.count("done") == 4, [t.record.error for t in status.trials if t.record is not None]
+    records_exactly_once(scan)
+    records, _ = scan.records()
+    assert {(r.hyperparameters["blocks"], r.hyperparameters["width"]) for r in records.values()} == {
+        (1, 4), (1, 8), (2, 4), (2, 8)}  # fmt: skip
+    # resubmit of the scan now refuses the changed source in one line, submitting nothing.
+    code, _, err = run_cli(["resubmit", "own"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "nets_bar.py" in err, err
+    code, _, err = run_cli(["report", "own", "--no-plots"], slurm_analysis.root, capsys, monkeypatch)
+    assert code == 0, err
+    best = slurm_analysis.root / "models" / "own_best.zip"
+    check = ("import sys, zipfile, io, keras; z = zipfile.ZipFile(sys.argv[1]); "
+             "open('m.keras', 'wb').write(z.read('model.keras')); m = keras.saving.load_model('m.keras'); "
+             "print(m.count_params())")  # fmt: skip
+    loaded = subprocess.run([sys.executable, "-c", check, str(best)], capture_output=True, text=True,
+                            cwd=slurm_analysis.root, env={**os.environ, "KERAS_BACKEND": "jax"})  # fmt: skip
+    assert loaded.returncode == 0 and int(loaded.stdout.split()[-1]) > 0, loaded.stderr[-2000:]

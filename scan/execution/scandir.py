@@ -194,7 +194,7 @@ class ScanDirectory:
         manifest = self.manifest()
         now_model = model_identity(parameters) if parameters.own_model is not None else None
         if manifest.get("model") != now_model:
-            change = _model_change(manifest.get("model"), now_model)
+            change = _model_change(manifest.get("model"), now_model, parameters.model)
             raise ScanError(f"scan '{self.name}': {change} since it was created: results would mix; restore it or "
                             f"start a new scan with another --name")  # fmt: skip
         if ("search" in manifest) != parameters.search.adaptive:
@@ -333,14 +333,14 @@ def model_identity(parameters: Parameters) -> dict[str, str]:
     return {"function": spec.rpartition(":")[2], "sha256": model_function.source_hash(source)}
 
 
-def _model_change(before: dict[str, str] | None, now: dict[str, str] | None) -> str:
+def _model_change(before: dict[str, str] | None, now: dict[str, str] | None, spec: str | None) -> str:
     if before is None or now is None:
         return f"the model changed from {'the built-in network' if before is None else before['function'] + '()'} " \
                f"to {'the built-in network' if now is None else now['function'] + '()'}"
     if before["function"] != now["function"]:
         return f"the model function changed from {before['function']}() to {now['function']}()"
-    return (f"the source of the model {now['function']}() changed (sha256 {before['sha256'][:12]} → "
-            f"{now['sha256'][:12]})")
+    return (f"the source of the model {spec} changed (sha256 {before['sha256'][:12]} → {now['sha256'][:12]}; the "
+            f"scan keeps the original in config/{MODEL_SOURCE})")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
