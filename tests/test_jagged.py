@@ -134,6 +134,9 @@ def _root_functions(pt, eta, btag, muon, weight):
     return {
         "Alt$(Jet_pt[1], -5)": [p[1] if len(p) > 1 else -5 for p in pt],
         "Alt$(Jet_eta[2], 9) * 2": [2 * e[2] if len(e) > 2 else 18 for e in eta],
+        # ROOT takes any expression as the fallback: one varying per event, or another Alt$
+        "Alt$(Jet_pt[1], genWeight)": [p[1] if len(p) > 1 else w for p, w in zip(pt, weight, strict=True)],
+        "Alt$(Jet_pt[1], Alt$(Jet_pt[0], -1))": [p[1] if len(p) > 1 else p[0] if p else -1 for p in pt],
         "Length$(Jet_pt)": [len(p) for p in pt],
         "Length$(Muon_pt)": [len(m) for m in muon],
         "Sum$(Jet_btag > 0.5)": [sum(b > 0.5 for b in bs) for bs in btag],
@@ -164,6 +167,14 @@ def test_every_function_matches_an_independent_computation(tmp_path):
     assert len(part.features) == len(read["Jet_pt"])  # no cut: every event, jetless ones included
     for column, (text, values) in enumerate(expected.items()):
         np.testing.assert_allclose(part.features[:, column], np.asarray(values, float), rtol=1e-6, err_msg=text)
+
+
+def test_alt_falls_back_to_another_index_of_the_same_event(tmp_path):
+    root = nano_analysis(tmp_path / "p")  # its cut keeps only events with a jet, so Jet_pt[0] always exists
+    sample_list, sample = _with_inputs(root, [{"name": "j2", "expr": "Alt$(Jet_pt[1], Jet_pt[0])"}])
+    part = dataset.read_sample(sample_list, sample, apply_selection=False)
+    expected = [p[1] if len(p) > 1 else p[0] for p in lists(root / "data" / "hh.root", "Jet_pt")["Jet_pt"] if p]
+    np.testing.assert_allclose(part.features[:, 0], np.asarray(expected, float), rtol=1e-6)
 
 
 def test_an_index_counts_the_events_lacking_it_unless_cut_or_guarded(tmp_path):

@@ -570,7 +570,14 @@ class _Evaluator(ast.NodeVisitor):
         if function == "Alt$":
             import awkward as ak
 
-            return ak.fill_none(arguments[0], arguments[1]) if _has_option(arguments[0]) else arguments[0]
+            value, fallback = arguments
+            if not _has_option(value):
+                return value
+            if not _is_awkward(fallback) and np.ndim(fallback) == 0:
+                return ak.fill_none(value, fallback)
+            # a fallback varying per event (a branch, another index): fill_none would build a union of the two
+            # types that awkward cannot convert, so pick element by element instead
+            return ak.where(ak.is_none(value, axis=-1), fallback, ak.fill_none(value, 0))
         if function is not None:
             return _reduce(function, *arguments)
         return FUNCTIONS[node.func.id](*arguments)
