@@ -308,6 +308,33 @@ def test_the_scaler_counts_real_entries_only(tmp_path):
     np.testing.assert_array_equal(cached.real_entries(TRAIN), data.real_entries(TRAIN))
 
 
+
+class _ZeroBundle:
+    """Stands in for a k-fold bundle: the view only asks for its fold count, its name and scores."""
+
+    folds, source = 3, "zero bundle"
+
+    def predict(self, features: np.ndarray, fold: np.ndarray, role: str = "test") -> np.ndarray:
+        return np.zeros(len(features))
+
+
+def test_the_kfold_scoring_view_keeps_real_entries_for_both_copies(tmp_path):
+    from hhscan.results.kfold_view import kfold_scoring_view
+
+    root = nano_analysis(tmp_path / "p", n=200)
+    path = root / "parameters" / "scan.yaml"
+    parameters = yaml.safe_load(path.read_text())
+    parameters["split"] = {"name": "k3", "kind": "kfold", "folds": 3, "variable": "event"}
+    path.write_text(yaml.safe_dump(parameters))
+    sample_list, _ = _sample(root)
+    data = dataset.load_dataset(sample_list, config.load_parameters(path).split, root / "splits")
+    view, _ = kfold_scoring_view(data, _ZeroBundle())
+    # Every event is once a test and once a training event: both copies have its real entries.
+    whole = data.real_entries(TRAIN)  # k-fold data are all TRAIN
+    assert whole is not None and not whole.all()
+    np.testing.assert_array_equal(view.real_entries(TEST), whole)
+    np.testing.assert_array_equal(view.real_entries(TRAIN), whole)
+
 # -------------------------------------------------------------------------------------------- end to end
 
 
