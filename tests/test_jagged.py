@@ -642,3 +642,49 @@ def test_chunks_end_at_cluster_boundaries_so_no_basket_is_read_twice(tmp_path, m
     monkeypatch.setattr(dataset, "CHUNK_ENTRIES", 150)
     chunked = dataset.read_sample(sample_list, sample)
     np.testing.assert_array_equal(chunked.features, whole.features)
+
+
+class _ConstantModel:
+    """Stands in for a Keras model: one score per event."""
+
+    def predict(self, features: np.ndarray, batch_size: int, verbose: int) -> np.ndarray:
+        return np.full((len(features), 1), 0.5)
+
+
+class _Collect:
+    """Stands in for an output file: keeps what is appended."""
+
+    def __init__(self) -> None:
+        self.parts: list[dict] = []
+
+    def append(self, columns: dict) -> None:
+        self.parts.append(columns)
+
+    def finish(self) -> None:
+        pass
+
+
+def test_hhscan_test_output_streams_in_chunks_ending_at_cluster_boundaries(tmp_path, monkeypatch):
+    from hhscan.results import streaming
+
+    root = nano_analysis(tmp_path / "p", n=50)
+    path = root / "data" / "baskets.root"
+    with uproot.recreate(path) as handle:  # five extends: baskets (clusters) of 100 entries
+        for part in range(5):
+            events = nano_events(100, 20 + part, 0.0)
+            if part == 0:
+                handle.mktree("Events", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in events.items()})
+            handle["Events"].extend(events)
+    sample_list, _ = _sample(root)
+    sample = sample_list.samples[0].model_copy(update={"path": path})
+    asked = []
+    read = streaming.read_sample
+    monkeypatch.setattr(streaming, "read_sample", lambda *a, entries, **k: asked.append(entries) or read(
+        *a, entries=entries, **k))  # fmt: skip
+    writer = _Collect()
+    metadata = {"feature_names": sample_list.feature_names, "class_names": ["s"]}
+    written = streaming.score_whole_sample(_ConstantModel(), metadata, sample_list, sample, writer, 150)
+    assert asked == [(0, 200), (200, 400), (400, 500)]  # as readers.chunk_ranges cuts them, not every 150
+    whole = dataset.read_sample(sample_list, sample)
+    assert written == len(whole.features)
+    np.testing.assert_array_equal(np.concatenate([p["event"] for p in writer.parts]), whole.other["event"])
