@@ -501,6 +501,31 @@ def test_kfold_refuses_a_jagged_event_number(tmp_path, capsys, monkeypatch):
             assert float(np.ravel(scaler.variance)[column]) == pytest.approx(real.var(), rel=1e-4)
 
 
+def test_a_block_column_is_described_as_alt_only_for_a_bare_branch(tmp_path):
+    from hhscan.results.export import block_expressions
+
+    root = nano_analysis(tmp_path / "p", n=20)
+    inputs = [{"name": "pt", "expr": "Jet_pt", "length": 2, "pad": -1},
+              {"name": "pz", "expr": "Jet_pt * sinh(Jet_eta)", "length": 2, "pad": 0},
+              {"name": "c", "expr": "c_vectors", "length": 2, "components": 2, "pad": 0}]  # fmt: skip
+    sample_list, _ = _with_inputs(root, inputs)
+    described = {}
+    for variable in sample_list.inputs:
+        described.update(block_expressions(variable))
+    # TTreeFormula reads Alt$ of a branch's entry; it cannot index a parenthesised expression, and nothing reads
+    # a two-index notation with a pad: those are said in words.
+    assert described == {
+        "pt_0": "Alt$(Jet_pt[0], -1)",
+        "pt_1": "Alt$(Jet_pt[1], -1)",
+        "pz_0": "entry 0 of Jet_pt * sinh(Jet_eta), 0 where absent",
+        "pz_1": "entry 1 of Jet_pt * sinh(Jet_eta), 0 where absent",
+        "c_0_0": "component 0 of entry 0 of c_vectors, 0 where absent",
+        "c_0_1": "component 1 of entry 0 of c_vectors, 0 where absent",
+        "c_1_0": "component 0 of entry 1 of c_vectors, 0 where absent",
+        "c_1_1": "component 1 of entry 1 of c_vectors, 0 where absent",
+    }
+
+
 def test_onnx_export_of_a_block_model_describes_each_column(tmp_path, capsys, monkeypatch):
     import json
     import os
