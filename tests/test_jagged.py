@@ -388,8 +388,8 @@ def test_a_nanoaod_scan_runs_reports_and_tests_with_inputs_as_awkward_computes_t
     (root / "sample_lists" / "later.yaml").write_text(yaml.safe_dump(later))
     from hhscan.results import apply
 
-    streaming = apply._apply_streaming
-    monkeypatch.setattr(apply, "_apply_streaming", lambda *args: streaming(*args[:-1], 64))  # chunk_size: 64
+    streaming = apply.score_whole_sample
+    monkeypatch.setattr(apply, "score_whole_sample", lambda *args: streaming(*args[:-1], 64))  # chunk_size: 64
     code, _, err = run_cli(["test", "--model", "best", "--samples", "sample_lists/later.yaml", "--output", "hh_new"],
                            root, capsys, monkeypatch)  # fmt: skip
     assert code == 0, err
