@@ -280,3 +280,26 @@ def test_hdf5_group_layout_is_read(tmp_path):
     data, _ = load(project)
     index = data.sample_names.index("dy_2016")
     assert (data.sample_index == index).sum() == expected_selection(events).sum()
+
+
+def test_a_corrupt_root_file_is_one_line_naming_it_whatever_uproot_trips_on(tmp_path):
+    from hhscan.data import readers
+    from hhscan.errors import DataError
+
+    good = tmp_path / "good.root"
+    with uproot.recreate(good) as handle:
+        handle["Events"] = {"x": np.arange(1000, dtype="f8")}
+    header = good.read_bytes()[:400]
+    corrupt = {
+        "short.root": b"hello",  # shorter than a ROOT header: uproot's OSError
+        "text.root": b"hello world " * 100,  # no ROOT magic: ValueError
+        "garbled.root": b"root" + b"\xff" * 300 + header[304:],  # magic, then a garbled header: DeserializationError
+    }
+    for name, content in corrupt.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        for read in (lambda p: readers.read_columns(p, "Events", ["x"]),
+                     lambda p: readers.branch_shapes(p, "Events", ["x"]),
+                     lambda p: readers.chunk_ranges(p, "Events", 0, 10, 5)):  # fmt: skip
+            with pytest.raises(DataError, match=rf"^{path}: not a readable ROOT file \([^\n]+\)$"):
+                read(path)

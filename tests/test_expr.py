@@ -126,3 +126,11 @@ def test_static_shape_checks_name_the_counters():
         expr.parse("Alt$(Jet_pt[0])")
     with pytest.raises(ExpressionError, match=r"closest: Sum\$"):
         expr.parse("Summ$(Jet_pt)")
+
+
+@pytest.mark.parametrize(
+    ("text", "bare"),
+    [("Jet_pt", "Jet_pt"), ("`Jet.pt`", "Jet.pt"), ("Jet_pt * 2", None), ("Jet_pt[0]", None), ("Sum$(Jet_pt)", None)],
+)
+def test_a_bare_branch_is_an_expression_that_is_one_name(text, bare):
+    assert expr.parse(text).bare_branch == bare

@@ -134,6 +134,9 @@ def _root_functions(pt, eta, btag, muon, weight):
     return {
         "Alt$(Jet_pt[1], -5)": [p[1] if len(p) > 1 else -5 for p in pt],
         "Alt$(Jet_eta[2], 9) * 2": [2 * e[2] if len(e) > 2 else 18 for e in eta],
+        # ROOT takes any expression as the fallback: one varying per event, or another Alt$
+        "Alt$(Jet_pt[1], genWeight)": [p[1] if len(p) > 1 else w for p, w in zip(pt, weight, strict=True)],
+        "Alt$(Jet_pt[1], Alt$(Jet_pt[0], -1))": [p[1] if len(p) > 1 else p[0] if p else -1 for p in pt],
         "Length$(Jet_pt)": [len(p) for p in pt],
         "Length$(Muon_pt)": [len(m) for m in muon],
         "Sum$(Jet_btag > 0.5)": [sum(b > 0.5 for b in bs) for bs in btag],
@@ -164,6 +167,14 @@ def test_every_function_matches_an_independent_computation(tmp_path):
     assert len(part.features) == len(read["Jet_pt"])  # no cut: every event, jetless ones included
     for column, (text, values) in enumerate(expected.items()):
         np.testing.assert_allclose(part.features[:, column], np.asarray(values, float), rtol=1e-6, err_msg=text)
+
+
+def test_alt_falls_back_to_another_index_of_the_same_event(tmp_path):
+    root = nano_analysis(tmp_path / "p")  # its cut keeps only events with a jet, so Jet_pt[0] always exists
+    sample_list, sample = _with_inputs(root, [{"name": "j2", "expr": "Alt$(Jet_pt[1], Jet_pt[0])"}])
+    part = dataset.read_sample(sample_list, sample, apply_selection=False)
+    expected = [p[1] if len(p) > 1 else p[0] for p in lists(root / "data" / "hh.root", "Jet_pt")["Jet_pt"] if p]
+    np.testing.assert_allclose(part.features[:, 0], np.asarray(expected, float), rtol=1e-6)
 
 
 def test_an_index_counts_the_events_lacking_it_unless_cut_or_guarded(tmp_path):
@@ -296,6 +307,33 @@ def test_the_scaler_counts_real_entries_only(tmp_path):
                                              "columns": ["jet_pt_0", "jet_pt_1", "jet_pt_2", "jet_pt_3"]}]  # fmt: skip
     np.testing.assert_array_equal(cached.real_entries(TRAIN), data.real_entries(TRAIN))
 
+
+
+class _ZeroBundle:
+    """Stands in for a k-fold bundle: the view only asks for its fold count, its name and scores."""
+
+    folds, source = 3, "zero bundle"
+
+    def predict(self, features: np.ndarray, fold: np.ndarray, role: str = "test") -> np.ndarray:
+        return np.zeros(len(features))
+
+
+def test_the_kfold_scoring_view_keeps_real_entries_for_both_copies(tmp_path):
+    from hhscan.results.kfold_view import kfold_scoring_view
+
+    root = nano_analysis(tmp_path / "p", n=200)
+    path = root / "parameters" / "scan.yaml"
+    parameters = yaml.safe_load(path.read_text())
+    parameters["split"] = {"name": "k3", "kind": "kfold", "folds": 3, "variable": "event"}
+    path.write_text(yaml.safe_dump(parameters))
+    sample_list, _ = _sample(root)
+    data = dataset.load_dataset(sample_list, config.load_parameters(path).split, root / "splits")
+    view, _ = kfold_scoring_view(data, _ZeroBundle())
+    # Every event is once a test and once a training event: both copies have its real entries.
+    whole = data.real_entries(TRAIN)  # k-fold data are all TRAIN
+    assert whole is not None and not whole.all()
+    np.testing.assert_array_equal(view.real_entries(TEST), whole)
+    np.testing.assert_array_equal(view.real_entries(TRAIN), whole)
 
 # -------------------------------------------------------------------------------------------- end to end
 
@@ -463,6 +501,31 @@ def test_kfold_refuses_a_jagged_event_number(tmp_path, capsys, monkeypatch):
             assert float(np.ravel(scaler.variance)[column]) == pytest.approx(real.var(), rel=1e-4)
 
 
+def test_a_block_column_is_described_as_alt_only_for_a_bare_branch(tmp_path):
+    from hhscan.results.export import block_expressions
+
+    root = nano_analysis(tmp_path / "p", n=20)
+    inputs = [{"name": "pt", "expr": "Jet_pt", "length": 2, "pad": -1},
+              {"name": "pz", "expr": "Jet_pt * sinh(Jet_eta)", "length": 2, "pad": 0},
+              {"name": "c", "expr": "c_vectors", "length": 2, "components": 2, "pad": 0}]  # fmt: skip
+    sample_list, _ = _with_inputs(root, inputs)
+    described = {}
+    for variable in sample_list.inputs:
+        described.update(block_expressions(variable))
+    # TTreeFormula reads Alt$ of a branch's entry; it cannot index a parenthesised expression, and nothing reads
+    # a two-index notation with a pad: those are said in words.
+    assert described == {
+        "pt_0": "Alt$(Jet_pt[0], -1)",
+        "pt_1": "Alt$(Jet_pt[1], -1)",
+        "pz_0": "entry 0 of Jet_pt * sinh(Jet_eta), 0 where absent",
+        "pz_1": "entry 1 of Jet_pt * sinh(Jet_eta), 0 where absent",
+        "c_0_0": "component 0 of entry 0 of c_vectors, 0 where absent",
+        "c_0_1": "component 1 of entry 0 of c_vectors, 0 where absent",
+        "c_1_0": "component 0 of entry 1 of c_vectors, 0 where absent",
+        "c_1_1": "component 1 of entry 1 of c_vectors, 0 where absent",
+    }
+
+
 def test_onnx_export_of_a_block_model_describes_each_column(tmp_path, capsys, monkeypatch):
     import json
     import os
@@ -604,3 +667,49 @@ def test_chunks_end_at_cluster_boundaries_so_no_basket_is_read_twice(tmp_path, m
     monkeypatch.setattr(dataset, "CHUNK_ENTRIES", 150)
     chunked = dataset.read_sample(sample_list, sample)
     np.testing.assert_array_equal(chunked.features, whole.features)
+
+
+class _ConstantModel:
+    """Stands in for a Keras model: one score per event."""
+
+    def predict(self, features: np.ndarray, batch_size: int, verbose: int) -> np.ndarray:
+        return np.full((len(features), 1), 0.5)
+
+
+class _Collect:
+    """Stands in for an output file: keeps what is appended."""
+
+    def __init__(self) -> None:
+        self.parts: list[dict] = []
+
+    def append(self, columns: dict) -> None:
+        self.parts.append(columns)
+
+    def finish(self) -> None:
+        pass
+
+
+def test_hhscan_test_output_streams_in_chunks_ending_at_cluster_boundaries(tmp_path, monkeypatch):
+    from hhscan.results import streaming
+
+    root = nano_analysis(tmp_path / "p", n=50)
+    path = root / "data" / "baskets.root"
+    with uproot.recreate(path) as handle:  # five extends: baskets (clusters) of 100 entries
+        for part in range(5):
+            events = nano_events(100, 20 + part, 0.0)
+            if part == 0:
+                handle.mktree("Events", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in events.items()})
+            handle["Events"].extend(events)
+    sample_list, _ = _sample(root)
+    sample = sample_list.samples[0].model_copy(update={"path": path})
+    asked = []
+    read = streaming.read_sample
+    monkeypatch.setattr(streaming, "read_sample", lambda *a, entries, **k: asked.append(entries) or read(
+        *a, entries=entries, **k))  # fmt: skip
+    writer = _Collect()
+    metadata = {"feature_names": sample_list.feature_names, "class_names": ["s"]}
+    written = streaming.score_whole_sample(_ConstantModel(), metadata, sample_list, sample, writer, 150)
+    assert asked == [(0, 200), (200, 400), (400, 500)]  # as readers.chunk_ranges cuts them, not every 150
+    whole = dataset.read_sample(sample_list, sample)
+    assert written == len(whole.features)
+    np.testing.assert_array_equal(np.concatenate([p["event"] for p in writer.parts]), whole.other["event"])

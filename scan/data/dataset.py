@@ -193,16 +193,18 @@ class _Evaluated:
         self.missing.setdefault(key, []).append(np.zeros(len(values), bool) if missing is None else missing)
 
     def get(self, key: str) -> np.ndarray:
-        parts = self.values[key]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return _joined(self.values[key])
 
     def lacking(self, key: str) -> np.ndarray:
-        parts = self.missing[key]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return _joined(self.missing[key])
 
     def real_counts(self, key: str) -> np.ndarray:
-        parts = self.counts[key]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return _joined(self.counts[key])
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The chunks' arrays as one; a file read in one chunk keeps its array (no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def check_shapes(

@@ -148,7 +148,8 @@ def _open_root_tree(path: Path, tree_name: str):
 
     try:
         handle = uproot.open(path)
-    except Exception as error:
+    except (OSError, ValueError, uproot.DeserializationError) as error:
+        # what uproot raises on a file too short for a header, without ROOT's magic, or with a garbled header
         raise DataError(f"{path}: not a readable ROOT file ({_one_line(error)})") from None
     trees = handle.keys(cycle=False, filter_classname=["TTree", "TNtuple", "ROOT::RNTuple"])
     if tree_name not in trees:
@@ -209,17 +210,8 @@ def _one_line(error: Exception) -> str:
 def _read_root(
     path: Path, tree_name: str, branches: Sequence[str], used_by: Mapping[str, str], entries: tuple[int, int] | None
 ) -> tuple[dict[str, np.ndarray], int]:
-    import uproot
-
-    try:
-        handle = uproot.open(path)
-    except Exception as error:
-        raise DataError(f"{path}: not a readable ROOT file ({_one_line(error)})") from None
-    with handle:
-        trees = handle.keys(cycle=False, filter_classname=["TTree", "TNtuple", "ROOT::RNTuple"])
-        if tree_name not in trees:
-            raise DataError(f"{path}: no tree '{tree_name}' ({did_you_mean(tree_name, trees, 'trees')})")
-        tree = handle[tree_name]
+    tree = _open_root_tree(path, tree_name)
+    with tree.file:  # the file handle the tree keeps
         available = list(tree.keys())
         _check_branches(path, tree_name, branches, available, used_by)
         start, stop = entries or (0, int(tree.num_entries))
@@ -248,16 +240,8 @@ def _read_hdf5(
 ) -> tuple[dict[str, np.ndarray], int]:
     import h5py
 
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise DataError(f"{path}: not a readable HDF5 file ({_one_line(error)})") from None
-    with handle:
-        if dataset_name not in handle:
-            names: list[str] = []
-            handle.visit(names.append)
-            raise DataError(f"{path}: no dataset '{dataset_name}' ({did_you_mean(dataset_name, names, 'datasets')})")
-        node = handle[dataset_name]
+    with _open_hdf5(path) as handle:
+        node = _hdf5_node(handle, path, dataset_name)
         if isinstance(node, h5py.Group):  # a group of one dataset per variable
             available = [k for k in node if isinstance(node[k], h5py.Dataset)]
             _check_branches(path, dataset_name, branches, available, used_by)
@@ -271,14 +255,12 @@ def _read_hdf5(
             total = next(iter(lengths.values()), 0)
             start, stop = entries or (0, total)
             columns = {name: node[name][start:stop] for name in branches}
-        elif node.dtype.names:  # one structured (compound) dataset
+        else:  # one structured (compound) dataset: _hdf5_node refused any other
             available = list(node.dtype.names)
             _check_branches(path, dataset_name, branches, available, used_by)
             total = len(node)
             start, stop = entries or (0, total)
             columns = {name: node.fields(name)[start:stop] for name in branches}
-        else:
-            raise DataError(f"{path}:{dataset_name}: expected a compound dataset or a group of datasets")
         count = max(0, min(stop, total) - start)
         for name, values in columns.items():
             if len(values) != count:

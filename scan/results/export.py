@@ -25,6 +25,7 @@ import numpy as np
 from hhscan.errors import HhscanError, ModelError
 from hhscan.fileio import atomic_write_text
 from hhscan.learning import artifacts, model
+from hhscan.settings.config import InputVariable
 
 FORMATS = ("onnx", "saved_model")
 PROVENANCE = ("scan", "trial_id", "split_checksum", "data_fingerprint", "code_version", "hyperparameters")
@@ -270,14 +271,20 @@ def select_backend() -> None:
     model.choose_backend("tensorflow")
 
 
-def block_expressions(variable) -> dict[str, str]:
-    """Each column of a block input as a ROOT expression: ``Alt$((expr)[i], pad)``; for a field of several numbers
-    per entry, component k of entry i (``c_vectors[i][k]``; entries past the field's size are the pad)."""
+def block_expressions(variable: InputVariable) -> dict[str, str]:
+    """Each column of a block input, described: ``Alt$(Jet_pt[i], pad)`` for a block of a bare branch; in words
+    (``entry i of <expr>, <pad> where absent``, ``component k of entry i of <expr>, ...``) otherwise, since ROOT's
+    TTreeFormula cannot index a parenthesised expression and no parser reads a two-index notation with a pad."""
+    bare = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variable.expr) is not None
     if variable.components == 1:
-        values = variable.expr if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variable.expr) else f"({variable.expr})"
-        return {f"{variable.name}_{i}": f"Alt$({values}[{i}], {variable.pad:g})" for i in range(variable.length)}
+        return {
+            f"{variable.name}_{i}": f"Alt$({variable.expr}[{i}], {variable.pad:g})"
+            if bare
+            else f"entry {i} of {variable.expr}, {variable.pad:g} where absent"
+            for i in range(variable.length)
+        }
     return {
-        f"{variable.name}_{i}_{k}": f"{variable.expr}[{i}][{k}] (pad {variable.pad:g})"
+        f"{variable.name}_{i}_{k}": f"component {k} of entry {i} of {variable.expr}, {variable.pad:g} where absent"
         for i in range(variable.length)
         for k in range(variable.components)
     }

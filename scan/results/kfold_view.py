@@ -39,5 +39,6 @@ def kfold_scoring_view(dataset: Dataset, bundle: model.FoldModels) -> tuple[Data
         other={name: twice(values) for name, values in dataset.other.items()},
         sample_names=dataset.sample_names * 2,
         fold=twice(dataset.fold),
+        block_counts={name: twice(counts) for name, counts in dataset.block_counts.items()},
     )
     return view, np.concatenate([test_scores, train_scores])

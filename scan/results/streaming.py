@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from hhscan.data import weights
 from hhscan.data.dataset import read_sample
-from hhscan.data.readers import count_entries
+from hhscan.data.readers import chunk_ranges, count_entries
 from hhscan.errors import HhscanError
 from hhscan.learning import model
 from hhscan.results.outputs import OutputFile, input_columns, numeric_columns, score_columns
@@ -21,10 +21,10 @@ def score_whole_sample(
     events written. ``keras_model``: a Keras model or a k-fold bundle (each event scored by its fold's model)."""
     total = count_entries(sample.path, sample.tree)
     written = 0
-    for start in range(0, max(total, 1), chunk_size):
-        rule = (keras_model.folds, keras_model.variable) if isinstance(keras_model, model.FoldModels) else None
-        part = read_sample(sample_list, sample, apply_selection=False, entries=(start, start + chunk_size),
-                           kfold=rule)  # fmt: skip
+    rule = (keras_model.folds, keras_model.variable) if isinstance(keras_model, model.FoldModels) else None
+    # Ranges ending at the file's cluster boundaries: a basket cut by two ranges would be decompressed twice.
+    for start, stop in chunk_ranges(sample.path, sample.tree, 0, total, chunk_size):
+        part = read_sample(sample_list, sample, apply_selection=False, entries=(start, stop), kfold=rule)
         if not len(part.features):
             continue
         scores = model.predict(keras_model, part.features, fold=part.fold)

@@ -147,6 +147,11 @@ class Expression:
         return tuple(dict.fromkeys(self.placeholders.get(n.id, n.id) for n in names))
 
     @cached_property
+    def bare_branch(self) -> str | None:
+        """The branch the whole expression is (``Jet_pt``, a quoted name resolved); None for anything else."""
+        return self.placeholders.get(self.tree.id, self.tree.id) if isinstance(self.tree, ast.Name) else None
+
+    @cached_property
     def uses_jagged_syntax(self) -> bool:
         """Whether it indexes or reduces (``X[i]``, ``Sum$``…): then it needs jagged branches."""
         return any(isinstance(n, ast.Subscript) or (isinstance(n, ast.Call) and n.func.id in _JAGGED_NAME)
@@ -168,7 +173,7 @@ class Expression:
         Returns the shape of the value (for a block: its multiplicity, fixed size and components).
         """
         prefix = f"{where}: " if where else ""
-        bare = self.placeholders.get(self.tree.id, self.tree.id) if isinstance(self.tree, ast.Name) else None
+        bare = self.bare_branch
         if bare is not None and shapes.get(bare, FLAT).components > 1:
             if block:
                 return shapes[bare]
@@ -230,7 +235,7 @@ class Expression:
 
         self._check_columns(columns, where)
         self.check_shapes(_shapes_of(columns, self.branches), where, block=True)
-        bare = self.placeholders.get(self.tree.id, self.tree.id) if isinstance(self.tree, ast.Name) else None
+        bare = self.bare_branch
         if bare is not None and isinstance(columns[bare], np.ndarray) and columns[bare].ndim == 3:
             values = np.asarray(columns[bare], dtype=np.float64)[:, :length]
             short = length - values.shape[1]
@@ -570,7 +575,14 @@ class _Evaluator(ast.NodeVisitor):
         if function == "Alt$":
             import awkward as ak
 
-            return ak.fill_none(arguments[0], arguments[1]) if _has_option(arguments[0]) else arguments[0]
+            value, fallback = arguments
+            if not _has_option(value):
+                return value
+            if not _is_awkward(fallback) and np.ndim(fallback) == 0:
+                return ak.fill_none(value, fallback)
+            # a fallback varying per event (a branch, another index): fill_none would build a union of the two
+            # types that awkward cannot convert, so pick element by element instead
+            return ak.where(ak.is_none(value, axis=-1), fallback, ak.fill_none(value, 0))
         if function is not None:
             return _reduce(function, *arguments)
         return FUNCTIONS[node.func.id](*arguments)
