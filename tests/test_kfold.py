@@ -224,10 +224,9 @@ def test_a_kfold_trial_is_pruned_on_the_mean_of_its_fold_curves_and_all_its_fold
     assert kept.pruned_epoch is None and kept.epochs_run == 4
 
 
-def test_a_kfold_trial_killed_between_checkpoint_writes_resumes_all_its_folds_together(analysis, tmp_path,
-                                                                                       monkeypatch):  # fmt: skip
-    """The requeue signal arrives between two checkpoint writes: whatever was written, the trial's fold models
-    resume from one epoch, and the result is that of an uninterrupted run."""
+def test_a_resumed_kfold_trial_equals_an_uninterrupted_one(analysis, tmp_path, monkeypatch):
+    """The requeue signal arrives after the trial's second checkpoint (one file, all its fold models): every fold
+    model resumes from that epoch, and the result is that of an uninterrupted run."""
     analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [3], "learning_rate": [0.01]},
                              training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})  # fmt: skip
     parameters = config.load_parameters(analysis.parameters)
