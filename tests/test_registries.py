@@ -288,6 +288,27 @@ def test_a_metric_not_logged_every_epoch_ranks_but_cannot_be_monitored(analysis)
     assert [column.header for column in table.columns][-3:] == ["val_pr_auc", "train_pr_auc", "epochs run"]
 
 
+def test_the_leaderboard_names_the_guard_of_any_metric_the_registry_says_needs_yields(monkeypatch):
+    """Whether a criterion is a significance (its best cut obeys the sample list's guard) is the registry's
+    ``yields``, not a name ending: a new metric needing yields is announced with its guard like val_significance."""
+    import io
+
+    from hhscan.results import views
+    from hhscan.settings import criteria
+    from rich.console import Console
+
+    monkeypatch.setitem(criteria.METRICS, "val_discovery_z", criteria.Metric(
+        "val_discovery_z", "max", False, "a significance by another name", compute="best_significance",
+        train_twin="train_discovery_z", yields=True))  # fmt: skip
+    record = records.TrialRecord("a" * 12, records.DONE, 0, {}, "val_discovery_z",
+                                 metrics={"val_discovery_z": 2.0, "train_discovery_z": 2.1})  # fmt: skip
+    for criterion, guarded in (("val_discovery_z", True), ("val_pr_auc", False)):
+        out = io.StringIO()
+        views.print_leaderboard(Console(file=out, width=200), "s", criterion, {record.trial_id: record}, {},
+                                significance=config.Significance())  # fmt: skip
+        assert (f"{criterion}: Asimov Z at the best score cut with" in out.getvalue()) is guarded
+
+
 # ------------------------------------------------------------------------------------------ samplers and pruners
 
 
