@@ -199,6 +199,22 @@ def test_a_kfold_trial_resumes_every_fold_model_from_its_own_checkpoint(analysis
                                    rtol=1e-5)  # fmt: skip
 
 
+def test_a_kfold_trials_best_epoch_without_restoring_ignores_early_stoppings_min_delta(analysis):
+    """Fold models that keep their last weights (restore_best_weights false): the trial's best_epoch is the mean
+    curve's plain best, not early stopping's rule (a min_delta no epoch meets would name epoch 1)."""
+    stopping = {"monitor": "val_loss", "patience": 10, "min_delta": 10.0, "restore_best_weights": False}
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [3], "learning_rate": [0.01]},
+                             training={"early_stopping": stopping, "reduce_lr": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    (result,) = training.train_pack(trial.expand(parameters), data, parameters)
+    best = int(np.argmin(result.history["val_loss"]))
+    assert best > 0 and result.epochs_run == 3
+    assert result.best_epoch == best + 1
+    for fold in result.folds:
+        assert fold.best_epoch == int(np.argmin(fold.history["val_loss"])) + 1
+
+
 def test_a_kfold_trial_is_pruned_on_the_mean_of_its_fold_curves_and_all_its_folds_stop(analysis):
     """The pruner sees each trial's curve as its record keeps it, the mean over its fold models; pruning one trial
     freezes all of its fold models at that epoch and leaves the other trial of the pack training."""

@@ -470,10 +470,12 @@ def _result(branch: _Branch, net, dataset: Dataset, outputs: dict[int, np.ndarra
 
 
 def _best_epoch(branch: _Branch, monitor: str, curve: Sequence[float]) -> int | None:
-    """From 1: the epoch early stopping kept (by its own ``min_delta``) when it watches ``monitor``, else the
-    curve's best epoch."""
+    """From 1: the epoch whose weights early stopping kept (by its own ``min_delta``) when it watches ``monitor``
+    and restores its best weights, else the curve's best epoch (without restoring, the kept weights are the last
+    epoch's, which early stopping's best epoch does not name)."""
     stopping = branch.early_stopping
-    if stopping is not None and stopping.monitor == monitor and stopping.best is not None:
+    restores = stopping is not None and stopping.restore_best_weights and stopping.best is not None
+    if restores and stopping.monitor == monitor:
         return stopping.best_epoch + 1
     found = callbacks.best_epoch(monitor, curve)
     return None if found is None else found + 1
@@ -493,10 +495,12 @@ def _fold_bundle(folds: list[TrainedTrial], monitor: str) -> TrainedTrial:
     history = mean_history([f.history for f in folds])
     for i, fold in enumerate(folds):
         history.update({f"fold{i}/{key}": values for key, values in fold.history.items()})
-    # Early stopping's rule (its min_delta) applied to the mean curve: the folds each kept their own epoch.
-    min_delta = folds[0].callback_settings.get("early_stopping", {}).get("min_delta", 0.0)
-    stopping = folds[0].callback_settings.get("early_stopping", {}).get("enabled", False)
-    best = callbacks.best_epoch(monitor, history.get(monitor, []), min_delta if stopping else 0.0)
+    # Early stopping's rule (its min_delta) applied to the mean curve when it kept its best weights of ``monitor``:
+    # the folds each kept their own epoch. Otherwise the folds kept their last weights: the curve's plain best.
+    stopping = folds[0].callback_settings.get("early_stopping", {})
+    keeps = stopping.get("enabled", False) and stopping.get("restore_best_weights", False)
+    min_delta = stopping.get("min_delta", 0.0) if keeps else 0.0
+    best = callbacks.best_epoch(monitor, history.get(monitor, []), min_delta)
     return TrainedTrial(
         model=[f.model for f in folds],
         history=history,
