@@ -215,6 +215,27 @@ def test_a_kfold_trials_best_epoch_without_restoring_ignores_early_stoppings_min
         assert fold.best_epoch == int(np.argmin(fold.history["val_loss"])) + 1
 
 
+def test_a_resumed_kfold_trials_best_epoch_follows_the_monitor_it_trained_with(analysis, tmp_path):
+    """Early stopping's monitor changed between the submissions: the resumed trial's best_epoch is its own early
+    stopping's rule on the mean curve (val_loss, a min_delta no epoch meets: epoch 1), not the new monitor's best."""
+    stopping = {"monitor": "val_loss", "patience": 10, "min_delta": 10.0, "restore_best_weights": True}
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [2], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": stopping,
+                                       "reduce_lr": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    (first,) = trial.expand(parameters)
+    checkpoint = tmp_path / "checkpoints"
+    training.train(first, data, parameters, checkpoint)
+    analysis.edit_parameters(training={"early_stopping": {"monitor": "val_auc", "min_delta": 0.0}})
+    changed = config.load_parameters(analysis.parameters)
+    resumed = training.train(trial.Trial(first.id, {**first.hyperparameters, "epochs": 4}, 0), data, changed,
+                             checkpoint)  # fmt: skip
+    assert resumed.resumed_from_epoch == 2 and resumed.callback_settings["early_stopping"]["monitor"] == "val_loss"
+    assert int(np.argmax(resumed.history["val_auc"])) > 0  # the new monitor's best would be another epoch
+    assert resumed.best_epoch == 1 and [f.best_epoch for f in resumed.folds] == [1, 1, 1]
+
+
 def test_a_kfold_trial_is_pruned_on_the_mean_of_its_fold_curves_and_all_its_folds_stop(analysis):
     """The pruner sees each trial's curve as its record keeps it, the mean over its fold models; pruning one trial
     freezes all of its fold models at that epoch and leaves the other trial of the pack training."""

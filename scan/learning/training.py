@@ -386,7 +386,6 @@ def _pruning_history(branches: list[_Branch]) -> dict[str, list[float]]:
 def _results(parts: list[_Part], trials: Sequence[Trial], dataset: Dataset, parameters: Parameters,
              resumed: int | None, seconds: float, lost: set[str]) -> list[TrainedTrial]:  # fmt: skip
     """Each trial's result, from the weights it keeps (early stopping's best where it restores them)."""
-    monitor = best_epoch_monitor(parameters)
     per_part = []
     for part in parts:
         for k, branch in enumerate(part.branches):
@@ -397,11 +396,14 @@ def _results(parts: list[_Part], trials: Sequence[Trial], dataset: Dataset, para
         both = part.engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
         outputs = [{TRAIN: both[k, : len(x_train)], VALIDATION: both[k, len(x_train) :]}
                    for k in range(len(part.branches))]  # fmt: skip
-        per_part.append([_result(b, part.nets[k], part.view, outputs[k], monitor, resumed, seconds, b.trial.id in lost)
+        # Each branch's monitor follows the callbacks it trained with (a resumed trial keeps its own).
+        per_part.append([_result(b, part.nets[k], part.view, outputs[k], best_epoch_monitor(parameters, b.settings),
+                                 resumed, seconds, b.trial.id in lost)
                          for k, b in enumerate(part.branches)])  # fmt: skip
     if not dataset.folds:
         return per_part[0]
-    return [_fold_bundle([results[i] for results in per_part], monitor) for i in range(len(trials))]
+    bundles = [[results[i] for results in per_part] for i in range(len(trials))]
+    return [_fold_bundle(folds, best_epoch_monitor(parameters, folds[0].callback_settings)) for folds in bundles]
 
 
 def _restore(part: _Part, index: int, restored: list) -> None:
@@ -499,7 +501,7 @@ def _fold_bundle(folds: list[TrainedTrial], monitor: str) -> TrainedTrial:
     # the folds each kept their own epoch. Otherwise the folds kept their last weights: the curve's plain best.
     stopping = folds[0].callback_settings.get("early_stopping", {})
     keeps = stopping.get("enabled", False) and stopping.get("restore_best_weights", False)
-    min_delta = stopping.get("min_delta", 0.0) if keeps else 0.0
+    min_delta = stopping.get("min_delta", 0.0) if keeps and stopping.get("monitor") == monitor else 0.0
     best = callbacks.best_epoch(monitor, history.get(monitor, []), min_delta)
     return TrainedTrial(
         model=[f.model for f in folds],
@@ -528,12 +530,16 @@ def mean_history(histories: Sequence[Mapping[str, Sequence[float]]]) -> dict[str
     return merged
 
 
-def best_epoch_monitor(parameters: Parameters) -> str:
+def best_epoch_monitor(parameters: Parameters, callback_settings: Mapping[str, Any] | None = None) -> str:
     """The quantity whose best epoch a record reports: early stopping's monitor when it is on (its weights are
-    the ones kept), else the eval criterion when it is logged every epoch, else the validation loss."""
-    stopping = parameters.training.early_stopping
-    if stopping.enabled:
-        return stopping.monitor
+    the ones kept), else the eval criterion when it is logged every epoch, else the validation loss.
+
+    ``callback_settings``: the trial's own (a result's ``callback_settings``), which a resumed trial keeps from its
+    start; without them, the current configuration's early stopping."""
+    own = (callback_settings or {}).get("early_stopping")
+    stopping = own if own is not None else parameters.training.early_stopping.model_dump(mode="json")
+    if stopping.get("enabled", False):
+        return str(stopping["monitor"])
     criterion = criteria.metric(parameters.eval_criterion)
     return criterion.name if criterion.per_epoch else "val_loss"
 
