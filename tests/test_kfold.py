@@ -319,13 +319,32 @@ def test_a_kfold_trial_whose_fold_stopped_early_is_still_judged_by_the_pruner(an
         np.testing.assert_allclose(history["val_auc"], by_hand[:epoch], rtol=1e-12)
 
 
-def test_a_checkpoint_of_an_earlier_layout_is_said_and_not_resumed(tmp_path, capsys):
-    """Before one file per trial, a trial's checkpoint held one model (k-fold: one file per fold model)."""
+@pytest.mark.parametrize("kfold", [True, False])
+def test_a_checkpoint_of_an_earlier_layout_is_said_once_and_not_resumed(analysis, capsys, monkeypatch, kfold):
+    """Before one file per trial, a trial's checkpoint held one model: a k-fold trial had one file per fold model
+    (checkpoint-fold<f>.npz), another trial a checkpoint.npz of one branch. Either is never resumed, and the job
+    log says so once per trial (not once when the runner groups the trials and again when the pack trains)."""
     import json
 
-    path = training.checkpoint_path(tmp_path, "abc")
-    path.parent.mkdir(parents=True)
-    state = {"epoch": 4, "branch": {"trial_id": "abc", "fold": None}}
-    np.savez(path, __state__=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8))
-    assert training.checkpoint_epoch(tmp_path, "abc") is None
-    assert f"checkpoint {path} is from an earlier hhscan; training it from epoch 1" in capsys.readouterr().out
+    if kfold:
+        _kfold(analysis, learning_rate=[0.01])
+    else:
+        analysis.edit_parameters(hyperparameters={"epochs": [2], "learning_rate": [0.01]})
+    code, _, err = run_cli(["run", "--local", "--name", "old", "--max-trials", "0"], analysis.root, capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 0, err
+    scan = Workspace(analysis.root).scan("old")
+    (only,) = scan.trials()
+    directory = training.checkpoint_path(scan.checkpoint_dir, only.id).parent
+    directory.mkdir(parents=True)
+    for fold in range(3) if kfold else [None]:
+        state = {"epoch": 0, "branch": {"trial_id": only.id, "fold": fold}}
+        name = "checkpoint.npz" if fold is None else f"checkpoint-fold{fold}.npz"
+        np.savez(directory / name, __state__=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8))
+    assert training.checkpoint_epoch(scan.checkpoint_dir, only.id, folds=3 if kfold else 0) is None
+    capsys.readouterr()
+    (record,) = runner.run_scan_trials(scan)
+    out = " ".join(capsys.readouterr().out.split())
+    said = f"hhscan: trial {only.id}: checkpoint {directory}/checkpoint{'-fold*' if kfold else ''}.npz is from an "
+    assert out.count(said) == 1 and out.count("from an earlier hhscan") == 1, out
+    assert record.done and record.resumed_from_epoch is None and record.epochs_run == 2

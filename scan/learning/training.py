@@ -193,17 +193,25 @@ def _still_held(trial_id: str, parts: list[_Part], index: int, holds: HoldsCallb
 
 
 def checkpoint_epoch(root: Path | None, trial_id: str, folds: int = 0) -> int | None:
-    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together."""
-    restored = _load_checkpoint(root, trial_id, folds)
+    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together.
+
+    Silent about a checkpoint it cannot use: training the trial (``train_pack``) says so in the job log, once."""
+    restored = _load_checkpoint(root, trial_id, folds, say=False)
     return None if restored is None else restored[0]["epoch"]
 
 
 def _load_checkpoint(
-    root: Path | None, trial_id: str, folds: int = 0
+    root: Path | None, trial_id: str, folds: int = 0, say: bool = True
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """A trial's checkpoint state and arrays, if it has one that belongs to it (and to as many fold models)."""
+    """A trial's checkpoint state and arrays, if it has one that belongs to it (and to as many fold models).
+
+    ``say``: print why a checkpoint found is not resumed (the job log's one line per trial)."""
     path = None if root is None else checkpoint_path(root, trial_id)
     if path is None or not path.exists():
+        # Before one file per trial, a k-fold trial had one file per fold model: never resumed, but said.
+        earlier = [] if path is None else sorted(path.parent.glob("checkpoint-fold*.npz"))
+        if earlier and say:
+            _say_earlier_layout(trial_id, earlier[0].with_name("checkpoint-fold*.npz"))
         return None
     try:
         with np.load(path) as stored:
@@ -212,17 +220,23 @@ def _load_checkpoint(
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         # Checkpoints are written atomically, so this is damage from outside: the trial starts again from epoch 0
         # (a result is never built on a checkpoint that cannot be read), and the job log says so.
-        print(f"hhscan: trial {trial_id}: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
-              f"training it from epoch 1", flush=True)  # fmt: skip
+        if say:
+            print(f"hhscan: trial {trial_id}: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
+                  f"training it from epoch 1", flush=True)  # fmt: skip
         return None
     if "branch" in state:  # hhscan before one file per trial: no result is built on a layout it cannot check
-        print(f"hhscan: trial {trial_id}: checkpoint {path} is from an earlier hhscan; training it from epoch 1",
-              flush=True)  # fmt: skip
+        if say:
+            _say_earlier_layout(trial_id, path)
         return None
     expected = list(range(folds)) if folds else [None]
     if state.get("trial_id") != trial_id or [b.get("fold") for b in state.get("branches", [])] != expected:
         return None
     return state, arrays
+
+
+def _say_earlier_layout(trial_id: str, path: Path) -> None:
+    print(f"hhscan: trial {trial_id}: checkpoint {path} is from an earlier hhscan; training it from epoch 1",
+          flush=True)  # fmt: skip
 
 
 def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple,
