@@ -21,7 +21,9 @@ def _load(analysis, **hp):
 def test_registry_names_the_hyperparameters_the_model_reads():
     assert list(REGISTRY) == list(FULL)
     assert {name: entry.default for name, entry in REGISTRY.items()} == FULL
-    assert hyperparameters.STEP_STRUCTURE == ("batch_size", "epochs")  # training unpacks them in this order
+    # Training unpacks a pack's step structure as (batch size, epochs), whatever the point's key order.
+    assert hyperparameters.step_structure({"epochs": 7, "neurons": 4, "batch_size": 32}) == (32, 7)
+    assert hyperparameters.step_structure({"epochs": 3}) == (REGISTRY["batch_size"].default, 3)
 
 
 def test_omitted_keys_take_their_default_and_the_same_trial_id(analysis):

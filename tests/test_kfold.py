@@ -199,6 +199,43 @@ def test_a_kfold_trial_resumes_every_fold_model_from_its_own_checkpoint(analysis
                                    rtol=1e-5)  # fmt: skip
 
 
+def test_a_kfold_trials_best_epoch_without_restoring_ignores_early_stoppings_min_delta(analysis):
+    """Fold models that keep their last weights (restore_best_weights false): the trial's best_epoch is the mean
+    curve's plain best, not early stopping's rule (a min_delta no epoch meets would name epoch 1)."""
+    stopping = {"monitor": "val_loss", "patience": 10, "min_delta": 10.0, "restore_best_weights": False}
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [3], "learning_rate": [0.01]},
+                             training={"early_stopping": stopping, "reduce_lr": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    (result,) = training.train_pack(trial.expand(parameters), data, parameters)
+    best = int(np.argmin(result.history["val_loss"]))
+    assert best > 0 and result.epochs_run == 3
+    assert result.best_epoch == best + 1
+    for fold in result.folds:
+        assert fold.best_epoch == int(np.argmin(fold.history["val_loss"])) + 1
+
+
+def test_a_resumed_kfold_trials_best_epoch_follows_the_monitor_it_trained_with(analysis, tmp_path):
+    """Early stopping's monitor changed between the submissions: the resumed trial's best_epoch is its own early
+    stopping's rule on the mean curve (val_loss, a min_delta no epoch meets: epoch 1), not the new monitor's best."""
+    stopping = {"monitor": "val_loss", "patience": 10, "min_delta": 10.0, "restore_best_weights": True}
+    analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [2], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": stopping,
+                                       "reduce_lr": {"enabled": False}})  # fmt: skip
+    parameters = config.load_parameters(analysis.parameters)
+    data = runner.prepare_dataset(parameters, config.load_sample_list(analysis.sample_list), Workspace(analysis.root))
+    (first,) = trial.expand(parameters)
+    checkpoint = tmp_path / "checkpoints"
+    training.train(first, data, parameters, checkpoint)
+    analysis.edit_parameters(training={"early_stopping": {"monitor": "val_auc", "min_delta": 0.0}})
+    changed = config.load_parameters(analysis.parameters)
+    resumed = training.train(trial.Trial(first.id, {**first.hyperparameters, "epochs": 4}, 0), data, changed,
+                             checkpoint)  # fmt: skip
+    assert resumed.resumed_from_epoch == 2 and resumed.callback_settings["early_stopping"]["monitor"] == "val_loss"
+    assert int(np.argmax(resumed.history["val_auc"])) > 0  # the new monitor's best would be another epoch
+    assert resumed.best_epoch == 1 and [f.best_epoch for f in resumed.folds] == [1, 1, 1]
+
+
 def test_a_kfold_trial_is_pruned_on_the_mean_of_its_fold_curves_and_all_its_folds_stop(analysis):
     """The pruner sees each trial's curve as its record keeps it, the mean over its fold models; pruning one trial
     freezes all of its fold models at that epoch and leaves the other trial of the pack training."""
@@ -224,10 +261,9 @@ def test_a_kfold_trial_is_pruned_on_the_mean_of_its_fold_curves_and_all_its_fold
     assert kept.pruned_epoch is None and kept.epochs_run == 4
 
 
-def test_a_kfold_trial_killed_between_checkpoint_writes_resumes_all_its_folds_together(analysis, tmp_path,
-                                                                                       monkeypatch):  # fmt: skip
-    """The requeue signal arrives between two checkpoint writes: whatever was written, the trial's fold models
-    resume from one epoch, and the result is that of an uninterrupted run."""
+def test_a_resumed_kfold_trial_equals_an_uninterrupted_one(analysis, tmp_path, monkeypatch):
+    """The requeue signal arrives after the trial's second checkpoint (one file, all its fold models): every fold
+    model resumes from that epoch, and the result is that of an uninterrupted run."""
     analysis.edit_parameters(split=KFOLD, hyperparameters={"epochs": [3], "learning_rate": [0.01]},
                              training={"checkpoint_interval_s": 0, "early_stopping": {"enabled": False}})  # fmt: skip
     parameters = config.load_parameters(analysis.parameters)
@@ -283,13 +319,32 @@ def test_a_kfold_trial_whose_fold_stopped_early_is_still_judged_by_the_pruner(an
         np.testing.assert_allclose(history["val_auc"], by_hand[:epoch], rtol=1e-12)
 
 
-def test_a_checkpoint_of_an_earlier_layout_is_said_and_not_resumed(tmp_path, capsys):
-    """Before one file per trial, a trial's checkpoint held one model (k-fold: one file per fold model)."""
+@pytest.mark.parametrize("kfold", [True, False])
+def test_a_checkpoint_of_an_earlier_layout_is_said_once_and_not_resumed(analysis, capsys, monkeypatch, kfold):
+    """Before one file per trial, a trial's checkpoint held one model: a k-fold trial had one file per fold model
+    (checkpoint-fold<f>.npz), another trial a checkpoint.npz of one branch. Either is never resumed, and the job
+    log says so once per trial (not once when the runner groups the trials and again when the pack trains)."""
     import json
 
-    path = training.checkpoint_path(tmp_path, "abc")
-    path.parent.mkdir(parents=True)
-    state = {"epoch": 4, "branch": {"trial_id": "abc", "fold": None}}
-    np.savez(path, __state__=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8))
-    assert training.checkpoint_epoch(tmp_path, "abc") is None
-    assert f"checkpoint {path} is from an earlier hhscan; training it from epoch 1" in capsys.readouterr().out
+    if kfold:
+        _kfold(analysis, learning_rate=[0.01])
+    else:
+        analysis.edit_parameters(hyperparameters={"epochs": [2], "learning_rate": [0.01]})
+    code, _, err = run_cli(["run", "--local", "--name", "old", "--max-trials", "0"], analysis.root, capsys,
+                           monkeypatch)  # fmt: skip
+    assert code == 0, err
+    scan = Workspace(analysis.root).scan("old")
+    (only,) = scan.trials()
+    directory = training.checkpoint_path(scan.checkpoint_dir, only.id).parent
+    directory.mkdir(parents=True)
+    for fold in range(3) if kfold else [None]:
+        state = {"epoch": 0, "branch": {"trial_id": only.id, "fold": fold}}
+        name = "checkpoint.npz" if fold is None else f"checkpoint-fold{fold}.npz"
+        np.savez(directory / name, __state__=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8))
+    assert training.checkpoint_epoch(scan.checkpoint_dir, only.id, folds=3 if kfold else 0) is None
+    capsys.readouterr()
+    (record,) = runner.run_scan_trials(scan)
+    out = " ".join(capsys.readouterr().out.split())
+    said = f"hhscan: trial {only.id}: checkpoint {directory}/checkpoint{'-fold*' if kfold else ''}.npz is from an "
+    assert out.count(said) == 1 and out.count("from an earlier hhscan") == 1, out
+    assert record.done and record.resumed_from_epoch is None and record.epochs_run == 2

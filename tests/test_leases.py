@@ -333,6 +333,27 @@ def test_a_resumed_trial_keeps_the_callbacks_it_started_with_and_its_record_says
     np.testing.assert_allclose(record.history["learning_rate"], uninterrupted.history["learning_rate"], rtol=1e-6)
 
 
+def test_a_resumed_trials_best_epoch_follows_the_monitor_it_trained_with(analysis):
+    """Early stopping's monitor changed before the resubmission: the resumed trial still stops and keeps weights by
+    its own (val_loss, with a min_delta no epoch meets: it keeps epoch 1), and best_epoch names that epoch, not the
+    best of the new monitor's curve."""
+    stopping = {"monitor": "val_loss", "patience": 10, "min_delta": 10.0, "restore_best_weights": True}
+    analysis.edit_parameters(hyperparameters={"epochs": [2], "learning_rate": [0.01]},
+                             training={"checkpoint_interval_s": 0, "early_stopping": stopping,
+                                       "reduce_lr": {"enabled": False}})  # fmt: skip
+    started, data, (first,), scan = _create_scan(analysis, "monitor")
+    training.train(first, data, started, scan.root / "checkpoints")  # the first submission: 2 epochs
+    longer = trial.Trial(first.id, {**first.hyperparameters, "epochs": 5}, 0)
+    uninterrupted = training.train(longer, data, started)
+    assert uninterrupted.best_epoch == 1 and int(np.argmax(uninterrupted.history["val_auc"])) > 0
+    analysis.edit_parameters(training={"early_stopping": {"monitor": "val_auc", "min_delta": 0.0}})
+    changed = config.load_parameters(analysis.parameters)
+    (record,) = runner.run_pack(scan, [longer], changed, data, "jax", runner.JobContext())
+    assert record.resumed_from_epoch == 2 and record.training_settings["early_stopping"]["monitor"] == "val_loss"
+    assert record.best_epoch == uninterrupted.best_epoch == 1
+    np.testing.assert_allclose(record.history["val_loss"], uninterrupted.history["val_loss"], rtol=1e-5)
+
+
 def test_control_flow_exceptions_pass_through_a_pack(analysis):
     from submitit.core.utils import UncompletedJobError
 

@@ -180,6 +180,26 @@ def test_best_epoch_with_min_delta_is_the_epoch_early_stopping_restored(analysis
     assert result.metrics["val_auc"] == pytest.approx(aucs[stopper.best_epoch], abs=1e-6) != aucs[minimum]
 
 
+def test_best_epoch_without_restoring_is_the_monitors_best_not_early_stoppings(analysis):
+    """With restore_best_weights false the weights kept (and the metrics) are the last epoch's: early stopping's
+    own best epoch (by its min_delta) names no kept weights, so best_epoch is the monitored curve's best."""
+    settings = {"monitor": "val_loss", "patience": 10, "restore_best_weights": False}
+    analysis.edit_parameters(hyperparameters={"epochs": [6], "learning_rate": [0.01]},
+                             training={"early_stopping": settings, "reduce_lr": {"enabled": False}})  # fmt: skip
+    parameters, data = _dataset(analysis)
+    (only,) = trial.expand(parameters)
+    curve = training.train(only, data, parameters).history["val_loss"]
+    minimum = int(np.argmin(curve))
+    assert minimum > 0
+    min_delta = 1.5 * (min(curve[:minimum]) - curve[minimum])  # early stopping's best falls before the minimum
+    analysis.edit_parameters(training={"early_stopping": {**settings, "min_delta": float(min_delta)}})
+    parameters, data = _dataset(analysis)
+    result = training.train(only, data, parameters)
+    assert result.history["val_loss"] == pytest.approx(curve, rel=1e-6)
+    assert result.best_epoch == minimum + 1
+    assert result.metrics["val_auc"] == pytest.approx(result.history["val_auc"][-1], abs=1e-6)  # the last weights
+
+
 def test_worker_past_its_memory_bound_restarts_and_the_scan_completes(analysis):
     analysis.edit_parameters(hyperparameters={"neurons": [4, 8, 16]},
                              training={"pack_size": 1, "worker_memory_gb": 0.01})  # fmt: skip

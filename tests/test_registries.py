@@ -116,8 +116,15 @@ def test_the_original_entries_are_hashed_at_their_default_and_later_ones_are_not
                 "epochs"]  # fmt: skip
     assert [name for name, entry in REGISTRY.items() if entry.hashed_at_default] == original
     assert [name for name, entry in REGISTRY.items() if entry.network] == original[:5]
-    # An id hashes the original nine by hand: sha256 of the canonical JSON without the later entries.
-    assert trial.trial_id(trial.expand(_example())[2].hyperparameters, 0) == "7d966486f425"
+    # An id is the sha256 of the canonical JSON of the original nine (the later entries, at their default, left
+    # out) and the repetition: computed here by hand, from the point written out, not by trial.py.
+    point = trial.expand(_example())[2].hyperparameters
+    nine = {"activation": "relu", "batch_size": 256, "dropout": 0.0, "epochs": 5, "l2": 0.0, "layers": 2,
+            "learning_rate": 0.001, "neurons": 64, "optimizer": "adam"}  # fmt: skip
+    assert point == {**nine, "weight_decay": 0.0}
+    by_hand = hashlib.sha256(json.dumps({"hp": nine, "rep": 0}, sort_keys=True).encode()).hexdigest()[:12]
+    assert by_hand == "7d966486f425" == GOLDEN_IDS[2]
+    assert trial.trial_id(point, 0) == by_hand
 
 
 def test_an_old_record_without_a_new_key_reads_as_its_default(tmp_path):
@@ -325,6 +332,27 @@ def test_a_metric_not_logged_every_epoch_ranks_but_cannot_be_monitored(analysis)
                                  metrics={"val_pr_auc": 0.7, "train_pr_auc": 0.75})  # fmt: skip
     table = views.leaderboard_table("s", "val_pr_auc", {record.trial_id: record})
     assert [column.header for column in table.columns][-3:] == ["val_pr_auc", "train_pr_auc", "epochs run"]
+
+
+def test_the_leaderboard_names_the_guard_of_any_metric_the_registry_says_needs_yields(monkeypatch):
+    """Whether a criterion is a significance (its best cut obeys the sample list's guard) is the registry's
+    ``yields``, not a name ending: a new metric needing yields is announced with its guard like val_significance."""
+    import io
+
+    from hhscan.results import views
+    from hhscan.settings import criteria
+    from rich.console import Console
+
+    monkeypatch.setitem(criteria.METRICS, "val_discovery_z", criteria.Metric(
+        "val_discovery_z", "max", False, "a significance by another name", compute="best_significance",
+        train_twin="train_discovery_z", yields=True))  # fmt: skip
+    record = records.TrialRecord("a" * 12, records.DONE, 0, {}, "val_discovery_z",
+                                 metrics={"val_discovery_z": 2.0, "train_discovery_z": 2.1})  # fmt: skip
+    for criterion, guarded in (("val_discovery_z", True), ("val_pr_auc", False)):
+        out = io.StringIO()
+        views.print_leaderboard(Console(file=out, width=200), "s", criterion, {record.trial_id: record}, {},
+                                significance=config.Significance())  # fmt: skip
+        assert (f"{criterion}: Asimov Z at the best score cut with" in out.getvalue()) is guarded
 
 
 # ------------------------------------------------------------------------------------------ samplers and pruners

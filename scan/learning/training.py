@@ -193,17 +193,25 @@ def _still_held(trial_id: str, parts: list[_Part], index: int, holds: HoldsCallb
 
 
 def checkpoint_epoch(root: Path | None, trial_id: str, folds: int = 0) -> int | None:
-    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together."""
-    restored = _load_checkpoint(root, trial_id, folds)
+    """The last epoch (from 0) in a trial's checkpoint, or None: runners group trials that resume together.
+
+    Silent about a checkpoint it cannot use: training the trial (``train_pack``) says so in the job log, once."""
+    restored = _load_checkpoint(root, trial_id, folds, say=False)
     return None if restored is None else restored[0]["epoch"]
 
 
 def _load_checkpoint(
-    root: Path | None, trial_id: str, folds: int = 0
+    root: Path | None, trial_id: str, folds: int = 0, say: bool = True
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-    """A trial's checkpoint state and arrays, if it has one that belongs to it (and to as many fold models)."""
+    """A trial's checkpoint state and arrays, if it has one that belongs to it (and to as many fold models).
+
+    ``say``: print why a checkpoint found is not resumed (the job log's one line per trial)."""
     path = None if root is None else checkpoint_path(root, trial_id)
     if path is None or not path.exists():
+        # Before one file per trial, a k-fold trial had one file per fold model: never resumed, but said.
+        earlier = [] if path is None else sorted(path.parent.glob("checkpoint-fold*.npz"))
+        if earlier and say:
+            _say_earlier_layout(trial_id, earlier[0].with_name("checkpoint-fold*.npz"))
         return None
     try:
         with np.load(path) as stored:
@@ -212,17 +220,23 @@ def _load_checkpoint(
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         # Checkpoints are written atomically, so this is damage from outside: the trial starts again from epoch 0
         # (a result is never built on a checkpoint that cannot be read), and the job log says so.
-        print(f"hhscan: trial {trial_id}: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
-              f"training it from epoch 1", flush=True)  # fmt: skip
+        if say:
+            print(f"hhscan: trial {trial_id}: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
+                  f"training it from epoch 1", flush=True)  # fmt: skip
         return None
     if "branch" in state:  # hhscan before one file per trial: no result is built on a layout it cannot check
-        print(f"hhscan: trial {trial_id}: checkpoint {path} is from an earlier hhscan; training it from epoch 1",
-              flush=True)  # fmt: skip
+        if say:
+            _say_earlier_layout(trial_id, path)
         return None
     expected = list(range(folds)) if folds else [None]
     if state.get("trial_id") != trial_id or [b.get("fold") for b in state.get("branches", [])] != expected:
         return None
     return state, arrays
+
+
+def _say_earlier_layout(trial_id: str, path: Path) -> None:
+    print(f"hhscan: trial {trial_id}: checkpoint {path} is from an earlier hhscan; training it from epoch 1",
+          flush=True)  # fmt: skip
 
 
 def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int, train: tuple, validation: tuple,
@@ -387,7 +401,6 @@ def _pruning_history(branches: list[_Branch]) -> dict[str, list[float]]:
 def _results(parts: list[_Part], trials: Sequence[Trial], dataset: Dataset, parameters: Parameters,
              resumed: int | None, seconds: float, lost: set[str]) -> list[TrainedTrial]:  # fmt: skip
     """Each trial's result, from the weights it keeps (early stopping's best where it restores them)."""
-    monitor = best_epoch_monitor(parameters)
     per_part = []
     for part in parts:
         for k, branch in enumerate(part.branches):
@@ -398,11 +411,14 @@ def _results(parts: list[_Part], trials: Sequence[Trial], dataset: Dataset, para
         both = part.engine.predict(np.concatenate([x_train, x_val]))  # one call, one compiled shape
         outputs = [{TRAIN: both[k, : len(x_train)], VALIDATION: both[k, len(x_train) :]}
                    for k in range(len(part.branches))]  # fmt: skip
-        per_part.append([_result(b, part.nets[k], part.view, outputs[k], monitor, resumed, seconds, b.trial.id in lost)
+        # Each branch's monitor follows the callbacks it trained with (a resumed trial keeps its own).
+        per_part.append([_result(b, part.nets[k], part.view, outputs[k], best_epoch_monitor(parameters, b.settings),
+                                 resumed, seconds, b.trial.id in lost)
                          for k, b in enumerate(part.branches)])  # fmt: skip
     if not dataset.folds:
         return per_part[0]
-    return [_fold_bundle([results[i] for results in per_part], monitor) for i in range(len(trials))]
+    bundles = [[results[i] for results in per_part] for i in range(len(trials))]
+    return [_fold_bundle(folds, best_epoch_monitor(parameters, folds[0].callback_settings)) for folds in bundles]
 
 
 def _restore(part: _Part, index: int, restored: list) -> None:
@@ -471,10 +487,12 @@ def _result(branch: _Branch, net, dataset: Dataset, outputs: dict[int, np.ndarra
 
 
 def _best_epoch(branch: _Branch, monitor: str, curve: Sequence[float]) -> int | None:
-    """From 1: the epoch early stopping kept (by its own ``min_delta``) when it watches ``monitor``, else the
-    curve's best epoch."""
+    """From 1: the epoch whose weights early stopping kept (by its own ``min_delta``) when it watches ``monitor``
+    and restores its best weights, else the curve's best epoch (without restoring, the kept weights are the last
+    epoch's, which early stopping's best epoch does not name)."""
     stopping = branch.early_stopping
-    if stopping is not None and stopping.monitor == monitor and stopping.best is not None:
+    restores = stopping is not None and stopping.restore_best_weights and stopping.best is not None
+    if restores and stopping.monitor == monitor:
         return stopping.best_epoch + 1
     found = callbacks.best_epoch(monitor, curve)
     return None if found is None else found + 1
@@ -494,10 +512,12 @@ def _fold_bundle(folds: list[TrainedTrial], monitor: str) -> TrainedTrial:
     history = mean_history([f.history for f in folds])
     for i, fold in enumerate(folds):
         history.update({f"fold{i}/{key}": values for key, values in fold.history.items()})
-    # Early stopping's rule (its min_delta) applied to the mean curve: the folds each kept their own epoch.
-    min_delta = folds[0].callback_settings.get("early_stopping", {}).get("min_delta", 0.0)
-    stopping = folds[0].callback_settings.get("early_stopping", {}).get("enabled", False)
-    best = callbacks.best_epoch(monitor, history.get(monitor, []), min_delta if stopping else 0.0)
+    # Early stopping's rule (its min_delta) applied to the mean curve when it kept its best weights of ``monitor``:
+    # the folds each kept their own epoch. Otherwise the folds kept their last weights: the curve's plain best.
+    stopping = folds[0].callback_settings.get("early_stopping", {})
+    keeps = stopping.get("enabled", False) and stopping.get("restore_best_weights", False)
+    min_delta = stopping.get("min_delta", 0.0) if keeps and stopping.get("monitor") == monitor else 0.0
+    best = callbacks.best_epoch(monitor, history.get(monitor, []), min_delta)
     return TrainedTrial(
         model=[f.model for f in folds],
         history=history,
@@ -525,12 +545,16 @@ def mean_history(histories: Sequence[Mapping[str, Sequence[float]]]) -> dict[str
     return merged
 
 
-def best_epoch_monitor(parameters: Parameters) -> str:
+def best_epoch_monitor(parameters: Parameters, callback_settings: Mapping[str, Any] | None = None) -> str:
     """The quantity whose best epoch a record reports: early stopping's monitor when it is on (its weights are
-    the ones kept), else the eval criterion when it is logged every epoch, else the validation loss."""
-    stopping = parameters.training.early_stopping
-    if stopping.enabled:
-        return stopping.monitor
+    the ones kept), else the eval criterion when it is logged every epoch, else the validation loss.
+
+    ``callback_settings``: the trial's own (a result's ``callback_settings``), which a resumed trial keeps from its
+    start; without them, the current configuration's early stopping."""
+    own = (callback_settings or {}).get("early_stopping")
+    stopping = own if own is not None else parameters.training.early_stopping.model_dump(mode="json")
+    if stopping.get("enabled", False):
+        return str(stopping["monitor"])
     criterion = criteria.metric(parameters.eval_criterion)
     return criterion.name if criterion.per_epoch else "val_loss"
 

@@ -225,7 +225,7 @@ def print_leaderboard(
 ) -> None:
     """The leaderboard and what it leaves out; ranked by a significance, the guard its best cut obeys."""
     console.print(leaderboard_table(scan_name, criterion, records, top))
-    if criterion.endswith("_significance") and significance is not None:
+    if metric(criterion).yields and significance is not None:
         guard = metrics.guard_text(**significance.model_dump())
         console.print(f"{criterion}: Asimov Z at the best score cut with {guard}", markup=False)
         other = sorted(r.trial_id for r in records.values()

@@ -160,8 +160,6 @@ REGISTRY: dict[str, Hyperparameter] = {
         Hyperparameter("weight_decay", float, 0.0, low=0, default_by=("optimizer", (("adamw", 0.004),))),
     )
 }
-# What the trials of one pack must share, in this order (batch size, epochs).
-STEP_STRUCTURE = tuple(name for name, entry in REGISTRY.items() if entry.step_structure)
 
 
 RANGE_KEYS = ("low", "high", "log", "step")
