@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+import packcheck  # beside this file: the tests' folder is on the path
 
 RESIDUAL = '''
 import keras
@@ -55,49 +55,8 @@ def branches(base: dict) -> list[dict]:
 
 
 def compare(project: Path) -> dict:
-    """Train the pack (no shuffling) and each trial alone with Keras' fit and callbacks; report the differences."""
-    import keras
-    from hhscan.data.split import TRAIN, VALIDATION
-    from hhscan.execution import runner
-    from hhscan.execution.scandir import Workspace
-    from hhscan.learning import model, training, trial
-    from hhscan.settings import config
-
-    parameters = config.load_parameters(project / "parameters" / "scan.yaml")
-    sample_list = config.load_sample_list(project / "sample_lists" / "analysis.yaml")
-    data = runner.prepare_dataset(parameters, sample_list, Workspace(project))
-    registry = parameters.registry
-    base = trial.expand(parameters)[0].hyperparameters
-    trials = [trial.Trial(trial.trial_id(hp, 0, registry), trial.canonical(hp, registry), 0) for hp in branches(base)]
-    packed = training.train_pack(trials, data, parameters, shuffle=False)
-    x, y, w = data.part(TRAIN)
-    xv, yv, wv = data.part(VALIDATION)
-    es, rl = parameters.training.early_stopping, parameters.training.reduce_lr
-    report = {"epochs_run": [], "history": [], "weights": [], "non_trainable": [], "n_train": len(x)}
-    for item, result in zip(trials, packed, strict=True):
-        hp = item.hyperparameters
-        training.seed_everything((parameters.seed + item.seed_offset) % (2**31))
-        net = model.build_own_model(*parameters.own_model, hp, x.shape[1], 2, *model.scaler_statistics(x))
-        model.compile_model(net, hp, 2)
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
-                                          restore_best_weights=es.restore_best_weights),
-            keras.callbacks.ReduceLROnPlateau(monitor=rl.monitor, factor=rl.factor, patience=rl.patience,
-                                              min_lr=rl.min_lr),
-        ]  # fmt: skip
-        fit = net.fit(x, model.targets(y, 2), sample_weight=w.astype(np.float32), batch_size=int(hp["batch_size"]),
-                      validation_data=(xv, model.targets(yv, 2), wv.astype(np.float32)), epochs=int(hp["epochs"]),
-                      shuffle=False, verbose=0, callbacks=callbacks)  # fmt: skip
-        report["epochs_run"].append([len(fit.history["loss"]), result.epochs_run])
-        report["history"].append(max(float(np.max(np.abs(np.subtract(fit.history[key], result.history[key]))))
-                                      for key in ("loss", "val_loss", "learning_rate")))  # fmt: skip
-        report["weights"].append(max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in
-                                     zip(net.trainable_variables, result.model.trainable_variables, strict=True)))  # fmt: skip
-        # BatchNorm's moving statistics (the dropout seed state too): what model.fit leaves in the model
-        report["non_trainable"].append(max(float(np.max(np.abs(np.asarray(a.numpy(), float) - np.asarray(b.numpy(), float))))
-                                           for a, b in zip(net.non_trainable_variables,
-                                                           result.model.non_trainable_variables, strict=True)))  # fmt: skip
-    return report
+    """The pack of ``branches`` against each trial alone with Keras' fit (``packcheck.compare``)."""
+    return packcheck.compare(project, branches)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,20 @@ def exact_float32() -> None:
         tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
-def compare(project: Path) -> dict:
-    """Train the pack (no shuffling) and each trial alone with Keras' fit and callbacks; report the differences."""
+def _values(variables) -> list[np.ndarray]:
+    return [v.numpy() for v in variables]
+
+
+def _largest_difference(a: list, b: list) -> float:
+    return max((float(np.max(np.abs(np.asarray(x, float) - np.asarray(y, float)))) for x, y in zip(a, b, strict=True)),
+               default=0.0)  # fmt: skip
+
+
+def compare(project: Path, make_branches: Callable[[dict], list[dict]] = branches) -> dict:
+    """Train the pack (no shuffling) and each trial alone with Keras' fit and callbacks; report the differences.
+
+    The trials are ``make_branches`` of the project's first grid point, built as hhscan builds them (the built-in
+    network, or the parameters' own model)."""
     import keras
 
     exact_float32()
@@ -53,17 +66,19 @@ def compare(project: Path) -> dict:
     parameters = config.load_parameters(project / "parameters" / "scan.yaml")
     sample_list = config.load_sample_list(project / "sample_lists" / "analysis.yaml")
     data = runner.prepare_dataset(parameters, sample_list, Workspace(project))
+    registry = parameters.registry
     base = trial.expand(parameters)[0].hyperparameters
-    trials = [trial.Trial(trial.trial_id(hp, 0), hp, 0) for hp in branches(base)]
+    trials = [trial.Trial(trial.trial_id(hp, 0, registry), trial.canonical(hp, registry), 0)
+              for hp in make_branches(base)]  # fmt: skip
     packed = training.train_pack(trials, data, parameters, shuffle=False)
     x, y, w = data.part(TRAIN)
     xv, yv, wv = data.part(VALIDATION)
     es, rl = parameters.training.early_stopping, parameters.training.reduce_lr
-    report = {"epochs_run": [], "history": [], "weights": []}
+    report = {"epochs_run": [], "history": [], "weights": [], "non_trainable": [], "n_train": len(x)}
     for item, result in zip(trials, packed, strict=True):
         hp = item.hyperparameters
         training.seed_everything((parameters.seed + item.seed_offset) % (2**31))
-        net = model.build_model(hp, x.shape[1], 2, *model.scaler_statistics(x))
+        net = model.build_trial_model(hp, x.shape[1], 2, *model.scaler_statistics(x), parameters.own_model)
         model.compile_model(net, hp, 2)
         callbacks = [
             keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
@@ -75,15 +90,13 @@ def compare(project: Path) -> dict:
                       validation_data=(xv, model.targets(yv, 2), wv.astype(np.float32)), epochs=int(hp["epochs"]),
                       shuffle=False, verbose=0, callbacks=callbacks)  # fmt: skip
         report["epochs_run"].append([len(fit.history["loss"]), result.epochs_run])
-        report["history"].append(
-            max(
-                float(np.max(np.abs(np.subtract(fit.history[key], result.history[key]))))
-                for key in ("loss", "val_loss", "learning_rate")
-            )
-        )
-        report["weights"].append(
-            max(float(np.max(np.abs(a - b))) for a, b in zip(net.get_weights(), result.model.get_weights(), strict=True))
-        )
+        keys = ("loss", "val_loss", "learning_rate")
+        report["history"].append(_largest_difference([fit.history[k] for k in keys], [result.history[k] for k in keys]))
+        report["weights"].append(_largest_difference(_values(net.trainable_variables),
+                                                     _values(result.model.trainable_variables)))  # fmt: skip
+        # BatchNorm's moving statistics (the dropout seed state too): what model.fit leaves in the model
+        report["non_trainable"].append(_largest_difference(_values(net.non_trainable_variables),
+                                                           _values(result.model.non_trainable_variables)))  # fmt: skip
     return report
 
 

@@ -411,18 +411,13 @@ class Search(_Strict):
     def adaptive(self) -> bool:
         return searchers.SAMPLERS[self.sampler].build is not None
 
-    @field_validator("sampler")
+    @field_validator("sampler", "pruner")
     @classmethod
-    def _sampler(cls, value: str) -> str:
-        if value not in searchers.SAMPLERS:
-            raise ValueError(f"unknown sampler '{value}' ({did_you_mean(value, searchers.SAMPLERS, 'samplers')})")
-        return value
-
-    @field_validator("pruner")
-    @classmethod
-    def _pruner(cls, value: str) -> str:
-        if value not in searchers.PRUNERS:
-            raise ValueError(f"unknown pruner '{value}' ({did_you_mean(value, searchers.PRUNERS, 'pruners')})")
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        what = info.field_name
+        table = searchers.SAMPLERS if what == "sampler" else searchers.PRUNERS
+        if value not in table:
+            raise ValueError(f"unknown {what} '{value}' ({did_you_mean(value, table, what + 's')})")
         return value
 
     @model_validator(mode="after")
