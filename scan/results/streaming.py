@@ -24,7 +24,9 @@ def score_whole_sample(
     rule = (keras_model.folds, keras_model.variable) if isinstance(keras_model, model.FoldModels) else None
     # Ranges ending at the file's cluster boundaries: a basket cut by two ranges would be decompressed twice.
     for start, stop in chunk_ranges(sample.path, sample.tree, 0, total, chunk_size):
-        part = read_sample(sample_list, sample, apply_selection=False, entries=(start, stop), kfold=rule)
+        whole = start == 0 and stop >= total  # one chunk: its errors need not say which entries
+        part = read_sample(sample_list, sample, apply_selection=False, entries=None if whole else (start, stop),
+                           kfold=rule)  # fmt: skip
         if not len(part.features):
             continue
         scores = model.predict(keras_model, part.features, fold=part.fold)
