@@ -235,7 +235,6 @@ class JaxEngine:
     def __init__(self, models, optimizers, loss: str, train, validation, data_owner: object | None = None,
                  chunk: int = MAX_CHUNK):  # fmt: skip
         import jax
-        import jax.numpy as jnp
         import keras
 
         self.models, self.optimizers = list(models), list(optimizers)
@@ -244,6 +243,21 @@ class JaxEngine:
             groups.setdefault(structure_key(net, optimizer), []).append(k)
         self.groups = list(groups.values())
         self._where = {k: (g, i) for g, members in enumerate(self.groups) for i, k in enumerate(members)}
+
+        devices = self._spread_over_devices()
+        device_ids = tuple(d.id for d in devices)
+
+        def put(array):
+            return jax.device_put(array, self._replicated)
+
+        self.train_arrays = resident(data_owner, ("jax", "train", device_ids), train, put)
+        self.validation_arrays = resident(data_owner, ("jax", "validation", device_ids), validation, put)
+        self.chunk = int(min(chunk, max(len(validation[0]), 1)))
+        self._compile_programs(keras.losses.get(loss))
+
+    def _spread_over_devices(self) -> list:
+        """Each group's branches, padded and stacked, placed over the devices (one when nothing is to spread)."""
+        import jax
 
         devices = jax.devices()
         if max(len(members) for members in self.groups) < 2:
@@ -277,15 +291,13 @@ class JaxEngine:
             for padded in self._padded
         ]
         self._lr_index = [_learning_rate_index(self.optimizers[members[0]]) for members in self.groups]
-        device_ids = tuple(d.id for d in devices)
+        return devices
 
-        def put(array):
-            return jax.device_put(array, self._replicated)
+    def _compile_programs(self, loss_fn) -> None:
+        """The jitted epoch, validation and forward programs over every group's stacked branches."""
+        import jax
+        import jax.numpy as jnp
 
-        self.train_arrays = resident(data_owner, ("jax", "train", device_ids), train, put)
-        self.validation_arrays = resident(data_owner, ("jax", "validation", device_ids), validation, put)
-        self.chunk = int(min(chunk, max(len(validation[0]), 1)))
-        loss_fn = keras.losses.get(loss)
         representatives = [(self.models[m[0]], self.optimizers[m[0]]) for m in self.groups]
 
         def member_parts(net, trainable, non_trainable, x, y, w, training):
