@@ -22,6 +22,9 @@ def branches(base: dict) -> list[dict]:
         {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 1e-6},  # stops early
         {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01, "dropout": 0.2},
         {**base, "layers": 1, "neurons": 8, "optimizer": "adamw", "learning_rate": 0.01, "weight_decay": 0.05},
+        # One architecture, other dropout rates and L2 factors: the engine holds them per branch (one group)
+        {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01, "dropout": 0.1, "l2": 1e-3},
+        {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01, "l2": 1e-2},
     ]
 
 

@@ -29,6 +29,7 @@ def _equivalence_settings(analysis, restore_best_weights: bool = False) -> None:
 
 
 def _check(report: dict) -> None:
+    assert report["n_train"] % 128, report  # a partial last batch (stepped padded where every layer is per event)
     stopped = [alone for alone, _ in report["epochs_run"] if alone < 6]
     assert stopped and len(stopped) < len(report["epochs_run"]), report  # some branches froze, others went on
     assert all(alone == packed for alone, packed in report["epochs_run"]), report
@@ -225,3 +226,21 @@ def test_a_pack_reports_its_progress_after_every_epoch(analysis):
     assert seen[0].trial_ids == [t.id for t in trials] and seen[-1].monitor == "val_auc"
     for k, result in enumerate(results):  # the best value so far is the running maximum of the history
         assert [p.best[k] for p in seen] == list(np.maximum.accumulate(result.history["val_auc"]))
+
+
+def test_only_nets_whose_layers_work_event_by_event_step_a_padded_last_batch():
+    import keras
+    from hhscan.learning import fused
+
+    def net(*middle):
+        return keras.Sequential([keras.Input((4,)), keras.layers.Normalization(mean=0.0, variance=1.0),
+                                 keras.layers.Dense(8, activation="relu"), *middle, keras.layers.Dense(1)])  # fmt: skip
+
+    class Custom(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+    assert fused.per_event(net(keras.layers.Dropout(0.1)))
+    assert not fused.per_event(net(keras.layers.BatchNormalization()))  # batch statistics
+    assert not fused.per_event(net(Custom()))  # a layer it does not know
+    assert not fused.per_event(keras.Sequential([keras.Input((4,)), net(keras.layers.BatchNormalization())]))

@@ -201,6 +201,27 @@ def test_the_optimizer_is_built_with_exactly_the_trials_weight_decay():
     assert net.optimizer.get_config()["weight_decay"] == 0.3
 
 
+def test_the_per_branch_entries_are_what_the_engine_holds_per_branch():
+    """Trials differing in a ``per_branch`` entry only share one structure (one compiled group, one size in
+    ``training.fits_whole``); an entry that is not per branch gives another structure. Dropout rates above 0 share
+    one; a rate of 0 draws no mask at all (``branch_values``)."""
+    from hhscan.learning import fused
+
+    def key(**changed):
+        hp = trial.canonical({"layers": 2, "neurons": 8, "optimizer": "adam", **changed})
+        net = model.build_model(hp, 3, 2, np.zeros(3), np.ones(3))
+        model.compile_model(net, hp, 2)
+        return fused.structure_key(net, net.optimizer)
+
+    per_branch = {name for name, entry in REGISTRY.items() if entry.per_branch}
+    assert per_branch == {"learning_rate", "dropout", "l2"}
+    base = key(learning_rate=1e-3, dropout=0.1, l2=0.0)
+    assert key(learning_rate=3e-3, dropout=0.3, l2=1e-4) == base
+    assert key(learning_rate=3e-3, dropout=0.0, l2=1e-4) == key(learning_rate=1e-3, dropout=0.0, l2=0.0) != base
+    assert key(learning_rate=1e-3, dropout=0.1, l2=0.0, neurons=16) != base
+    assert key(learning_rate=1e-3, dropout=0.1, l2=0.0, activation="tanh") != base
+
+
 # ------------------------------------------------------------------------------------------ no private APIs
 
 PRIVATE_NAMES = ("._storage", "._study_id", "._trial_id", "_valid_parameters", "keras.src", "module_utils", "._save(")

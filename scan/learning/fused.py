@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from hhscan.errors import ConfigError
+from hhscan.learning import branch_values
 
 CPU_BUDGET_BYTES = 256 * 2**20  # evaluation temporaries on a CPU: host memory is the job's, keep them modest
 GPU_BUDGET_FRACTION = 0.25  # of the device's free memory: training state and XLA's own buffers need the rest
@@ -160,12 +161,38 @@ def batch_table(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndar
 def split_last_batch(table: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The full batches of a table, and the events of a last, partial batch (empty when every batch is full).
 
-    The partial batch is stepped at its own size, never padded: BatchNormalization's batch statistics and
-    Dropout's masks depend on the events in the batch (and its shape), as in ``model.fit``.
+    A partial batch stepped at its own size is what ``model.fit`` does; where every layer works event by event
+    (``per_event``) the JAX engine steps it padded instead, its extra events weighted 0, which saves compiling
+    the step a second time at another shape.
     """
     if len(counts) and counts[-1] < table.shape[1]:
         return table[:-1], counts[:-1], np.asarray(table[-1][: int(counts[-1])])
     return table, counts, np.zeros(0, dtype=table.dtype)
+
+
+# Layers whose output for an event depends on that event only (and on the layer's weights): a batch padded with
+# zero-weighted events steps them as the batch alone does. Keras' Dropout and GaussianNoise too, where a
+# partitionable threefry draws each element from its own position (a padded draw's first rows are the short one).
+_PER_EVENT_LAYERS = ("InputLayer", "Dense", "Activation", "Normalization", "Rescaling", "Flatten", "Reshape",
+                     "Concatenate", "Add", "Multiply", "Subtract", "Average", "Maximum", "Minimum", "Identity",
+                     "LayerNormalization", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax", "Embedding")  # fmt: skip
+_RANDOM_PER_EVENT_LAYERS = ("Dropout", "GaussianNoise", "AlphaDropout", "GaussianDropout")
+
+
+def per_event(net) -> bool:
+    """Whether every layer of ``net`` computes each event's output from that event alone: true of Keras' own
+    dense layers, false of BatchNormalization (batch statistics) and of any layer it does not know."""
+    import jax
+
+    known = _PER_EVENT_LAYERS
+    if jax.config.jax_threefry_partitionable:
+        known += _RANDOM_PER_EVENT_LAYERS
+    for layer in branch_values.all_layers(net)[1:]:
+        if getattr(layer, "layers", None):  # a nested model: its layers are checked themselves
+            continue
+        if type(layer).__module__.split(".")[0] != "keras" or type(layer).__name__ not in known:
+            return False
+    return True
 
 
 def make_engine(models: Sequence[Any], optimizers: Sequence[Any], loss: str, train, validation,
@@ -198,20 +225,15 @@ def structure_key(net, optimizer) -> str:
     """Branches with equal keys compute the same function of different values: they can be vectorised.
 
     Layer names are replaced by their position: Keras numbers unnamed layers per process (``dense_7``), so two
-    builds of one own model differ only in names, which change nothing a step computes.
+    builds of one own model differ only in names, which change nothing a step computes. Dropout rates and L2
+    factors are values too (``branch_values``).
     """
     optimizer_config = {k: v for k, v in optimizer.get_config().items() if k not in ("learning_rate", "name")}
-    positions = {name: f"layer{i}" for i, name in enumerate(dict.fromkeys(_layer_names(net)))}
-    config = _renamed(net.get_config(), positions)
-    return json.dumps([config, type(optimizer).__name__, optimizer_config], sort_keys=True, default=str)
-
-
-def _layer_names(layer) -> list[str]:
-    """The names of a model's layers, nested models' included, in order."""
-    names = [layer.name]
-    for inner in getattr(layer, "layers", None) or []:
-        names += _layer_names(inner)
-    return names
+    positions = {name: f"layer{i}" for i, name in enumerate(dict.fromkeys(layer.name for layer in
+                                                                         branch_values.all_layers(net)))}  # fmt: skip
+    config = branch_values.relaxed_config(_renamed(net.get_config(), positions))
+    return json.dumps([config, branch_values.weights_signature(net), type(optimizer).__name__, optimizer_config],
+                      sort_keys=True, default=str)  # fmt: skip
 
 
 def _renamed(value: Any, positions: dict[str, str]) -> Any:
@@ -253,6 +275,7 @@ class JaxEngine:
         self.train_arrays = resident(data_owner, ("jax", "train", device_ids), train, put)
         self.validation_arrays = resident(data_owner, ("jax", "validation", device_ids), validation, put)
         self.chunk = int(min(chunk, max(len(validation[0]), 1)))
+        self._pad_last_batch = all(per_event(net) for net in self.models)
         self._compile_programs(keras.losses.get(loss))
 
     def _spread_over_devices(self) -> list:
@@ -290,6 +313,9 @@ class JaxEngine:
             )
             for padded in self._padded
         ]
+        self._plans = [branch_values.plan([self.models[k] for k in members]) for members in self.groups]
+        self._values = [place(np.stack([branch_values.values(plan, self.models[k]) for k in padded]))
+                        for plan, padded in zip(self._plans, self._padded, strict=True)]  # fmt: skip
         self._lr_index = [_learning_rate_index(self.optimizers[members[0]]) for members in self.groups]
         return devices
 
@@ -300,23 +326,25 @@ class JaxEngine:
 
         representatives = [(self.models[m[0]], self.optimizers[m[0]]) for m in self.groups]
 
-        def member_parts(net, trainable, non_trainable, x, y, w, training):
+        def member_parts(g, trainable, non_trainable, values, x, y, w, training):
             """The weighted sum of the events' losses, the regularization, new non-trainables, outputs."""
-            out, nt, regularization = net.stateless_call(
-                trainable, non_trainable, x, training=training, return_losses=True
-            )
+            net = representatives[g][0]
+            with branch_values.reading(net, self._plans[g], values):
+                out, nt, regularization = net.stateless_call(
+                    trainable, non_trainable, x, training=training, return_losses=True
+                )
             return jnp.sum(loss_fn(y, out) * w), sum(regularization, jnp.float32(0.0)), nt, out
 
-        def member_loss(net, trainable, non_trainable, x, y, w, count, training):
-            total, regularization, nt, out = member_parts(net, trainable, non_trainable, x, y, w, training)
+        def member_loss(g, trainable, non_trainable, values, x, y, w, count, training):
+            total, regularization, nt, out = member_parts(g, trainable, non_trainable, values, x, y, w, training)
             return total / count + regularization, (nt, out)
 
         def group_step(g):
-            net, optimizer = representatives[g]
+            optimizer = representatives[g][1]
 
-            def update(trainable, non_trainable, optimizer_state, active, x, y, w, count):
+            def update(trainable, non_trainable, optimizer_state, values, active, x, y, w, count):
                 (loss, (nt, _)), grads = jax.value_and_grad(
-                    lambda t: member_loss(net, t, non_trainable, x, y, w, count, True), has_aux=True
+                    lambda t: member_loss(g, t, non_trainable, values, x, y, w, count, True), has_aux=True
                 )(trainable)
                 t, o = optimizer.stateless_apply(optimizer_state, grads, trainable)
 
@@ -325,17 +353,18 @@ class JaxEngine:
 
                 return keep(t, trainable), keep(nt, non_trainable), keep(o, optimizer_state), loss
 
-            return jax.vmap(update, in_axes=(0, 0, 0, 0, None, None, None, None))
+            return jax.vmap(update, in_axes=(0, 0, 0, 0, 0, None, None, None, None))
 
         steps = [group_step(g) for g in range(len(self.groups))]
 
-        def epoch(state, table, counts, last, active, x, y, w):
+        def epoch(state, values, table, counts, last, active, x, y, w):
             def one_step(state, sums, index, count):
                 xb, yb = x[index], y[index]
                 wb = w[index] * (jnp.arange(index.shape[0]) < count).astype(w.dtype)
                 new_state, new_sums = [], []
                 for g, (trainable, non_trainable, optimizer_state) in enumerate(state):
-                    t, nt, o, loss = steps[g](trainable, non_trainable, optimizer_state, active[g], xb, yb, wb, count)
+                    t, nt, o, loss = steps[g](trainable, non_trainable, optimizer_state, values[g], active[g], xb, yb,
+                                              wb, count)  # fmt: skip
                     new_state.append((t, nt, o))
                     new_sums.append(sums[g] + loss * count)
                 return new_state, new_sums
@@ -351,16 +380,15 @@ class JaxEngine:
 
         size = self.chunk
 
-        def validate_chunk(state, x, y, w, start, first_new):
+        def validate_chunk(state, values, x, y, w, start, first_new):
             # One chunk of ``size`` events from ``start``; those before ``first_new`` were counted already.
             xc, yc, wc = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, y, w))
             wc = wc * (start + jnp.arange(size) >= first_new).astype(wc.dtype)
             results = []
             for g, (trainable, non_trainable, _) in enumerate(state):
-                net = representatives[g][0]
                 total, regularization, _, out = jax.vmap(
-                    lambda t, nt, net=net: member_parts(net, t, nt, xc, yc, wc, False)
-                )(trainable, non_trainable)
+                    lambda t, nt, v, g=g: member_parts(g, t, nt, v, xc, yc, wc, False)
+                )(trainable, non_trainable, values[g])
                 results.append((total, regularization, out))
             return results
 
@@ -386,8 +414,12 @@ class JaxEngine:
         """One epoch over the batches of ``table``; returns each branch's mean training loss."""
         active_by_group = [np.asarray([bool(active[k]) for k in members] + [False] * (len(padded) - len(members)))
                            for members, padded in zip(self.groups, self._padded, strict=True)]  # fmt: skip
-        table, counts, last = split_last_batch(table, counts)
-        self.state, losses = self._epoch(self.state, table, counts, last, active_by_group, *self.train_arrays)
+        if self._pad_last_batch:
+            last = np.zeros(0, dtype=table.dtype)
+        else:
+            table, counts, last = split_last_batch(table, counts)
+        self.state, losses = self._epoch(self.state, self._values, table, counts, last, active_by_group,
+                                         *self.train_arrays)  # fmt: skip
         return self._per_branch(losses).astype(np.float64)
 
     def validate(self) -> tuple[np.ndarray, np.ndarray]:
@@ -400,7 +432,7 @@ class JaxEngine:
         totals = np.zeros(len(self.models))
         regularization, pieces = None, []
         for start, first_new in chunk_starts(n, self.chunk):
-            results = self._validate_chunk(self.state, *self.validation_arrays, start, first_new)
+            results = self._validate_chunk(self.state, self._values, *self.validation_arrays, start, first_new)
             totals += self._per_branch([r[0] for r in results]).astype(np.float64)
             if regularization is None:
                 regularization = self._per_branch([r[1] for r in results]).astype(np.float64)

@@ -666,18 +666,20 @@ MAX_WHOLE_PACK = 256
 
 def fits_whole(trials: Sequence[Trial], dataset: Dataset, parameters: Parameters) -> bool:
     """Whether every one of ``trials`` (one step structure) trains in one pack within the device's memory: each
-    distinct network (its architecture hyperparameters) built once, without compiling anything, and counted."""
+    distinct network (its hyperparameters but the ``per_branch`` ones, which leave its size alone) built once,
+    without compiling anything, and counted."""
     import keras
 
     if len(trials) > MAX_WHOLE_PACK:
         return False
     model.keep_tensorflow_out()
     n_features, n_classes = dataset.features.shape[1], len(dataset.class_names)
+    registry = parameters.registry
     per_network: dict[str, int] = {}
     total = 0
     for trial in trials:
-        key = json.dumps({k: v for k, v in trial.hyperparameters.items() if k != "learning_rate"}, sort_keys=True,
-                         default=str)  # fmt: skip
+        sized_by = {k: v for k, v in trial.hyperparameters.items() if not (k in registry and registry[k].per_branch)}
+        key = json.dumps(sized_by, sort_keys=True, default=str)
         if key not in per_network:
             hp = trial.hyperparameters
             net = model.build_trial_model(hp, n_features, n_classes, np.zeros(n_features), np.ones(n_features),

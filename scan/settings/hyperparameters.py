@@ -54,6 +54,9 @@ class Hyperparameter:
     step_structure: bool = False
     network: bool = False  # an entry of the built-in network (an own model's signature replaces them)
     hashed_at_default: bool = False  # trial ids hash it even at its default (today's nine: their ids never change)
+    # A number the fused engine holds per branch (learning_rate, dropout, l2): trials differing only in it share
+    # one compiled program, and their networks have the same size.
+    per_branch: bool = False
     # A default that depends on another entry's value: (that entry, {its value: the default}); ``default`` elsewhere.
     # weight_decay's is what each optimizer did before the entry existed (Keras' AdamW decays by 0.004).
     default_by: tuple[str, tuple[tuple[Any, Any], ...]] | None = None
@@ -149,10 +152,12 @@ REGISTRY: dict[str, Hyperparameter] = {
         Hyperparameter("layers", int, 2, low=0, network=True, hashed_at_default=True),
         Hyperparameter("neurons", int, 64, low=1, network=True, hashed_at_default=True),
         Hyperparameter("activation", str, "relu", choices=ACTIVATIONS, network=True, hashed_at_default=True),
-        Hyperparameter("dropout", float, 0.0, low=0, high=1, high_open=True, network=True, hashed_at_default=True),
-        Hyperparameter("l2", float, 0.0, low=0, network=True, hashed_at_default=True),
+        Hyperparameter("dropout", float, 0.0, low=0, high=1, high_open=True, network=True, per_branch=True,
+                       hashed_at_default=True),
+        Hyperparameter("l2", float, 0.0, low=0, network=True, per_branch=True, hashed_at_default=True),
         Hyperparameter("optimizer", str, "adam", choices=OPTIMIZERS, case_insensitive=True, hashed_at_default=True),
-        Hyperparameter("learning_rate", float, 0.001, low=0, low_open=True, hashed_at_default=True),
+        Hyperparameter("learning_rate", float, 0.001, low=0, low_open=True, per_branch=True,
+                       hashed_at_default=True),
         Hyperparameter("batch_size", int, 256, low=1, step_structure=True, hashed_at_default=True),
         Hyperparameter("epochs", int, 20, low=1, step_structure=True, hashed_at_default=True),
         # Entries added later: hashed_at_default False, so a scan that does not set them keeps its ids.
