@@ -103,7 +103,7 @@ def _dataset(analysis):
 
 
 def _mixed_trials(parameters):
-    """Three structures (groups of 2, 1 and 1: L2 is a structure of its own); L2 is counted once per branch."""
+    """Two structures (groups of 3 and 1: an L2 factor is a value its branch holds); L2 is counted once per branch."""
     base = trial.expand(parameters)[0].hyperparameters
     grid = [{**base, "layers": 2, "neurons": 8, "learning_rate": lr, "l2": l2}
             for lr, l2 in ((0.01, 0.0), (0.003, 1e-3), (0.001, 0.0))] + [{**base, "layers": 1, "neurons": 4}]  # fmt: skip
@@ -233,7 +233,8 @@ trials = t._mixed_trials(parameters)
 _, engine = training._build_pack(trials, parameters, 2, data.part(0), data.part(1))
 spread = [len(s[0][0].sharding.device_set) for s in engine.state]
 results = training.train_pack(trials, data, parameters)
-print(json.dumps({{"devices": len(jax.devices()), "spread": spread, "history": [r.history for r in results],
+print(json.dumps({{"devices": len(jax.devices()), "spread": spread, "groups": [len(g) for g in engine.groups],
+                  "history": [r.history for r in results],
                   "weights": [[w.tolist() for w in r.model.get_weights()] for r in results]}}))
 """
 
@@ -248,8 +249,9 @@ def test_odd_packs_spread_over_several_devices_with_the_results_of_one(analysis)
         assert result.returncode == 0, result.stderr[-3000:]
         outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
     one, four = outputs
-    assert one["devices"] == 1 and one["spread"] == [1, 1, 1]
-    assert four["devices"] == 4 and four["spread"] == [4, 4, 4]  # groups of 2, 1 and 1, each padded to 4
+    assert one["groups"] == four["groups"] == [3, 1]
+    assert one["devices"] == 1 and one["spread"] == [1, 1]
+    assert four["devices"] == 4 and four["spread"] == [4, 4]  # groups of 3 and 1, each padded to 4
     for a, b in zip(one["history"], four["history"], strict=True):
         for key in a:
             np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
