@@ -51,8 +51,8 @@ def relaxed_config(value: Any) -> Any:
     weight regularizers that are absent or L2 (an activity regularizer or another kind stays as it is)."""
     if isinstance(value, dict):
         config = value.get("config")
-        plain_dropout = value.get("class_name") == "Dropout" and isinstance(config, dict)
-        if plain_dropout and config.get("noise_shape") is None and config.get("rate"):
+        keras_dropout = (value.get("module"), value.get("class_name")) == ("keras.layers", "Dropout")
+        if keras_dropout and isinstance(config, dict) and config.get("noise_shape") is None and config.get("rate"):
             value = {**value, "config": {**config, "rate": PER_BRANCH}}
         relaxed = {}
         for key, item in value.items():
@@ -94,10 +94,6 @@ class Plan:
 
     dropout_layers: tuple[int, ...]  # positions in ``all_layers``
     regularized: tuple[int, ...]  # indices in ``trainable_variables``
-
-    @property
-    def size(self) -> int:
-        return len(self.dropout_layers) + len(self.regularized)
 
 
 def plan(nets: Sequence[Any]) -> Plan:
