@@ -268,6 +268,7 @@ def test_keras_on_jax_never_imports_tensorflow_yet_leaves_it_importable(tmp_path
     assert result.stdout.strip().endswith("ok")
 
 
+@pytest.mark.slurm  # submitit's SlurmExecutor looks for srun: the project's cluster
 def test_the_slurm_parameters_kept_by_hhscan_are_submitits_own(tmp_path):
     import re
 
