@@ -25,6 +25,12 @@ def branches(base: dict) -> list[dict]:
         # One architecture, other dropout rates and L2 factors: the engine holds them per branch (one group)
         {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01, "dropout": 0.1, "l2": 1e-3},
         {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01, "l2": 1e-2},
+        # Batches of 2 and 3 micro-batches (the pack steps the smallest batch size): the Dropout mask of each part,
+        # the L2 penalty once per batch, the update at the batch's end
+        {**base, "layers": 2, "neurons": 16, "optimizer": "adam", "learning_rate": 0.01, "dropout": 0.2,
+         "batch_size": 2 * base["batch_size"]},
+        {**base, "layers": 1, "neurons": 8, "optimizer": "sgd", "learning_rate": 0.05, "l2": 1e-3,
+         "batch_size": 3 * base["batch_size"]},
     ]
 
 

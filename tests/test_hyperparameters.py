@@ -140,11 +140,15 @@ def test_zero_hidden_layers_builds_a_regression_on_the_scaled_inputs():
 
 
 def test_packing_groups_by_the_registrys_step_structure():
-    points = [{**FULL, "batch_size": b, "epochs": e, "neurons": n} for b in (64, 128) for e in (1, 2) for n in (4, 8)]
+    points = [{**FULL, "batch_size": b, "epochs": e, "neurons": n} for b in (64, 100) for e in (1, 2) for n in (4, 8)]
     trials = [trial.Trial(trial.trial_id(p, 0), trial.canonical(p), 0) for p in points]
     packs = packing.form_packs(trials, 16)
     assert len(packs) == 4 and all(len(p) == 2 for p in packs)
-    assert {packing.step_structure(p[0]) for p in packs} == {(64, 1), (64, 2), (128, 1), (128, 2)}
+    assert {packing.step_structure(p[0]) for p in packs} == {(64, 1), (64, 2), (100, 1), (100, 2)}
+    # the registry's micro_batched entry: a batch size that is a multiple of another steps in its pack
+    doubled = [trial.Trial(t.id + "x", {**t.hyperparameters, "batch_size": 128}, 0) for t in trials[:4]]
+    assert [len(p) for p in packing.form_packs(trials[:4] + doubled, 16)] == [4, 4]
+    assert [e.name for e in REGISTRY.values() if e.micro_batched] == ["batch_size"]
     assert packing.step_structure(trial.Trial("x", {"neurons": 4}, 0)) == (256, 20)  # defaults
 
 

@@ -71,19 +71,65 @@ def test_a_trials_result_does_not_depend_on_its_pack(analysis):
     assert alone.metrics["val_auc"] == pytest.approx(packed.metrics["val_auc"], abs=1e-6)
 
 
+def test_weights_drawn_at_one_compiled_size_are_the_ones_keras_draws():
+    """Built under ``one_compiled_uniform_draw`` (as hhscan builds every network), a network holds the weights Keras
+    draws itself, for weights smaller and larger than one compiled draw."""
+    import keras
+    from hhscan.learning import model
+
+    def build():
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((300,))
+        hidden = keras.layers.Dense(70)(inputs)  # 21 000 values: more than one draw of UNIFORM_DRAW_SIZE
+        return keras.Model(inputs, keras.layers.Dense(5, kernel_initializer="he_uniform")(hidden))
+
+    keras_own = build()
+    with model.one_compiled_uniform_draw():
+        drawn = build()
+    assert model.UNIFORM_DRAW_SIZE < 300 * 70
+    for theirs, ours in zip(keras_own.weights, drawn.weights, strict=True):
+        assert ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert np.std(drawn.weights[0].numpy()) > 0.01  # drawn, not zeros
+    import jax
+
+    assert jax.random.uniform.__module__.startswith("jax.")  # JAX's own function put back
+
+
+def test_a_micro_batch_draws_its_rows_of_the_batch_dropout_mask():
+    """A batch of 512 stepped as micro-batches of 128: each draws the rows of the uniform numbers (Keras' Dropout
+    mask is uniform < keep) that ``jax.random.uniform`` draws for the whole batch."""
+    import jax
+    from hhscan.learning import branch_values, fused
+
+    seed = np.array([7, 3], dtype=np.uint32)
+    whole = np.asarray(jax.random.uniform(seed, (512, 5)))
+    parts = [np.asarray(branch_values.uniform_rows(seed, (128, 5), first)) for first in (0, 128, 256, 384)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    # the schedule: branches of 1, 2 and 4 micro-batches a batch, over 5 micro-batches (the last one partial)
+    ends, batch_counts, first_rows = fused.micro_schedule(np.array([128, 128, 128, 128, 50.0]), np.array([1, 2, 4]),
+                                                          128)  # fmt: skip
+    assert ends.T.tolist() == [[True] * 5, [False, True, False, True, True], [False, False, False, True, True]]
+    assert batch_counts.T.tolist() == [[128] * 4 + [50], [256] * 4 + [50], [512] * 4 + [50]]
+    assert first_rows.T.tolist() == [[0] * 5, [0, 128, 0, 128, 0], [0, 128, 256, 384, 0]]
+
+
 def test_packs_group_by_step_structure_into_near_equal_sizes():
     def make(batch, epochs, index):
         hp = {"batch_size": batch, "epochs": epochs, "layers": index}
         return trial.Trial(trial.trial_id(hp, 0), hp, 0)
 
-    trials = [make(128, 2, i) for i in range(7)] + [make(256, 2, 0), make(128, 3, 0), make(128, 2, 99)]
+    trials = [make(128, 2, i) for i in range(7)] + [make(256, 2, 0), make(128, 3, 0), make(128, 2, 99),
+                                                    make(96, 2, 0), make(1024, 2, 0)]  # fmt: skip
     packs = packing.form_packs(trials, 3)
-    assert [len(p) for p in packs] == [3, 3, 2, 1, 1]
-    assert all(len({packing.step_structure(t) for t in p}) == 1 for p in packs)
+    # 256 steps as two micro-batches of 128 (one pack structure); 96 divides neither, 1024 is 8 × 128: apart
+    assert [[packing.batch_size(t) for t in p] for p in packs] == [[128, 128, 128], [128, 128, 128],
+                                                                   [128, 256, 128], [128], [96], [1024]]  # fmt: skip
+    assert [len(set(packing.pack_structures(p))) for p in packs] == [1] * 6
     assert sorted(t.id for p in packs for t in p) == sorted(t.id for t in trials)
     assert packing.form_packs(trials, 3) == packs
     with pytest.raises(ValueError):
-        training.train_pack(trials[:1] + trials[7:8], None, None)
+        training.train_pack(trials[:1] + trials[8:9], None, None)  # 2 and 3 epochs
 
 
 def test_a_failing_trial_does_not_fail_its_pack(analysis, capsys, monkeypatch):

@@ -291,7 +291,7 @@ def recycle_process(reason: str) -> None:
 def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Workspace, trials: Sequence[Trial]) -> int:
     """The configured pack size; for ``auto``, the probed one (measured once per workspace and device).
 
-    A request of at most ``DEFAULT_PACK_SIZE`` trials per step structure is packed whole without probing: the
+    A request of at most ``DEFAULT_PACK_SIZE`` trials per pack structure is packed whole without probing: the
     cost per trial falls at least that far on every device measured, and the probe would cost more than it saves.
     So is a larger one (up to ``training.MAX_WHOLE_PACK``) whose training state fits the device's memory.
     """
@@ -299,8 +299,8 @@ def resolve_pack_size(parameters: Parameters, dataset: Dataset, workspace: Works
     if setting != "auto":
         return int(setting)
     by_structure: dict[tuple[int, ...], list[Trial]] = {}
-    for trial in trials:
-        by_structure.setdefault(packing.step_structure(trial), []).append(trial)
+    for trial, structure in zip(trials, packing.pack_structures(trials), strict=True):
+        by_structure.setdefault(structure, []).append(trial)
     largest = max(by_structure.values(), key=len, default=[])
     if len(largest) <= packing.DEFAULT_PACK_SIZE:
         return max(len(largest), 1)

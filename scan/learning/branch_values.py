@@ -39,7 +39,7 @@ def all_layers(layer) -> list:
     return found
 
 
-def _varies(layer) -> bool:
+def varies(layer) -> bool:
     """A layer whose rate the branches may set: Keras' plain Dropout (a subclass or a noise shape may differ)."""
     import keras
 
@@ -100,7 +100,7 @@ def plan(nets: Sequence[Any]) -> Plan:
     """The group's plan (``nets[0]`` its representative): Dropout layers holding random state there, and the
     weights some branch regularizes with L2."""
     layers = all_layers(nets[0])
-    dropouts = tuple(p for p, layer in enumerate(layers) if _varies(layer) and hasattr(layer, "seed_generator"))
+    dropouts = tuple(p for p, layer in enumerate(layers) if varies(layer) and hasattr(layer, "seed_generator"))
     factors = np.array([[_l2_factor(v) for v in net.trainable_variables] for net in nets], dtype=object)
     regularized = tuple(j for j in range(factors.shape[1])
                         if all(f is not None for f in factors[:, j]) and any(f for f in factors[:, j]))  # fmt: skip
@@ -116,10 +116,41 @@ def values(group_plan: Plan, net) -> np.ndarray:
     return np.array(keep + factors, dtype=np.float32)
 
 
+def draws_by_position() -> bool:
+    """Whether JAX draws Keras' random numbers with the partitionable threefry (its default): an element's bits
+    depend on the key and its flat position only, so part of a draw can be made alone (``uniform_rows``)."""
+    import jax
+
+    return jax.config.jax_threefry_partitionable and jax.config.jax_default_prng_impl == "threefry2x32"
+
+
+def uniform_rows(seed: Any, shape: tuple[int, ...], first_row: Any) -> Any:
+    """Rows ``first_row`` … ``first_row + shape[0]`` of ``jax.random.uniform(seed, (rows, *shape[1:]))`` for any
+    larger number of rows (``draws_by_position``): the part of a batch's draw that falls on one of its micro-batches.
+
+    JAX's own steps, written out: threefry of the flat positions (high word 0 below 2³² values), then 23 random
+    mantissa bits make a float in [1, 2), minus 1 (jax.random's ``_uniform``; tests/test_packing.py compares).
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.extend.random import threefry2x32_p
+
+    columns = int(np.prod(shape[1:]))
+    position = jax.lax.iota(jnp.uint32, int(np.prod(shape))).reshape(shape)
+    position = position + (jnp.asarray(first_row, jnp.uint32) * jnp.uint32(columns))
+    seed = jnp.asarray(seed, jnp.uint32)
+    high, low = threefry2x32_p.bind(seed[0], seed[1], jnp.zeros_like(position), position)
+    mantissa = jax.lax.shift_right_logical(high ^ low, jnp.uint32(32 - 23)) | jnp.uint32(0x3F800000)
+    return jax.lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
+
+
 @contextlib.contextmanager
-def reading(net, group_plan: Plan, branch: Any) -> Iterator[None]:
+def reading(net, group_plan: Plan, branch: Any, first_row: Any = None) -> Iterator[None]:
     """While ``net`` (the representative) is traced, its varying Dropout layers and regularized weights read the
-    branch's ``values`` (``branch``: a traced vector); everything is put back afterwards."""
+    branch's ``values`` (``branch``: a traced vector); everything is put back afterwards.
+
+    ``first_row``: the traced step is a micro-batch starting at that row of the branch's batch, and a Dropout
+    layer's mask is those rows of the mask Keras draws for the whole batch (``uniform_rows``)."""
     import jax
     import jax.numpy as jnp
     import keras
@@ -134,7 +165,11 @@ def reading(net, group_plan: Plan, branch: Any) -> Iterator[None]:
             if not training:
                 return inputs
             # Keras' own dropout on JAX (backend.random.dropout), with the keep probability a traced number
-            mask = jax.random.bernoulli(layer.seed_generator.next(), p=keep, shape=inputs.shape)
+            seed = layer.seed_generator.next()
+            if first_row is None:
+                mask = jax.random.bernoulli(seed, p=keep, shape=inputs.shape)
+            else:  # bernoulli(p) is uniform < p
+                mask = uniform_rows(seed, inputs.shape, first_row) < keep
             return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
 
         return call

@@ -195,22 +195,72 @@ def per_event(net) -> bool:
     return True
 
 
+def micro_batchable(net) -> bool:
+    """Whether a batch of ``net`` can be stepped as micro-batches whose gradients add up to the batch's: every
+    layer works event by event, and its only random draws are varying Dropout masks, which ``branch_values.reading``
+    draws part by part (a Dropout of rate 0 draws nothing)."""
+    if not per_event(net) or not branch_values.draws_by_position():
+        return False
+    random_layers = [layer for layer in branch_values.all_layers(net)[1:]
+                     if type(layer).__name__ in _RANDOM_PER_EVENT_LAYERS]  # fmt: skip
+    return all(branch_values.varies(layer) or (type(layer).__name__ == "Dropout" and not layer.rate)
+               for layer in random_layers)  # fmt: skip
+
+
+def micro_ratios(batch_sizes: Sequence[int] | None, n_branches: int) -> np.ndarray:
+    """Each branch's batch in micro-batches of the smallest batch size; zeros where one is not a multiple of it."""
+    if batch_sizes is None:
+        return np.ones(n_branches, dtype=np.int64)
+    sizes = np.asarray(batch_sizes, dtype=np.int64)
+    return np.where(sizes % sizes.min() == 0, sizes // sizes.min(), 0)
+
+
+def micro_schedule(counts: np.ndarray, ratios: np.ndarray, micro: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each micro-batch (rows) and branch (columns): whether it ends the branch's batch (the update is made
+    then), the branch's batch's event count (its mean loss's denominator), and the micro-batch's first row in the
+    batch (where its part of a Dropout mask starts). A ratio of 1 is the plain step: every micro-batch a batch."""
+    step = np.arange(len(counts))[:, None]
+    ratios = np.asarray(ratios, dtype=np.int64)[None, :]
+    batch = step // ratios
+    ends = (step % ratios == ratios - 1) | (step == len(counts) - 1)
+    batch_counts = np.empty(batch.shape, dtype=np.float32)
+    for k in range(batch.shape[1]):
+        batch_counts[:, k] = np.bincount(batch[:, k], weights=counts)[batch[:, k]]
+    return ends, batch_counts, ((step % ratios) * micro).astype(np.uint32)
+
+
+def train_by_batch_size(train_epoch: Callable, table: np.ndarray, counts: np.ndarray, active: np.ndarray,
+                        batch_sizes: Sequence[int]) -> np.ndarray:  # fmt: skip
+    """Branches of several batch sizes that cannot step as micro-batches (a BatchNormalization, an unknown layer):
+    one pass over the epoch's event order per batch size, the other branches frozen meanwhile."""
+    order = table.reshape(-1)[: round(float(np.sum(counts)))]
+    sizes = np.asarray(batch_sizes)
+    losses = np.zeros(len(sizes))
+    for size in sorted(set(sizes.tolist())):
+        members = sizes == size
+        if (active & members).any():
+            losses[members] = train_epoch(*batch_table(order, int(size)), active & members)[members]
+    return losses
+
+
 def make_engine(models: Sequence[Any], optimizers: Sequence[Any], loss: str, train, validation,
-                data_owner: object | None = None, chunk: int | None = None):  # fmt: skip
+                data_owner: object | None = None, chunk: int | None = None,
+                batch_sizes: Sequence[int] | None = None):  # fmt: skip
     """The engine for the active Keras backend; ``train``/``validation`` are (features, targets, weights).
 
     ``data_owner`` is the object the arrays come from (a ``Dataset``): the same owner, the same arrays, so they
     go to the device once per job; ``chunk`` sets the events per evaluation call (default: sized from the
-    device's free memory).
+    device's free memory). ``batch_sizes``: each branch's, when they differ; ``train_epoch`` then takes the
+    smallest one's batch table (``step_batch_size``).
     """
     import keras
 
     backend = keras.backend.backend()
     chunk = chunk or chunk_events(models, np.shape(validation[0])[1])
     if backend == "jax":
-        return JaxEngine(models, optimizers, loss, train, validation, data_owner, chunk)
+        return JaxEngine(models, optimizers, loss, train, validation, data_owner, chunk, batch_sizes)
     if backend == "tensorflow":
-        return TensorflowEngine(models, optimizers, loss, train, validation, data_owner, chunk)
+        return TensorflowEngine(models, optimizers, loss, train, validation, data_owner, chunk, batch_sizes)
     raise ConfigError(f"Keras backend '{backend}': hhscan trains on the jax and tensorflow backends")
 
 
@@ -255,11 +305,13 @@ class JaxEngine:
     """
 
     def __init__(self, models, optimizers, loss: str, train, validation, data_owner: object | None = None,
-                 chunk: int = MAX_CHUNK):  # fmt: skip
+                 chunk: int = MAX_CHUNK, batch_sizes: Sequence[int] | None = None):  # fmt: skip
         import jax
         import keras
 
         self.models, self.optimizers = list(models), list(optimizers)
+        self.batch_sizes = batch_sizes
+        self.step_batch_size = min(batch_sizes) if batch_sizes else None
         groups: dict[str, list[int]] = {}
         for k, (net, optimizer) in enumerate(zip(self.models, self.optimizers, strict=True)):
             groups.setdefault(structure_key(net, optimizer), []).append(k)
@@ -276,6 +328,13 @@ class JaxEngine:
         self.validation_arrays = resident(data_owner, ("jax", "validation", device_ids), validation, put)
         self.chunk = int(min(chunk, max(len(validation[0]), 1)))
         self._pad_last_batch = all(per_event(net) for net in self.models)
+        # Branches of several batch sizes step in micro-batches of the smallest, each applying its update at the
+        # end of its own batch: one compiled program instead of one per batch size (bench/RESULTS.md, grid64).
+        ratios = micro_ratios(batch_sizes, len(self.models))
+        mixed = len(set(ratios.tolist())) > 1
+        self._micro_batched = mixed and ratios.all() and all(micro_batchable(net) for net in self.models)
+        self._by_batch_size = mixed and not self._micro_batched
+        self._ratios = ratios if self._micro_batched else np.ones(len(self.models), dtype=np.int64)
         self._compile_programs(keras.losses.get(loss))
 
     def _spread_over_devices(self) -> list:
@@ -326,56 +385,68 @@ class JaxEngine:
 
         representatives = [(self.models[m[0]], self.optimizers[m[0]]) for m in self.groups]
 
-        def member_parts(g, trainable, non_trainable, values, x, y, w, training):
+        by_position = branch_values.draws_by_position()
+        accumulate = self._micro_batched
+
+        def member_parts(g, trainable, non_trainable, values, x, y, w, training, first_row=None):
             """The weighted sum of the events' losses, the regularization, new non-trainables, outputs."""
             net = representatives[g][0]
-            with branch_values.reading(net, self._plans[g], values):
+            with branch_values.reading(net, self._plans[g], values, first_row if by_position else None):
                 out, nt, regularization = net.stateless_call(
                     trainable, non_trainable, x, training=training, return_losses=True
                 )
             return jnp.sum(loss_fn(y, out) * w), sum(regularization, jnp.float32(0.0)), nt, out
 
-        def member_loss(g, trainable, non_trainable, values, x, y, w, count, training):
-            total, regularization, nt, out = member_parts(g, trainable, non_trainable, values, x, y, w, training)
-            return total / count + regularization, (nt, out)
-
         def group_step(g):
             optimizer = representatives[g][1]
 
-            def update(trainable, non_trainable, optimizer_state, values, active, x, y, w, count):
-                (loss, (nt, _)), grads = jax.value_and_grad(
-                    lambda t: member_loss(g, t, non_trainable, values, x, y, w, count, True), has_aux=True
-                )(trainable)
+            def update(trainable, non_trainable, optimizer_state, accumulated, values, active, end, batch_count,
+                       first_row, x, y, w, count):  # fmt: skip
+                def loss(t):
+                    # This (micro-)batch's part of its batch's mean loss; the penalty once, with the batch's end.
+                    total, regularization, nt, _ = member_parts(g, t, non_trainable, values, x, y, w, True, first_row)
+                    return total / batch_count + regularization * end.astype(jnp.float32), (
+                        nt, total + regularization * count)
+
+                (_, (nt, loss_sum)), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
+                if accumulate:  # the batch's gradient: its micro-batches' parts added up
+                    grads = [a + d for a, d in zip(accumulated, grads, strict=True)]
+                    accumulated = [jnp.where(end, jnp.zeros_like(d), d) for d in grads]
                 t, o = optimizer.stateless_apply(optimizer_state, grads, trainable)
+                stepped = jnp.logical_and(active, end)
 
                 def keep(new, old):
-                    return [jnp.where(active, a, b) for a, b in zip(new, old, strict=True)]
+                    return [jnp.where(stepped, a, b) for a, b in zip(new, old, strict=True)]
 
-                return keep(t, trainable), keep(nt, non_trainable), keep(o, optimizer_state), loss
+                return keep(t, trainable), keep(nt, non_trainable), keep(o, optimizer_state), accumulated, loss_sum
 
-            return jax.vmap(update, in_axes=(0, 0, 0, 0, 0, None, None, None, None))
+            return jax.vmap(update, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, 0, None, None, None, None))
 
         steps = [group_step(g) for g in range(len(self.groups))]
 
-        def epoch(state, values, table, counts, last, active, x, y, w):
-            def one_step(state, sums, index, count):
+        def epoch(state, values, table, counts, schedule, last, active, x, y, w):
+            def one_step(state, accumulated, sums, index, count, scheduled):
                 xb, yb = x[index], y[index]
                 wb = w[index] * (jnp.arange(index.shape[0]) < count).astype(w.dtype)
-                new_state, new_sums = [], []
+                new_state, new_accumulated, new_sums = [], [], []
                 for g, (trainable, non_trainable, optimizer_state) in enumerate(state):
-                    t, nt, o, loss = steps[g](trainable, non_trainable, optimizer_state, values[g], active[g], xb, yb,
-                                              wb, count)  # fmt: skip
+                    t, nt, o, a, loss = steps[g](trainable, non_trainable, optimizer_state, accumulated[g], values[g],
+                                                 active[g], *scheduled[g], xb, yb, wb, count)  # fmt: skip
                     new_state.append((t, nt, o))
-                    new_sums.append(sums[g] + loss * count)
-                return new_state, new_sums
+                    new_accumulated.append(a)
+                    new_sums.append(sums[g] + loss)
+                return new_state, new_accumulated, new_sums
 
             def step(carry, inputs):
                 return one_step(*carry, *inputs), None
 
             sums = [jnp.zeros(len(padded), jnp.float32) for padded in self._padded]
-            (state, sums), _ = jax.lax.scan(step, (state, sums), (table, counts))
-            if last.shape[0]:  # the partial last batch at its own size (``split_last_batch``)
-                state, sums = one_step(state, sums, last, jnp.float32(last.shape[0]))
+            accumulated = [[jnp.zeros_like(v) for v in group[0]] if accumulate else [] for group in state]
+            (state, accumulated, sums), _ = jax.lax.scan(step, (state, accumulated, sums), (table, counts, schedule))
+            if last.shape[0]:  # the partial last batch at its own size (``split_last_batch``), a batch of its own
+                alone = [(jnp.ones(len(p), bool), jnp.full(len(p), last.shape[0], jnp.float32),
+                          jnp.zeros(len(p), jnp.uint32)) for p in self._padded]  # fmt: skip
+                state, _, sums = one_step(state, accumulated, sums, last, jnp.float32(last.shape[0]), alone)
             return state, [s / (jnp.sum(counts) + last.shape[0]) for s in sums]
 
         size = self.chunk
@@ -411,14 +482,21 @@ class JaxEngine:
         return result
 
     def train_epoch(self, table: np.ndarray, counts: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """One epoch over the batches of ``table``; returns each branch's mean training loss."""
+        """One epoch over the batches of ``table`` (of ``step_batch_size`` where branches' batch sizes differ);
+        returns each branch's mean training loss."""
+        if self._by_batch_size:
+            return train_by_batch_size(self._train_epoch, table, counts, np.asarray(active), self.batch_sizes)
+        return self._train_epoch(table, counts, active)
+
+    def _train_epoch(self, table: np.ndarray, counts: np.ndarray, active: np.ndarray) -> np.ndarray:
         active_by_group = [np.asarray([bool(active[k]) for k in members] + [False] * (len(padded) - len(members)))
                            for members, padded in zip(self.groups, self._padded, strict=True)]  # fmt: skip
         if self._pad_last_batch:
             last = np.zeros(0, dtype=table.dtype)
         else:
             table, counts, last = split_last_batch(table, counts)
-        self.state, losses = self._epoch(self.state, self._values, table, counts, last, active_by_group,
+        schedule = [micro_schedule(counts, self._ratios[padded], table.shape[1]) for padded in self._padded]
+        self.state, losses = self._epoch(self.state, self._values, table, counts, schedule, last, active_by_group,
                                          *self.train_arrays)  # fmt: skip
         return self._per_branch(losses).astype(np.float64)
 
@@ -509,11 +587,13 @@ class TensorflowEngine:
     """The same contract on TensorFlow: stateful Keras variables, one ``tf.function`` per epoch."""
 
     def __init__(self, models, optimizers, loss: str, train, validation, data_owner: object | None = None,
-                 chunk: int = MAX_CHUNK):  # fmt: skip
+                 chunk: int = MAX_CHUNK, batch_sizes: Sequence[int] | None = None):  # fmt: skip
         import keras
         import tensorflow as tf
 
         self.models, self.optimizers = list(models), list(optimizers)
+        self.batch_sizes = batch_sizes  # several: one pass per batch size (``train_by_batch_size``)
+        self.step_batch_size = min(batch_sizes) if batch_sizes else None
         self.train_arrays = resident(data_owner, ("tensorflow", "train"), train, tf.constant)
         self.validation_arrays = resident(data_owner, ("tensorflow", "validation"), validation, tf.constant)
         self.chunk = int(min(chunk, max(len(validation[0]), 1)))
@@ -573,6 +653,11 @@ class TensorflowEngine:
         return epoch
 
     def train_epoch(self, table: np.ndarray, counts: np.ndarray, active: np.ndarray) -> np.ndarray:
+        if self.batch_sizes is not None and len(set(self.batch_sizes)) > 1:
+            return train_by_batch_size(self._train_epoch, table, counts, np.asarray(active), self.batch_sizes)
+        return self._train_epoch(table, counts, active)
+
+    def _train_epoch(self, table: np.ndarray, counts: np.ndarray, active: np.ndarray) -> np.ndarray:
         key = tuple(bool(a) for a in active)
         if key not in self._epochs:
             self._epochs[key] = self._epoch_function(key)

@@ -6,10 +6,13 @@ saved ``.keras`` file loads with plain ``keras.saving.load_model(path)``: no cus
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +151,49 @@ def build_trial_model(
 ):
     """The trial's network: the built-in MLP, or with ``own_model`` (the parameters' ``model`` and
     ``model_source``) the user's model behind the same scaler."""
-    if own_model is None:
-        return build_model(hyperparameters, n_features, n_classes, mean, variance)
-    return build_own_model(*own_model, hyperparameters, n_features, n_classes, mean, variance)
+    with one_compiled_uniform_draw():
+        if own_model is None:
+            return build_model(hyperparameters, n_features, n_classes, mean, variance)
+        return build_own_model(*own_model, hyperparameters, n_features, n_classes, mean, variance)
+
+
+UNIFORM_DRAW_SIZE = 2**14  # values per compiled draw (more: the next power of 2), ≈ 0.2 ms of threefry on a CPU
+
+
+@contextlib.contextmanager
+def one_compiled_uniform_draw() -> Iterator[None]:
+    """While networks are built on JAX, Keras' uniform initializers (Glorot, He and Lecun uniform…) draw their
+    values at a few fixed sizes, and the same numbers come out.
+
+    ``jax.random.uniform`` compiles once per shape, 0.2–0.3 s each on a CPU (measured: 1.5 s of a cold run of the
+    64-trial grid, six weight shapes). With the partitionable threefry (JAX's default) an element's bits depend
+    on the key and its flat position only, so the first n values of a larger draw are the n-value draw: a weight
+    is the first of ``UNIFORM_DRAW_SIZE`` values reshaped (tests/test_packing.py checks it against Keras).
+    """
+    import keras
+
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+    from hhscan.learning import branch_values
+
+    if not branch_values.draws_by_position():
+        yield
+        return
+    jax_uniform = jax.random.uniform  # what Keras' JAX backend calls, looked up at each call
+
+    def uniform(key, shape=(), dtype=float, minval=0.0, maxval=1.0, **kwargs):
+        size = math.prod(shape)
+        drawn = jax_uniform(key, (max(UNIFORM_DRAW_SIZE, 1 << max(size - 1, 0).bit_length()),), dtype, minval,
+                            maxval, **kwargs)  # fmt: skip
+        return jax.numpy.asarray(np.asarray(drawn)[:size].reshape(shape))  # sliced on the host: no compile per shape
+
+    jax.random.uniform = uniform
+    try:
+        yield
+    finally:
+        jax.random.uniform = jax_uniform
 
 
 def n_outputs(n_classes: int) -> int:

@@ -262,8 +262,9 @@ def _build_pack(trials: Sequence[Trial], parameters: Parameters, n_classes: int,
         x, y, w = part
         return x, model.targets(y, n_classes), w.astype(np.float32)
 
+    batch_sizes = [packing.batch_size(t) for t in trials]
     engine = fused.make_engine(nets, [n.optimizer for n in nets], model.loss_name(n_classes), arrays(train),
-                               arrays(validation), data_owner, chunk)  # fmt: skip
+                               arrays(validation), data_owner, chunk, batch_sizes)  # fmt: skip
     return nets, engine
 
 
@@ -304,7 +305,8 @@ def train_pack(
     prune: PruneCallback | None = None,
     holds: HoldsCallback | None = None,
 ) -> list[TrainedTrial]:
-    """Train ``trials`` (same batch size and epochs) as one fused pack; one result per trial, in order.
+    """Train ``trials`` (one pack structure: the same epochs, batch sizes multiples of the smallest) as one fused
+    pack; one result per trial, in order.
 
     ``checkpoint`` is a directory holding one checkpoint per trial (:func:`checkpoint_path`); the trials must
     resume from the same epoch (:func:`checkpoint_epoch`). A resumed trial keeps the early stopping and learning-rate
@@ -322,10 +324,12 @@ def train_pack(
     """
     model.keep_tensorflow_out()
     started = time.perf_counter()
-    structures = {packing.step_structure(t) for t in trials}
+    structures = set(packing.pack_structures(trials))
     if len(structures) != 1:
-        raise ValueError(f"a pack needs one batch size and one number of epochs, got {sorted(structures)}")
-    ((batch_size, epochs),) = structures
+        raise ValueError(f"a pack needs one number of epochs and batch sizes that are multiples of the smallest, "
+                         f"got {sorted({packing.step_structure(t) for t in trials})}")  # fmt: skip
+    ((_, epochs),) = structures
+    batch_size = min(packing.batch_size(t) for t in trials)  # the engine's step: each epoch's table in its batches
     parts = _parts(trials, dataset, parameters)
     resumed = _resume(parts, trials, checkpoint, dataset.folds, epochs)
     lost: set[str] = set()
@@ -658,14 +662,14 @@ def probe_pack_size(trial: Trial, dataset: Dataset, parameters: Parameters) -> d
     return {"pack_size": chosen, "seconds_per_trial": {str(k): round(v, 4) for k, v in cost.items()}, **result}
 
 
-# Up to this many trials of one step structure are packed whole without probing when they fit in memory: the cost
+# Up to this many trials of one pack structure are packed whole without probing when they fit in memory: the cost
 # per trial only falls with K (compilation is shared, arithmetic grows linearly), so the probe could only answer
 # "all of them" at a price of several packs' compilation (39 of 92 s of the cold 64-trial grid on 2 cores).
 MAX_WHOLE_PACK = 256
 
 
 def fits_whole(trials: Sequence[Trial], dataset: Dataset, parameters: Parameters) -> bool:
-    """Whether every one of ``trials`` (one step structure) trains in one pack within the device's memory: each
+    """Whether every one of ``trials`` (one pack structure) trains in one pack within the device's memory: each
     distinct network (its hyperparameters but the ``per_branch`` ones, which leave its size alone) built once,
     without compiling anything, and counted."""
     import keras

@@ -57,6 +57,9 @@ class Hyperparameter:
     # A number the fused engine holds per branch (learning_rate, dropout, l2): trials differing only in it share
     # one compiled program, and their networks have the same size.
     per_branch: bool = False
+    # A step-structure entry whose values that are multiples of a smaller one may still share a pack (batch_size):
+    # the engine steps micro-batches of the smallest, and each branch updates at the end of its own batch.
+    micro_batched: bool = False
     # A default that depends on another entry's value: (that entry, {its value: the default}); ``default`` elsewhere.
     # weight_decay's is what each optimizer did before the entry existed (Keras' AdamW decays by 0.004).
     default_by: tuple[str, tuple[tuple[Any, Any], ...]] | None = None
@@ -158,7 +161,8 @@ REGISTRY: dict[str, Hyperparameter] = {
         Hyperparameter("optimizer", str, "adam", choices=OPTIMIZERS, case_insensitive=True, hashed_at_default=True),
         Hyperparameter("learning_rate", float, 0.001, low=0, low_open=True, per_branch=True,
                        hashed_at_default=True),
-        Hyperparameter("batch_size", int, 256, low=1, step_structure=True, hashed_at_default=True),
+        Hyperparameter("batch_size", int, 256, low=1, step_structure=True, micro_batched=True,
+                       hashed_at_default=True),
         Hyperparameter("epochs", int, 20, low=1, step_structure=True, hashed_at_default=True),
         # Entries added later: hashed_at_default False, so a scan that does not set them keeps its ids.
         # Decoupled weight decay of every optimizer (adamw's included: 0 unless set, not Keras' 0.004).
@@ -301,5 +305,9 @@ def with_defaults(point: Mapping[str, Any], registry: Mapping[str, Hyperparamete
 
 def step_structure(point: Mapping[str, Any], registry: Mapping[str, Hyperparameter] = REGISTRY) -> tuple[int, ...]:
     """The values that shape a pack's training steps (batch size, epochs)."""
-    names = [name for name, entry in registry.items() if entry.step_structure]
-    return tuple(int(point.get(name, registry[name].default)) for name in names)
+    return tuple(int(point.get(name, registry[name].default)) for name in step_structure_names(registry))
+
+
+def step_structure_names(registry: Mapping[str, Hyperparameter] = REGISTRY) -> list[str]:
+    """The entries of ``step_structure``, in its order."""
+    return [name for name, entry in registry.items() if entry.step_structure]
