@@ -68,6 +68,34 @@ def expose_cpu_cores_as_devices() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
 
 
+# Keras imports these at its own import for features hhscan never calls (its scikit-learn wrappers, its image
+# gallery's plots, pandas frames as inputs): 1.8 s of every scan process's start on 2 cores (bench/RESULTS.md).
+# Keras imports each inside ``try/except ImportError``.
+_KERAS_EXTRAS = ("sklearn", "matplotlib", "pandas")
+
+
+def import_keras():
+    """Keras, imported without the optional packages it would import for nothing (``_KERAS_EXTRAS``).
+
+    While Keras imports, ``sys.modules`` holds None for each extra not yet imported (Python's documented way to
+    make an import fail), so Keras takes it as not installed; afterwards each imports as usual for everything
+    else, hhscan's own plots included. Only Keras' scikit-learn wrappers, ``keras.visualization`` and pandas
+    inputs to ``fit`` stay unavailable in the process. Call it after :func:`choose_backend`.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    hidden = [name for name in _KERAS_EXTRAS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import keras
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+    return keras
+
+
 def keep_tensorflow_out() -> None:
     """On JAX, let Keras find TensorFlow unavailable, as if it were not installed.
 
@@ -421,7 +449,7 @@ def gpu_allocation(resources: dict[str, Any] | None = None) -> str | None:
 def check_device(resources: dict[str, Any] | None = None) -> str:
     """At job start: the device training will run on; fails at once where GPUs were given and the backend sees
     none (a CPU build of JAX/TensorFlow in a GPU job would train for hours on the CPU and say nothing)."""
-    import keras
+    keras = import_keras()  # a scan process's first Keras import: without the extras it does not need
 
     device = device_description()
     given = gpu_allocation(resources)

@@ -89,6 +89,7 @@ def apply_model(
         step("checking the events' folds against the persisted split")
         _training_dataset(path, metadata, parameters, trained, workspace)
     model.choose_backend("auto")  # a .keras model loads on any backend
+    model.import_keras()
     step(f"loading the model {path.name}")
     keras_model, _ = artifacts.load_model_zip(path)
     model.keep_tensorflow_out()
