@@ -93,6 +93,7 @@ def check_own_model(parameters: Parameters, sample_list: SampleList, trials: Seq
     from hhscan.errors import HhscanError
     from hhscan.settings import model_function
 
+    model.import_keras()  # before the source's own ``import keras``: without the extras it does not need
     spec, source = parameters.own_model or ("", "")
     try:
         model_function.load_function(spec)
