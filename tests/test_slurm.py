@@ -477,12 +477,13 @@ def test_a_pack_exhausting_its_requeues_then_a_regrouped_resubmit_resumes_each_t
 
 
 def test_a_task_past_its_memory_is_killed_and_resubmitted_with_more(slurm_analysis, capsys, monkeypatch):
-    # The cluster enforces --mem (OverMemoryKill): a worker (≈0.6 GB after imports and data) under 0.25 GB is
-    # killed; submit warns with the measured baseline first.
+    # The cluster enforces --mem (OverMemoryKill, sampled every 2 s): a worker (≈0.22 GB once Keras and JAX are
+    # imported, more with data and training) under 0.15 GB is killed while it starts, before any trial can end
+    # between two samples; submit warns with the measured baseline first.
     slurm_analysis.edit_parameters(hyperparameters={"learning_rate": [0.01]},  # 2 trials, one job each
-                                   slurm={"resources": {"timeout_min": 10, "cpus_per_task": 1, "mem_gb": 0.25}})
+                                   slurm={"resources": {"timeout_min": 10, "cpus_per_task": 1, "mem_gb": 0.15}})
     code, _, err = run_cli(["submit", "--name", "oom"], slurm_analysis.root, capsys, monkeypatch)
-    assert code == 0 and "hhscan: warning: slurm.resources.mem_gb 0.25 GB" in err and "baseline of" in err, err
+    assert code == 0 and "hhscan: warning: slurm.resources.mem_gb 0.15 GB" in err and "baseline of" in err, err
     scan = Workspace(slurm_analysis.root).scan("oom")
     status = wait_until_settled(scan)
     # OverMemoryKill ends the job FAILED (OUT_OF_MEMORY is the cgroup OOM killer's state); Slurm says why in
