@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +18,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
+# TensorFlow's CPU build cannot share a venv with JAX's CUDA build: a GPU machine's `pytest -m gpu` skips the
+# TensorFlow checks, which every CPU run (CI) makes.
+needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                                      reason="TensorFlow is not installed here (a GPU machine's JAX CUDA venv)")
 
 
 def write_root(path: Path, trees: dict[str, dict[str, np.ndarray]]) -> None:

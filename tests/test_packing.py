@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import needs_tensorflow, run_cli
 from hhscan.execution import runner
 from hhscan.execution.scandir import Workspace
 from hhscan.learning import callbacks, packing, training, trial
@@ -45,6 +45,7 @@ def test_packed_branches_equal_keras_fit_alone_on_jax(analysis, restore_best_wei
     _check(packcheck.compare(analysis.root))
 
 
+@needs_tensorflow
 def test_packed_branches_equal_keras_fit_alone_on_tensorflow(analysis):
     _equivalence_settings(analysis)
     result = subprocess.run(
