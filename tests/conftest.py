@@ -19,9 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
 # TensorFlow's CPU build cannot share a venv with JAX's CUDA build: a GPU machine's `pytest -m gpu` skips the
-# TensorFlow checks, which every CPU run (CI) makes.
-needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                                      reason="TensorFlow is not installed here (a GPU machine's JAX CUDA venv)")
+# TensorFlow checks there. Anywhere else (CI) they run, and a missing TensorFlow fails them.
+CUDA_JAX = any(importlib.util.find_spec(f"jax_cuda{v}_plugin") is not None for v in (12, 13))
+needs_tensorflow = pytest.mark.skipif(CUDA_JAX and importlib.util.find_spec("tensorflow") is None,
+                                      reason="JAX's CUDA build is installed here, and TensorFlow's CPU build is not")
 
 
 def write_root(path: Path, trees: dict[str, dict[str, np.ndarray]]) -> None:
